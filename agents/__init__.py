@@ -1,0 +1,1 @@
+"""molgym.agents: generators (RL agents, SiMGen, diffusion, random structure search)."""

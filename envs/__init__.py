@@ -1,0 +1,1 @@
+"""molgym.envs: Gymnasium environments that build molecules atom by atom in 3D."""

@@ -1,0 +1,57 @@
+"""The ``molgym`` command line.
+
+Each command group lives in its own module of this package and is listed in ``GROUPS``; a module provides
+``register(subparsers)``, which adds its sub-parser and sets ``func`` on each command. Modules are imported when
+the CLI starts, but they import heavy libraries (torch, MACE, tblite) only inside the command functions, so
+``molgym --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import molgym
+
+#: (module, help) of each command group, in the order ``molgym --help`` lists them.
+GROUPS: list[tuple[str, str]] = [
+    ("molgym.cli.potential", "inspect, evaluate, build data for and train potentials"),
+]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="molgym",
+        description="molgym: a gym for 3D molecular design (environments, potentials, generators, benchmark).",
+    )
+    parser.add_argument("--version", action="version", version=f"molgym {molgym.__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for module_name, _help in GROUPS:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        # a group without a command: show that group's help (or the top-level help)
+        getattr(args, "group_parser", parser).print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError, ImportError) as err:
+        print(f"molgym: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("molgym: interrupted; finished outputs were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: QM9 access, configuration sampling, labelling."""

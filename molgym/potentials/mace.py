@@ -1,0 +1,232 @@
+"""MACE force fields (mace-torch) as molgym potentials, evaluated in batches.
+
+Any MACE model file loads here: molgym's shipped default, MACE-OFF23, MACE-MP-0, or one a user trained. A whole
+list of structures goes through **one** forward pass (chunked only to bound memory), which is what makes the
+vectorised environments fast.
+
+The graph is built here, directly in the model's dtype and on its device, rather than through
+``mace.data.AtomicData``: that path creates tensors in torch's *global* default dtype, and molgym never touches
+that global. Molecules are isolated (no periodic images), so the neighbour list is all pairs within ``r_max``.
+
+Loading a model file unpickles it, which runs code from the file: load only files you trust.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from molgym.potentials.base import Potential
+
+_DTYPES = ("float32", "float64")
+
+
+def _torch():
+    # mace must be imported before e3nn touches torch.load (e3nn 0.4.4 loads its constants file with torch.load,
+    # which needs mace's safe-globals set-up on torch >= 2.6).
+    import mace  # noqa: F401
+    import torch
+
+    return torch
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is visible to torch, else ``"cpu"``."""
+    torch = _torch()
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_mace_model(path: str | os.PathLike, device: str = "cpu"):
+    """Unpickle a MACE model file onto ``device``; clear errors for missing, corrupt or non-MACE files."""
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MACE model file {str(path)!r} does not exist")
+    try:
+        model = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # pickle, zip and torch errors all mean "not a loadable model"
+        try:
+            model = torch.jit.load(str(path), map_location=device)
+        except Exception:
+            raise ValueError(f"could not load MACE model file {str(path)!r}: {type(err).__name__}: {err}") from err
+    if isinstance(model, dict) or not hasattr(model, "atomic_numbers") or not hasattr(model, "r_max"):
+        raise ValueError(
+            f"{str(path)!r} is not a MACE model file (expected a pickled mace-torch model with atomic_numbers "
+            f"and r_max, got {type(model).__name__}); a training checkpoint must be converted to a model first"
+        )
+    return model
+
+
+class MACEPotential(Potential):
+    """A MACE model evaluated in batches.
+
+    Args:
+        model: a path to a MACE model file, or an already loaded mace-torch model.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: the GPU when present, else the CPU.
+        dtype: ``"float32"`` or ``"float64"``; default: the dtype the model was saved in.
+        name: display name; default: the file name.
+        max_atoms_per_batch: structures are evaluated in chunks of at most this many atoms (memory bound).
+        head: for multi-head models, the head to use (default: the model's first head).
+    """
+
+    def __init__(
+        self,
+        model,
+        device: str | None = None,
+        dtype: str | None = None,
+        name: str | None = None,
+        max_atoms_per_batch: int = 20000,
+        head: str | None = None,
+    ):
+        torch = _torch()
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        if max_atoms_per_batch < 1:
+            raise ValueError(f"max_atoms_per_batch must be >= 1, got {max_atoms_per_batch}")
+        self.device = device or default_device()
+        self.path: str | None = None
+        if isinstance(model, (str, os.PathLike)):
+            self.path = str(model)
+            model = load_mace_model(model, self.device)
+        model = model.to(self.device)
+        model_dtype = next(model.parameters()).dtype
+        self.dtype = getattr(torch, dtype) if dtype else model_dtype
+        if self.dtype != model_dtype:
+            model = model.to(self.dtype)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.r_max = float(model.r_max)
+        self.z_table = [int(z) for z in model.atomic_numbers]
+        self._z_to_index = np.full(max(self.z_table) + 1, -1, dtype=np.int64)
+        self._z_to_index[self.z_table] = np.arange(len(self.z_table))
+        self.species = frozenset(self.z_table)
+        self.max_atoms_per_batch = int(max_atoms_per_batch)
+        heads = list(getattr(model, "heads", None) or ["Default"])
+        if head is not None and head not in heads:
+            raise ValueError(f"model has no head {head!r}; heads: {heads}")
+        self.head_index = heads.index(head) if head is not None else 0
+        self.name = name or (f"MACE({Path(self.path).name})" if self.path else "MACE")
+
+    # --- pickling: ship the weights, rebuild on the receiving side -------------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["device"] = str(self.device)
+        return state
+
+    # --- graph construction -----------------------------------------------------------------------------------
+    def _chunks(self, structures: Sequence[Atoms]):
+        start, atoms_in_chunk = 0, 0
+        for i, atoms in enumerate(structures):
+            if atoms_in_chunk and atoms_in_chunk + len(atoms) > self.max_atoms_per_batch:
+                yield start, i
+                start, atoms_in_chunk = i, 0
+            atoms_in_chunk += len(atoms)
+        if start < len(structures):
+            yield start, len(structures)
+
+    def _batch(self, structures: Sequence[Atoms]) -> dict:
+        """The dict MACE's forward expects, built with numpy and moved to the device in one go."""
+        torch = self._torch
+        counts = np.array([len(a) for a in structures], dtype=np.int64)
+        if np.any(counts == 0):
+            raise ValueError("cannot evaluate a structure with no atoms")
+        ptr = np.concatenate([[0], np.cumsum(counts)])
+        positions = np.concatenate([a.positions for a in structures], axis=0)
+        numbers = np.concatenate([a.numbers for a in structures])
+        senders, receivers = [], []
+        r2 = self.r_max**2
+        for k, atoms in enumerate(structures):
+            pos = atoms.positions
+            d2 = np.sum((pos[:, None, :] - pos[None, :, :]) ** 2, axis=-1)
+            np.fill_diagonal(d2, np.inf)
+            i, j = np.nonzero(d2 < r2)
+            senders.append(i + ptr[k])
+            receivers.append(j + ptr[k])
+        edge_index = np.stack([np.concatenate(senders), np.concatenate(receivers)])
+        n_edges, n_graphs = edge_index.shape[1], len(structures)
+        node_attrs = np.zeros((len(numbers), len(self.z_table)))
+        node_attrs[np.arange(len(numbers)), self._z_to_index[numbers]] = 1.0
+        dev, dt = self.device, self.dtype
+        return {
+            "positions": torch.tensor(positions, dtype=dt, device=dev),
+            "node_attrs": torch.tensor(node_attrs, dtype=dt, device=dev),
+            "edge_index": torch.tensor(edge_index, dtype=torch.long, device=dev),
+            "shifts": torch.zeros((n_edges, 3), dtype=dt, device=dev),
+            "unit_shifts": torch.zeros((n_edges, 3), dtype=dt, device=dev),
+            "cell": torch.zeros((3 * n_graphs, 3), dtype=dt, device=dev),
+            "batch": torch.repeat_interleave(
+                torch.arange(n_graphs, device=dev), torch.tensor(counts, device=dev)
+            ),
+            "ptr": torch.tensor(ptr, dtype=torch.long, device=dev),
+            "head": torch.full((n_graphs,), self.head_index, dtype=torch.long, device=dev),
+        }
+
+    @property
+    def _torch(self):
+        return _torch()
+
+    def _forward(self, structures: Sequence[Atoms], forces: bool):
+        self.check_species(structures)
+        torch = self._torch
+        for start, stop in self._chunks(structures):
+            data = self._batch(structures[start:stop])
+            ctx = torch.enable_grad() if forces else torch.no_grad()
+            with ctx:
+                out = self.model(data, training=False, compute_force=forces, compute_stress=False)
+            yield start, stop, data, out
+
+    # --- public API -------------------------------------------------------------------------------------------
+    def energies(self, structures: Sequence[Atoms]) -> np.ndarray:
+        structures = list(structures)
+        result = np.empty(len(structures), dtype=np.float64)
+        for start, stop, _, out in self._forward(structures, forces=False):
+            result[start:stop] = out["energy"].detach().cpu().double().numpy()
+        return result
+
+    def energies_and_forces(self, structures: Sequence[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
+        structures = list(structures)
+        energies = np.empty(len(structures), dtype=np.float64)
+        forces: list[np.ndarray] = []
+        for start, stop, data, out in self._forward(structures, forces=True):
+            energies[start:stop] = out["energy"].detach().cpu().double().numpy()
+            f = out["forces"].detach().cpu().double().numpy()
+            ptr = data["ptr"].cpu().numpy()
+            forces.extend(f[ptr[k] : ptr[k + 1]] for k in range(stop - start))
+        return energies, forces
+
+    def descriptors(self, structures: Sequence[Atoms], num_layers: int | None = None) -> list[np.ndarray]:
+        """Per-atom invariant (l=0) node features of the first ``num_layers`` interaction layers (default all).
+
+        These are the MACE descriptors SiMGen's similarity kernel works on.
+        """
+        structures = list(structures)
+        layers = int(self.model.num_interactions) if num_layers is None else int(num_layers)
+        if not 1 <= layers <= int(self.model.num_interactions):
+            raise ValueError(f"num_layers must be in 1..{int(self.model.num_interactions)}, got {num_layers}")
+        columns = self._invariant_columns(layers)
+        result: list[np.ndarray] = []
+        for start, stop, data, out in self._forward(structures, forces=False):
+            feats = out["node_feats"][:, columns].detach().cpu().double().numpy()
+            ptr = data["ptr"].cpu().numpy()
+            result.extend(feats[ptr[k] : ptr[k + 1]] for k in range(stop - start))
+        return result
+
+    def _invariant_columns(self, num_layers: int) -> np.ndarray:
+        """Column indices of the scalar (0e) channels of each layer in MACE's concatenated node features."""
+        from e3nn import o3
+
+        columns, offset = [], 0
+        for product in list(self.model.products)[:num_layers]:
+            irreps = o3.Irreps(str(product.linear.irreps_out))
+            for mul, ir in irreps:
+                width = mul * ir.dim
+                if ir.l == 0 and ir.p == 1:
+                    columns.extend(range(offset, offset + width))
+                offset += width
+        return np.array(columns, dtype=np.int64)

@@ -1,0 +1,99 @@
+"""``load_potential(spec)``: the one way to get a potential by name or by file.
+
+Specs:
+
+- ``"default"``: the MACE model molgym ships (``molgym/potentials/models/default.model``), checked against the
+  sha256 in its model card before it is unpickled;
+- ``"xtb"`` / ``"gfn2-xtb"``, ``"gfn1-xtb"``, ``"ipea1-xtb"``: tblite;
+- ``"pm6"``: SCINE Sparrow (the ``pm6`` extra);
+- a path to any MACE model file.
+
+Backends are imported only when asked for, so ``import molgym`` never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from molgym.potentials.base import Potential
+
+MODELS_DIR = Path(__file__).parent / "models"
+SHIPPED_MODELS = ("default",)
+_NAMED = ("default", "xtb", "gfn2-xtb", "gfn1-xtb", "ipea1-xtb", "pm6")
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """A shipped model that this installation does not have (yet)."""
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_model_card(name: str = "default") -> dict:
+    """The JSON model card of a shipped model."""
+    card = MODELS_DIR / f"{name}.json"
+    if name not in SHIPPED_MODELS or not card.is_file():
+        raise ModelNotAvailableError(
+            f"molgym has no shipped model {name!r} in this installation (looked for {card}). "
+            "Until the trained default MACE model ships, use 'xtb', 'pm6' or the path of a MACE model file."
+        )
+    return json.loads(card.read_text())
+
+
+def shipped_model_path(name: str = "default") -> Path:
+    """Path of a shipped model file, after checking it against the sha256 in its model card."""
+    card = shipped_model_card(name)
+    path = MODELS_DIR / card["file"]
+    if not path.is_file():
+        raise ModelNotAvailableError(f"the model card for {name!r} names {path}, which is missing")
+    actual = sha256_of(path)
+    if actual != card["sha256"]:
+        raise ValueError(
+            f"shipped model {path} does not match its model card (sha256 {actual} != {card['sha256']}); "
+            "refusing to unpickle it. Reinstall molgym."
+        )
+    return path
+
+
+def load_potential(spec: str | os.PathLike | Potential = "default", device: str | None = None, **options) -> Potential:
+    """Load a potential by spec (see module docstring). A ``Potential`` passes through unchanged.
+
+    ``device`` applies to MACE models; ``options`` go to the backend's constructor (e.g. ``dtype="float64"``
+    for MACE, ``accuracy=0.1`` for xTB).
+    """
+    if isinstance(spec, Potential):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"potential spec must be a string, a path or a Potential, got {type(spec).__name__}")
+    key = str(spec).strip()
+    lower = key.lower()
+    if lower == "default":
+        from molgym.potentials.mace import MACEPotential
+
+        return MACEPotential(shipped_model_path("default"), device=device, name="MACE(default)", **options)
+    if lower in ("xtb", "gfn2-xtb", "gfn1-xtb", "ipea1-xtb"):
+        from molgym.potentials.xtb import XTB_METHODS, XTBPotential
+
+        return XTBPotential(method=XTB_METHODS[lower], **options)
+    if lower == "pm6":
+        from molgym.potentials.pm6 import PM6Potential
+
+        return PM6Potential(**options)
+    path = Path(key).expanduser()
+    if path.exists() or path.suffix in (".model", ".pt", ".pth") or os.sep in key:
+        from molgym.potentials.mace import MACEPotential
+
+        return MACEPotential(path, device=device, **options)
+    raise ValueError(
+        f"unknown potential {key!r}: expected one of {', '.join(repr(s) for s in _NAMED)} "
+        "or the path of a MACE model file"
+    )
