@@ -1,0 +1,1 @@
+"""molgym.benchmark (see README)."""

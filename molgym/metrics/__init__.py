@@ -1,0 +1,1 @@
+"""molgym.metrics (see README)."""

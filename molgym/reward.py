@@ -1,0 +1,78 @@
+"""MolGym's reward: the interaction energy of a new atom with the canvas, and the placement rules.
+
+    r = -[E(canvas + atom) - E(canvas) - E(atom)]      (eV; positive when placing the atom releases energy)
+
+One definition serves the environments (rewards), the dataset builder (build-trajectory labels) and the
+potential's evaluation (per-step reward errors), so they cannot drift apart. ``E(atom)`` is the energy of the
+isolated neutral atom in its lowest spin state, computed once per potential and element and cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from weakref import WeakKeyDictionary
+
+import numpy as np
+from ase import Atoms
+
+from molgym.potentials.base import Potential
+
+#: The closest two atoms may be placed (Å); closer placements are invalid (MolGym's default).
+MIN_DISTANCE = 0.6
+#: H and F must lie within this distance (Å) of some heavy atom on the canvas, once one exists (MolGym's default).
+MAX_TERMINAL_DISTANCE = 2.0
+
+_ATOM_ENERGIES: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def isolated_atom_energies(potential: Potential, numbers: Sequence[int]) -> dict[int, float]:
+    """Energy (eV) of each isolated atom, from ``potential``, cached per potential object."""
+    cache = _ATOM_ENERGIES.setdefault(potential, {})
+    missing = sorted({int(z) for z in numbers} - set(cache))
+    if missing:
+        energies = potential.energies([Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]]) for z in missing])
+        cache.update({z: float(e) for z, e in zip(missing, energies)})
+    return {int(z): cache[int(z)] for z in numbers}
+
+
+def interaction_reward(e_after: float | np.ndarray, e_before: float | np.ndarray, e_atom: float | np.ndarray):
+    """``-(E(canvas + atom) - E(canvas) - E(atom))``; works elementwise on arrays. An empty canvas has E = 0."""
+    return -(np.asarray(e_after) - np.asarray(e_before) - np.asarray(e_atom))
+
+
+def build_rewards(potential: Potential, structure: Atoms) -> np.ndarray:
+    """Per-step rewards for building ``structure`` atom by atom in its stored order (one batched call).
+
+    Step ``k`` places atom ``k`` on the canvas of atoms ``0..k-1``; the rewards sum to the atomisation energy
+    ``sum E(atom) - E(molecule)``.
+    """
+    prefixes = [structure[: k + 1] for k in range(len(structure))]
+    energies = potential.energies(prefixes)
+    before = np.concatenate([[0.0], energies[:-1]])
+    atom = isolated_atom_energies(potential, structure.numbers)
+    e_atom = np.array([atom[int(z)] for z in structure.numbers])
+    return interaction_reward(energies, before, e_atom)
+
+
+def placement_problem(canvas: Atoms, number: int, position: np.ndarray) -> str | None:
+    """Why placing atom ``number`` at ``position`` on ``canvas`` is invalid, or ``None`` if it is valid.
+
+    Rules: finite coordinates; no atom closer than :data:`MIN_DISTANCE`; H and F within
+    :data:`MAX_TERMINAL_DISTANCE` of a heavy (non-H, non-F) atom when the canvas has one.
+    """
+    position = np.asarray(position, dtype=float)
+    if position.shape != (3,) or not np.all(np.isfinite(position)):
+        return f"position {position.tolist()} is not three finite coordinates"
+    if len(canvas) == 0:
+        return None
+    distances = np.linalg.norm(canvas.positions - position, axis=1)
+    if distances.min() < MIN_DISTANCE:
+        return f"too close: {distances.min():.2f} Å from atom {int(distances.argmin())} (minimum {MIN_DISTANCE} Å)"
+    if number in (1, 9):
+        heavy = ~np.isin(canvas.numbers, (1, 9))
+        if heavy.any() and distances[heavy].min() > MAX_TERMINAL_DISTANCE:
+            return (
+                f"terminal atom too far: {distances[heavy].min():.2f} Å from the nearest heavy atom "
+                f"(maximum {MAX_TERMINAL_DISTANCE} Å)"
+            )
+    return None

@@ -1,0 +1,1 @@
+"""molgym.training (see README)."""
