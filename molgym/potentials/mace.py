@@ -171,8 +171,7 @@ class MACEPotential(Potential):
     def _torch(self):
         return _torch()
 
-    def _forward(self, structures: Sequence[Atoms], forces: bool):
-        self.check_species(structures)
+    def _forward(self, structures: list[Atoms], forces: bool):
         torch = self._torch
         for start, stop in self._chunks(structures):
             data = self._batch(structures[start:stop])
@@ -183,6 +182,7 @@ class MACEPotential(Potential):
 
     # --- public API -------------------------------------------------------------------------------------------
     def energies(self, structures: Sequence[Atoms]) -> np.ndarray:
+        self.check_species(structures)
         structures = list(structures)
         result = np.empty(len(structures), dtype=np.float64)
         for start, stop, _, out in self._forward(structures, forces=False):
@@ -190,6 +190,7 @@ class MACEPotential(Potential):
         return result
 
     def energies_and_forces(self, structures: Sequence[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.check_species(structures)
         structures = list(structures)
         energies = np.empty(len(structures), dtype=np.float64)
         forces: list[np.ndarray] = []
@@ -205,6 +206,7 @@ class MACEPotential(Potential):
 
         These are the MACE descriptors SiMGen's similarity kernel works on.
         """
+        self.check_species(structures)
         structures = list(structures)
         layers = int(self.model.num_interactions) if num_layers is None else int(num_layers)
         if not 1 <= layers <= int(self.model.num_interactions):

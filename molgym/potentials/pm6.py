@@ -56,11 +56,13 @@ class PM6Potential(Potential):
         su = self._su
         elements = [getattr(su.ElementType, s) for s in atoms.get_chemical_symbols()]
         calc = self._calc
-        calc.structure = su.AtomCollection(elements, atoms.positions / Bohr)
+        multiplicity = lowest_multiplicity(atoms.numbers)
+        # Settings before the structure: Sparrow checks a new structure against the current multiplicity.
         calc.settings["molecular_charge"] = 0
-        calc.settings["spin_multiplicity"] = lowest_multiplicity(atoms.numbers)
-        calc.settings["spin_mode"] = "restricted" if lowest_multiplicity(atoms.numbers) == 1 else "unrestricted"
+        calc.settings["spin_multiplicity"] = multiplicity
+        calc.settings["spin_mode"] = "restricted" if multiplicity == 1 else "unrestricted"
         calc.settings["max_scf_iterations"] = self.max_scf_iterations
+        calc.structure = su.AtomCollection(elements, atoms.positions / Bohr)
         props = [su.Property.Energy] + ([su.Property.Gradients] if forces else [])
         calc.set_required_properties(props)
         try:
