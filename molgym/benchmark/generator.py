@@ -1,0 +1,163 @@
+"""The generator interface every method implements, and the registry that finds generators by name.
+
+A generator has one method that matters: :meth:`Generator.generate` ``(task, n, seed) -> list[ase.Atoms]``.
+It reports what it is (``name``, ``version``, ``settings``) and how much it asked of the potential
+(``potential_calls``: structures evaluated, the benchmark's oracle-call count).
+
+The registry maps names to lazy ``"module:Class"`` strings, so the core never imports ``agents/`` (or torch,
+SB3, ...) until a generator is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from molgym.potentials.base import Potential
+
+__all__ = [
+    "Generator",
+    "CountingPotential",
+    "GENERATORS",
+    "register_generator",
+    "get_generator",
+    "resolve_potential_spec",
+]
+
+
+def resolve_potential_spec(spec: str | None = "auto") -> tuple[str, str]:
+    """``(spec, why)``: ``"auto"`` (or ``None``) means the shipped MACE ``"default"`` when this installation has
+    it, else ``"xtb"``; other specs pass through."""
+    if spec not in (None, "auto"):
+        return str(spec), "requested"
+    from molgym.potentials.registry import ModelNotAvailableError, shipped_model_path
+
+    try:
+        shipped_model_path("default")
+    except (ModelNotAvailableError, ValueError) as err:
+        return "xtb", f"auto: shipped default MACE model unavailable ({type(err).__name__}); fell back to GFN2-xTB"
+    return "default", "auto: shipped default MACE model"
+
+
+class CountingPotential(Potential):
+    """Wraps a potential and counts the structures it evaluates (``calls``) and the batched calls (``batches``)."""
+
+    def __init__(self, inner: Potential):
+        self.inner = inner
+        self.name = inner.name
+        self.species = inner.species
+        self.calls = 0
+        self.batches = 0
+
+    def energies(self, structures: Sequence[Atoms]) -> np.ndarray:
+        self.calls += len(structures)
+        self.batches += 1
+        return self.inner.energies(structures)
+
+    def energies_and_forces(self, structures: Sequence[Atoms]):
+        self.calls += len(structures)
+        self.batches += 1
+        return self.inner.energies_and_forces(structures)
+
+    def __getattr__(self, item):  # descriptors, uncertainties, r_max, ... of the wrapped potential
+        if item == "inner":
+            raise AttributeError(item)
+        return getattr(self.inner, item)
+
+
+class Generator(ABC):
+    """Base class of all generators.
+
+    Subclasses set ``name`` and ``version`` and implement :meth:`generate`. Generators that use a potential call
+    :meth:`potential` (loaded lazily, wrapped in a :class:`CountingPotential`) so their calls are counted.
+
+    Args:
+        potential: potential spec (see :func:`molgym.potentials.load_potential`), ``"auto"`` or a ``Potential``.
+        **settings: generator-specific options, recorded in :meth:`metadata`.
+    """
+
+    name: str = "generator"
+    version: str = "0"
+
+    def __init__(self, potential: str | Potential | None = "auto", **settings):
+        self.potential_spec = potential
+        self.settings = dict(settings)
+        self._potential: CountingPotential | None = None
+
+    def potential(self) -> CountingPotential:
+        """The generator's potential, loaded on first use and counting its calls."""
+        if self._potential is None:
+            from molgym.potentials import load_potential
+
+            spec = self.potential_spec
+            if not isinstance(spec, Potential):
+                spec, _why = resolve_potential_spec(spec)
+            self._potential = CountingPotential(load_potential(spec))
+        return self._potential
+
+    @property
+    def potential_calls(self) -> int:
+        """Structures evaluated by the potential so far (0 if the generator never used one)."""
+        return 0 if self._potential is None else self._potential.calls
+
+    @abstractmethod
+    def generate(self, task, n: int, seed: int) -> list[Atoms]:
+        """Generate ``n`` structures for ``task`` (a :class:`molgym.benchmark.Task`), deterministically in ``seed``."""
+
+    def metadata(self) -> dict:
+        """Name, version, settings and potential calls so far (JSON-ready)."""
+        pot = None
+        if self._potential is not None:
+            pot = self._potential.name
+        elif isinstance(self.potential_spec, Potential):
+            pot = self.potential_spec.name
+        return {
+            "name": self.name,
+            "version": self.version,
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "settings": {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else repr(v))
+                         for k, v in self.settings.items()},
+            "potential": pot,
+            "potential_calls": self.potential_calls,
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} v{self.version}>"
+
+
+#: Generator names -> ``"module:Class"``; imported only when asked for.
+GENERATORS: dict[str, str] = {
+    "random_search": "molgym.agents.random_search:RandomSearch",
+    "qm9": "molgym.benchmark.reference:QM9Reference",
+    "rl_policy": "molgym.benchmark.rl_policy:RLPolicy",
+}
+
+
+def register_generator(name: str, target: str, overwrite: bool = False) -> None:
+    """Register a generator class under ``name`` by its ``"module:Class"`` path."""
+    if ":" not in target:
+        raise ValueError(f"generator target must look like 'package.module:Class', got {target!r}")
+    if name in GENERATORS and GENERATORS[name] != target and not overwrite:
+        raise ValueError(f"generator {name!r} is already registered as {GENERATORS[name]!r}")
+    GENERATORS[name] = target
+
+
+def get_generator(name: str, **options) -> Generator:
+    """Instantiate the generator registered as ``name`` (or given as ``"module:Class"``) with ``options``."""
+    target = GENERATORS.get(name, name if ":" in name else None)
+    if target is None:
+        raise ValueError(f"unknown generator {name!r}; available: {', '.join(sorted(GENERATORS))} "
+                         "(or 'package.module:Class')")
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise ImportError(f"generator {name!r} needs module {module_name!r}, which cannot be imported: {err}") from err
+    cls = getattr(module, class_name, None)
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, Generator)):
+        raise ValueError(f"{target!r} is not a molgym Generator class")
+    return cls(**options)

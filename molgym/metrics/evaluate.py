@@ -1,0 +1,162 @@
+"""Score a set of generated structures: every molgym metric in one call.
+
+:func:`evaluate` returns per-molecule records and a summary (mean, 95 % CI, n) per metric. The metric
+definitions live in the modules that compute them (:mod:`~molgym.metrics.bonds`,
+:mod:`~molgym.metrics.chemistry`, :mod:`~molgym.metrics.physics`, :mod:`~molgym.metrics.shape`);
+:data:`METRICS` lists them with one-line descriptions for reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from molgym.chem import bag_from_numbers, format_formula, parse_formula
+from molgym.metrics import bonds, chemistry, physics, shape
+from molgym.metrics.stats import summarize
+from molgym.potentials.base import Potential, PotentialError
+
+__all__ = ["METRICS", "HIGHER_IS_BETTER", "evaluate", "molecule_records"]
+
+#: name -> (description, kind): kind "fraction" (0/1 per molecule), "value" (per molecule) or "set".
+METRICS: dict[str, tuple[str, str]] = {
+    "matches_task": ("composition equals the task's bag (formula/shape/bag tasks)", "fraction"),
+    "valid": ("RDKit sanitises the perceived molecule with net charge 0", "fraction"),
+    "connected": ("bond graph is one fragment", "fraction"),
+    "valid_connected": ("valid and one fragment", "fraction"),
+    "atom_stability": ("fraction of atoms whose EDM bond orders sum to their valence", "value"),
+    "molecule_stable": ("every atom EDM-stable", "fraction"),
+    "uniqueness": ("distinct SMILES / valid", "set"),
+    "novelty": ("valid molecules whose SMILES is not in QM9", "set"),
+    "diversity": ("mean pairwise Tanimoto distance (Morgan r=2) of distinct valid molecules", "set"),
+    "energy": ("total energy under the benchmark potential (eV)", "value"),
+    "return": ("atomisation energy sum E(atom) - E(mol) under the potential (eV)", "value"),
+    "return_per_atom": ("return / number of atoms (eV/atom)", "value"),
+    "fraction_best_known": ("return / best-known return for the formula", "value"),
+    "relax_energy_drop": ("E(generated) - E(relaxed) under the potential (eV)", "value"),
+    "relax_rmsd": ("heavy-atom RMSD (Å) between generated and relaxed, after alignment", "value"),
+    "referee_return_per_atom": ("GFN2-xTB atomisation energy per atom on a sample (eV/atom)", "value"),
+    "shape_distance": ("Chamfer distance (Å) of heavy atoms to the target cloud after alignment", "value"),
+}
+#: Direction of each metric for rankings (True: higher is better).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "relax_energy_drop": False, "relax_rmsd": False, "shape_distance": False, "energy": False,
+}
+
+
+def molecule_records(
+    structures: Sequence[Atoms],
+    potential: Potential | None = None,
+    *,
+    bags: Sequence[dict] | None = None,
+    formula: str | None = None,
+    target: np.ndarray | None = None,
+    best_known: float | None = None,
+    relax_fmax: float = 0.05,
+    relax_steps: int = 200,
+    referee: Potential | None = None,
+    referee_sample: int = 0,
+    seed: int = 0,
+) -> list[dict]:
+    """One dict of per-molecule metrics for each structure (see :data:`METRICS`).
+
+    ``bags`` (one per structure) or ``formula`` gives the expected composition; ``potential`` enables the energy
+    metrics (``relax_steps=0`` skips relaxation); ``referee`` with ``referee_sample > 0`` scores a seeded sample
+    of that many molecules with the referee's atomisation energy.
+    """
+    records: list[dict] = []
+    for i, atoms in enumerate(structures):
+        expected = bags[i] if bags is not None else (parse_formula(formula) if formula else None)
+        composition = bag_from_numbers(atoms.numbers) if len(atoms) else {}
+        perception = chemistry.perceive(atoms)
+        stable = bonds.atom_stability(atoms) if len(atoms) else np.zeros(0, bool)
+        rec = {
+            "index": i,
+            "formula": format_formula(composition) if composition else "",
+            "n_atoms": len(atoms),
+            "matches_task": None if expected is None else composition == dict(expected),
+            "valid": perception.valid,
+            "connected": perception.connected,
+            "valid_connected": perception.valid and perception.connected,
+            "fragments": perception.fragments,
+            "smiles": perception.smiles,
+            "atom_stability": float(stable.mean()) if len(stable) else 0.0,
+            "molecule_stable": bool(len(stable) and stable.all()),
+        }
+        if target is not None:
+            rec["shape_distance"] = shape.shape_distance(atoms, target)
+        records.append(rec)
+
+    if potential is not None and structures:
+        energies, returns = physics.atomisation_energies(potential, structures)
+        for rec, atoms, e, r in zip(records, structures, energies, returns):
+            rec["energy"] = _finite(e)
+            rec["return"] = _finite(r)
+            rec["return_per_atom"] = _finite(r / len(atoms)) if len(atoms) else None
+            if best_known and rec["matches_task"] and rec["return"] is not None:
+                rec["fraction_best_known"] = rec["return"] / best_known
+        if relax_steps > 0:
+            for rec, atoms in zip(records, structures):
+                if rec.get("energy") is None:
+                    continue
+                try:
+                    relaxed, steps = physics.relax(atoms, potential, fmax=relax_fmax, steps=relax_steps)
+                    e_relaxed = float(potential.energies([relaxed])[0])
+                except (PotentialError, ValueError, np.linalg.LinAlgError):
+                    continue
+                heavy = atoms.numbers > 1
+                rec["relax_energy_drop"] = _finite(rec["energy"] - e_relaxed)
+                rec["relax_rmsd"] = physics.kabsch_rmsd(atoms.positions[heavy], relaxed.positions[heavy])
+                rec["relax_steps"] = steps
+
+    if referee is not None and referee_sample > 0 and structures:
+        rng = np.random.default_rng(seed)
+        chosen = sorted(rng.choice(len(structures), size=min(referee_sample, len(structures)), replace=False))
+        for i in chosen:
+            try:
+                _e, r = physics.atomisation_energies(referee, [structures[i]])
+            except PotentialError:
+                continue
+            records[i]["referee_return_per_atom"] = _finite(r[0] / len(structures[i]))
+    return records
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def summarize_records(records: Sequence[dict]) -> dict[str, dict]:
+    """Per-metric summaries (mean, ci95, n) of per-molecule records, plus the set metrics."""
+    out: dict[str, dict] = {}
+    for name, (_desc, kind) in METRICS.items():
+        if kind == "set":
+            continue
+        values = [r.get(name) for r in records]
+        if all(v is None for v in values):
+            continue
+        out[name] = summarize(values, binary=(kind == "fraction"))
+    smiles = [r.get("smiles") for r in records]
+    n_valid = sum(s is not None for s in smiles)
+    for name, fn in (("uniqueness", chemistry.uniqueness), ("novelty", chemistry.novelty),
+                     ("diversity", chemistry.diversity)):
+        value = fn(smiles)
+        out[name] = {"mean": value, "ci95": [None, None], "n": n_valid}
+    if out["uniqueness"]["mean"] is not None:
+        from molgym.metrics.stats import wilson_interval
+
+        distinct = len({s for s in smiles if s is not None})
+        out["uniqueness"]["ci95"] = list(wilson_interval(distinct, n_valid))
+    return out
+
+
+def evaluate(structures: Sequence[Atoms], potential: Potential | None = None, **options) -> dict:
+    """``{"molecules": [...records...], "summary": {metric: {"mean", "ci95", "n"}}}`` for ``structures``.
+
+    ``options`` are those of :func:`molecule_records`.
+    """
+    records = molecule_records(structures, potential, **options)
+    return {"molecules": records, "summary": summarize_records(records)}

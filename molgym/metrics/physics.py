@@ -1,0 +1,131 @@
+"""Energy metrics under a potential: energy, return (atomisation energy), fraction of the best-known return,
+relaxation energy drop and heavy-atom RMSD, and a GFN2-xTB referee.
+
+Definitions:
+
+- **energy**: total energy ``E(molecule)`` under the benchmark's potential (eV).
+- **return**: the sum of MolGym's per-step rewards for building the molecule, which telescopes to the
+  atomisation energy ``sum_i E(atom_i) - E(molecule)`` (eV; larger is better), see :mod:`molgym.reward`.
+- **fraction of best-known return** (formula tasks): ``return / best_known[formula]``, with best-known returns
+  from ``molgym/data/best_known*.json`` for the same potential; ``None`` when no value is known.
+- **relaxation energy drop**: ``E(generated) - E(relaxed)`` (eV, >= 0 up to optimiser noise) after relaxing
+  with the potential (ASE BFGS until max force < ``fmax`` or ``steps``); small means the generator already
+  produced a local minimum.
+- **relaxation RMSD**: RMSD (Å) between the heavy atoms before and after relaxation, after optimal rigid
+  alignment (Kabsch); small means the generated geometry was already near a minimum.
+- **referee energy**: atomisation energy per atom (eV/atom) under GFN2-xTB on a seeded sample, so that
+  generators tuned against a learned potential are also judged by a quantum-chemical method.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from molgym.potentials.base import Potential, PotentialError
+from molgym.reward import isolated_atom_energies
+
+__all__ = [
+    "atomisation_energies",
+    "relax",
+    "kabsch_rmsd",
+    "load_best_known",
+    "best_known_return",
+]
+
+BEST_KNOWN_DIR = Path(__file__).resolve().parents[1] / "data"
+
+
+def atomisation_energies(potential: Potential, structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+    """``(energies, returns)`` for ``structures`` in one batched call; entries are NaN where the potential fails."""
+    if not structures:
+        return np.zeros(0), np.zeros(0)
+    try:
+        energies = np.asarray(potential.energies(list(structures)), dtype=float)
+    except PotentialError:
+        energies = np.array([_energy_or_nan(potential, a) for a in structures])
+    atom = isolated_atom_energies(potential, sorted({int(z) for a in structures for z in a.numbers}))
+    refs = np.array([sum(atom[int(z)] for z in a.numbers) for a in structures])
+    return energies, refs - energies
+
+
+def _energy_or_nan(potential: Potential, atoms: Atoms) -> float:
+    try:
+        return float(potential.energies([atoms])[0])
+    except PotentialError:
+        return float("nan")
+
+
+def relax(atoms: Atoms, potential: Potential, fmax: float = 0.05, steps: int = 200) -> tuple[Atoms, int]:
+    """Relax a copy of ``atoms`` with ASE's BFGS on ``potential``; returns ``(relaxed, optimiser_steps)``."""
+    from ase.optimize import BFGS
+
+    work = Atoms(numbers=atoms.numbers, positions=atoms.positions)
+    work.calc = potential.as_calculator()
+    opt = BFGS(work, logfile=None)
+    opt.run(fmax=fmax, steps=steps)
+    out = Atoms(numbers=work.numbers, positions=work.positions)
+    return out, int(opt.nsteps)
+
+
+def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
+    """RMSD (Å) between two equally ordered point sets after optimal rotation and translation."""
+    a = np.asarray(a, float) - np.mean(a, axis=0)
+    b = np.asarray(b, float) - np.mean(b, axis=0)
+    if len(a) == 0:
+        return 0.0
+    u, _s, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, 1.0, d]) @ vt
+    return float(np.sqrt(np.mean(np.sum((a @ rot - b) ** 2, axis=1))))
+
+
+def load_best_known(directory: Path | None = None) -> dict[str, dict[str, float]]:
+    """Best-known returns ``{potential name: {formula: return (eV)}}`` from ``best_known*.json`` files.
+
+    Accepted layouts (the environments write one of them): ``{"potential": NAME, "returns": {FORMULA: R}}``,
+    ``{NAME: {FORMULA: R}}``, or ``{FORMULA: R}`` / ``{FORMULA: {"return": R, ...}}`` (potential unknown:
+    stored under ``"*"``). Missing files give ``{}``.
+    """
+    directory = BEST_KNOWN_DIR if directory is None else Path(directory)
+    table: dict[str, dict[str, float]] = {}
+    for path in sorted(directory.glob("best_known*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        if "returns" in data and isinstance(data["returns"], dict):
+            _merge(table, str(data.get("potential", "*")), data["returns"])
+        elif all(isinstance(v, dict) and not _is_entry(v) for v in data.values()):
+            for name, entries in data.items():
+                _merge(table, name, entries)
+        else:
+            _merge(table, "*", data)
+    return table
+
+
+def _is_entry(value: dict) -> bool:
+    return any(k in value for k in ("return", "value", "best_return"))
+
+
+def _merge(table: dict, potential: str, entries: dict) -> None:
+    for formula, value in entries.items():
+        if isinstance(value, dict):
+            value = next((value[k] for k in ("return", "best_return", "value") if k in value), None)
+        if isinstance(value, (int, float)):
+            table.setdefault(potential, {})[formula] = float(value)
+
+
+def best_known_return(formula: str, potential_name: str, table: dict | None = None) -> float | None:
+    """Best-known return for ``formula`` under the potential called ``potential_name`` (or an unnamed table)."""
+    table = load_best_known() if table is None else table
+    for key in (potential_name, "*"):
+        if formula in table.get(key, {}):
+            return table[key][formula]
+    return None
