@@ -8,3 +8,5 @@ MACE, tblite and RDKit load only when the feature that needs them is used.
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+from molgym.registration import register_envs as _register_envs; _register_envs()  # noqa: E402,E702

@@ -1,0 +1,479 @@
+"""The shared machinery of molgym's atom-placement environments.
+
+:class:`MolecularEnv` holds a *canvas* (the atoms placed so far) and a *bag* (the atoms still to place). Each step
+places one atom from the bag at an absolute Cartesian position; the reward is MolGym's interaction energy
+(:func:`molgym.reward.interaction_reward`) with ``E(canvas)`` carried over from the previous step, so a step costs
+exactly one potential evaluation. A step is split in two halves, :meth:`MolecularEnv._begin_step` (validate the
+action, return the structure to evaluate) and :meth:`MolecularEnv._finish_step` (turn its energy into a reward),
+so that :mod:`molgym.envs.vector` can evaluate the structures of all sub-environments in one batched call.
+
+Subclasses choose the bag of each episode (:meth:`_new_episode`) and may add reward terms (:meth:`_extra_terms`)
+or refill the bag (:meth:`_on_bag_empty`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from ase import Atoms
+from gymnasium import spaces
+
+from molgym.chem import atomic_number, bag_from_numbers, element, format_formula, hill_order, symbol
+from molgym.potentials.base import Potential, PotentialError
+from molgym.reward import interaction_reward, isolated_atom_energies, placement_problem
+from molgym.envs.potentials import shared_potential
+
+__all__ = ["MolecularEnv", "DEFAULT_INVALID_REWARD", "DEFAULT_WORKSPACE"]
+
+#: Reward of an invalid placement (eV); the episode ends with it.
+DEFAULT_INVALID_REWARD = -1.0
+#: Half-width (Å) of the cube ``[-w, w]^3`` in which atoms may be placed.
+DEFAULT_WORKSPACE = 8.0
+
+
+@dataclass
+class _Pending:
+    """What :meth:`MolecularEnv._begin_step` decided, waiting for an energy."""
+
+    number: int = 0
+    position: np.ndarray | None = None
+    invalid_reason: str = ""
+    needs_energy: bool = False
+
+
+class MolecularEnv(gym.Env):
+    """Base class: build a molecule atom by atom in 3D (see the subclasses for the tasks and the full docs).
+
+    Args:
+        potential: a potential spec (``"default"``, ``"xtb"``, ``"pm6"``, a MACE model path) or a ``Potential``;
+            specs are loaded once per process and shared between environments.
+        elements: the element vocabulary of the action space, in order (default: the task's elements in Hill
+            order); action ``[k, x, y, z]`` places ``elements[k]``.
+        max_atoms: size of the padded observation arrays (at least the largest canvas of the task).
+        workspace: atoms are placed inside the cube ``[-workspace, workspace]^3`` (Å).
+        invalid_reward: reward of an invalid placement (ends the episode).
+        render_mode: ``None``, ``"rgb_array"`` or ``"ansi"``.
+        device: device for a MACE potential given by spec.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        *,
+        potential: str | os.PathLike | Potential = "default",
+        elements: Sequence[str],
+        max_atoms: int,
+        workspace: float = DEFAULT_WORKSPACE,
+        invalid_reward: float = DEFAULT_INVALID_REWARD,
+        render_mode: str | None = None,
+        device: str | None = None,
+        extra_numbers: Sequence[int] = (),
+    ):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if not np.isfinite(workspace) or workspace <= 0:
+            raise ValueError(f"workspace must be a positive number of Å, got {workspace!r}")
+        if not np.isfinite(invalid_reward):
+            raise ValueError(f"invalid_reward must be a finite number, got {invalid_reward!r}")
+        elements = [element(s).symbol for s in elements]  # raises for unknown symbols
+        if len(set(elements)) != len(elements) or not elements:
+            raise ValueError(f"elements must be a non-empty list of distinct symbols, got {elements}")
+        self.elements: tuple[str, ...] = tuple(elements)
+        self.element_numbers = np.array([atomic_number(s) for s in self.elements], dtype=np.int64)
+        self.max_atoms = int(max_atoms)
+        self.workspace = float(workspace)
+        self.invalid_reward = float(invalid_reward)
+        self.render_mode = render_mode
+        self.device = device
+
+        self._potential_spec = potential if isinstance(potential, Potential) else str(potential)
+        self.potential = shared_potential(potential, device=device)
+        self._check_species(set(self.element_numbers.tolist()) | {int(z) for z in extra_numbers})
+        self._atom_energy = isolated_atom_energies(self.potential, self.element_numbers.tolist())
+
+        max_z = int(max([*self.element_numbers.tolist(), *[int(z) for z in extra_numbers]]))
+        w = np.float32(self.workspace)
+        self.observation_space = spaces.Dict(
+            {
+                "positions": spaces.Box(-w, w, shape=(self.max_atoms, 3), dtype=np.float32),
+                "atomic_numbers": spaces.Box(0, max_z, shape=(self.max_atoms,), dtype=np.int64),
+                "mask": spaces.MultiBinary(self.max_atoms),
+                "bag": spaces.Box(0, self.max_atoms, shape=(len(self.elements),), dtype=np.int64),
+            }
+        )
+        low = np.array([0.0, -w, -w, -w], dtype=np.float32)
+        high = np.array([len(self.elements) - 1, w, w, w], dtype=np.float32)
+        self.action_space = spaces.Box(low, high, dtype=np.float32)
+
+        self._numbers = np.zeros(0, dtype=np.int64)
+        self._positions = np.zeros((0, 3), dtype=np.float64)
+        self._rewards: list[float] = []
+        self._bag: dict[str, int] = {}
+        self._energy = 0.0
+        self._return = 0.0
+        self._done = True
+        self._pending: _Pending | None = None
+        self._frames: list[Atoms] = []
+        self._task_formula: str | None = None
+        self.best_known = None
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def _check_species(self, numbers: set[int]) -> None:
+        missing = sorted(numbers - set(self.potential.species))
+        if missing:
+            raise ValueError(
+                f"potential {self.potential.name} does not cover {', '.join(symbol(z) for z in missing)}; "
+                f"it covers atomic numbers {sorted(self.potential.species)[:20]}"
+            )
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if isinstance(self._potential_spec, str):
+            state["potential"] = None  # reloaded (from the per-process cache) on unpickling
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.potential is None:
+            self.potential = shared_potential(self._potential_spec, device=self.device)
+
+    # ----------------------------------------------------------------------------------- hooks for subclasses
+    def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
+        """The bag and the fixed start structure (may be empty) of a new episode, drawn with ``self.np_random``."""
+        raise NotImplementedError
+
+    def _apply_canvas(self, bag: dict[str, int], canvas: Atoms) -> dict[str, int]:
+        """The bag left after the atoms of a user-given start ``canvas`` (formula tasks: remove them)."""
+        from molgym.envs.bags import bag_contains, bag_subtract
+
+        part = bag_from_numbers(canvas.numbers)
+        if not bag_contains(bag, part):
+            raise ValueError(
+                f"the start canvas {format_formula(part)} is not part of this episode's bag {format_formula(bag)}"
+            )
+        left = bag_subtract(bag, part)
+        if not left:
+            raise ValueError(f"the start canvas {format_formula(part)} already uses the whole bag; nothing to place")
+        return left
+
+    def _extra_terms(self, number: int, position: np.ndarray) -> dict[str, float]:
+        """Additional reward terms of a valid placement (named ``reward_<name>`` in ``info``)."""
+        return {}
+
+    def _on_bag_empty(self) -> bool:
+        """Called when the bag runs empty after a valid step; return ``True`` if it was refilled."""
+        return False
+
+    def _task_info(self) -> dict[str, Any]:
+        """Task-specific entries of the reset ``info``."""
+        return {}
+
+    # ------------------------------------------------------------------------------------------------- API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode. ``options={"canvas": atoms}`` starts from a partial structure (its atoms leave the
+        bag); subclasses accept more options (see their docs). Bad options raise ``ValueError``."""
+        super().reset(seed=seed)
+        options = dict(options or {})
+        bag, start = self._new_episode(options)
+        canvas = options.pop("canvas", None)
+        numbers = start.numbers.astype(np.int64)
+        positions = start.positions.astype(np.float64)
+        if canvas is not None:
+            if not isinstance(canvas, Atoms):
+                raise ValueError(f"options['canvas'] must be an ase.Atoms, got {type(canvas).__name__}")
+            self._check_canvas(canvas, numbers, positions)
+            bag = self._apply_canvas(bag, canvas)
+            numbers = np.concatenate([numbers, canvas.numbers.astype(np.int64)])
+            positions = np.concatenate([positions, canvas.positions.astype(np.float64)])
+        if len(numbers) + sum(bag.values()) > self.max_atoms:
+            raise ValueError(
+                f"canvas ({len(numbers)} atoms) + bag ({sum(bag.values())}) exceed max_atoms={self.max_atoms}"
+            )
+        self._numbers, self._positions = numbers, positions
+        self._bag = hill_order(bag)
+        self._start_size = len(numbers)
+        self._energy = self._structure_energy(numbers, positions)
+        self._return = 0.0
+        self._rewards = [0.0] * len(numbers)
+        self._done = False
+        self._pending = None
+        self._frames = [self._frame(step=0, reward=0.0)]
+        self._task_formula = self._formula_of_task()
+        self.best_known = self._lookup_best_known()
+        info = self._info(invalid_reason="", terms={})
+        info.update(self._task_info())
+        info["task_formula"] = self._task_formula or ""
+        info["best_known_return"] = None if self.best_known is None else self.best_known.value
+        info["best_known"] = self._best_known_note()
+        return self._observation(), info
+
+    def step(self, action):
+        """Place one atom; see the class docstring for the reward and the invalid placements."""
+        structure = self._begin_step(action)
+        energy, error = None, ""
+        if structure is not None:
+            energy, error = _evaluate_one(self.potential, structure)
+        return self._finish_step(energy, error)
+
+    def action_masks(self) -> np.ndarray:
+        """Boolean mask over :attr:`elements`: which elements are still in the bag (SB3-contrib convention)."""
+        return np.array([self._bag.get(s, 0) > 0 for s in self.elements], dtype=bool)
+
+    @property
+    def bag(self) -> dict[str, int]:
+        """The atoms still to place (a copy)."""
+        return dict(self._bag)
+
+    @property
+    def canvas(self) -> Atoms:
+        """The atoms placed so far, with ``placement_reward`` per atom (a copy)."""
+        atoms = Atoms(numbers=self._numbers.copy(), positions=self._positions.copy())
+        atoms.arrays["placement_reward"] = np.array(self._rewards, dtype=float)
+        atoms.info.update(energy=float(self._energy), episode_return=float(self._return))
+        if self._task_formula:
+            atoms.info["task_formula"] = self._task_formula
+        return atoms
+
+    @property
+    def energy(self) -> float:
+        """``E(canvas)`` in eV under the environment's potential (0 for an empty canvas)."""
+        return float(self._energy)
+
+    def trajectory(self) -> list[Atoms]:
+        """Every canvas of the episode so far (frame 0 is the start), ``info`` holding step, element, reward."""
+        return [a.copy() for a in self._frames]
+
+    def write_molecule(self, path: str | os.PathLike) -> None:
+        """Write the current canvas to extended XYZ (per-atom ``placement_reward``, energy, return)."""
+        from molgym.io import write_xyz
+
+        write_xyz(path, [self.canvas])
+
+    def write_trajectory(self, path: str | os.PathLike) -> None:
+        """Write the episode's trajectory (one frame per step, with its reward) to extended XYZ."""
+        from molgym.io import write_xyz
+
+        write_xyz(path, self.trajectory())
+
+    def render(self):
+        """``rgb_array``: a picture of the canvas with bonds; ``ansi``: a text table."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array' or 'ansi'")
+            return None
+        from molgym.envs.render import render_ansi, render_rgb
+
+        if self.render_mode == "ansi":
+            return render_ansi(self._numbers, self._positions, self._bag, self._energy, self._return)
+        title = f"{format_formula(bag_from_numbers(self._numbers)) if len(self._numbers) else ''}  R={self._return:.2f} eV"
+        return render_rgb(self._numbers, self._positions, title=title)
+
+    # ----------------------------------------------------------------------------------- the two-phase step
+    def _begin_step(self, action) -> Atoms | None:
+        """Validate ``action``; return the structure whose energy the step needs, or ``None`` if it needs none."""
+        if self._done:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        pending = _Pending()
+        self._pending = pending
+        parsed = self._parse_action(action)
+        if isinstance(parsed, str):
+            pending.invalid_reason = parsed
+            return None
+        index, position = parsed
+        sym = self.elements[index]
+        if self._bag.get(sym, 0) <= 0:
+            pending.invalid_reason = f"element {sym} is not in the bag ({format_formula(self._bag)})"
+            return None
+        number = int(self.element_numbers[index])
+        canvas = Atoms(numbers=self._numbers, positions=self._positions)
+        problem = placement_problem(canvas, number, position)
+        if problem:
+            pending.invalid_reason = problem
+            return None
+        pending.number, pending.position = number, position
+        if len(self._numbers) == 0:
+            return None  # E(single atom) is the cached isolated-atom energy
+        pending.needs_energy = True
+        return Atoms(
+            numbers=np.append(self._numbers, number), positions=np.vstack([self._positions, position[None, :]])
+        )
+
+    def _finish_step(self, energy: float | None, error: str = ""):
+        """Complete the step started by :meth:`_begin_step` with the energy of its structure."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("_finish_step() without _begin_step()")
+        reason = pending.invalid_reason
+        if not reason and pending.needs_energy and (energy is None or not np.isfinite(energy)):
+            reason = f"potential evaluation failed: {error or f'energy {energy}'}"
+        if reason:
+            self._done = True
+            reward = self.invalid_reward
+            self._return += reward
+            info = self._info(invalid_reason=reason, terms={"interaction": 0.0, "invalid": reward})
+            info.update(self._end_info())
+            return self._observation(), float(reward), True, False, info
+
+        e_atom = self._atom_energy[pending.number]
+        e_after = float(energy) if pending.needs_energy else e_atom
+        interaction = float(interaction_reward(e_after, self._energy, e_atom))
+        extra = self._extra_terms(pending.number, pending.position)
+        reward = interaction + float(sum(extra.values()))
+        self._numbers = np.append(self._numbers, pending.number)
+        self._positions = np.vstack([self._positions, pending.position[None, :]])
+        self._rewards.append(reward)
+        self._energy = e_after
+        self._return += reward
+        sym = symbol(pending.number)
+        self._bag[sym] -= 1
+        if self._bag[sym] == 0:
+            del self._bag[sym]
+        self._frames.append(self._frame(step=len(self._frames), reward=reward, element=sym))
+        terminated = not self._bag and not self._on_bag_empty()
+        if terminated:
+            self._done = True
+        terms = {"interaction": interaction, "invalid": 0.0, **extra}
+        info = self._info(invalid_reason="", terms=terms)
+        if terminated:
+            info.update(self._end_info())
+        return self._observation(), float(reward), bool(terminated), False, info
+
+    def _parse_action(self, action) -> tuple[int, np.ndarray] | str:
+        if isinstance(action, Mapping):
+            try:
+                index = float(np.asarray(action["element"]).reshape(()))
+                position = np.asarray(action["position"], dtype=float).reshape(3)
+            except (KeyError, ValueError, TypeError) as err:
+                return f"malformed action {action!r}: {err}"
+        else:
+            try:
+                flat = np.asarray(action, dtype=float).reshape(-1)
+            except (ValueError, TypeError) as err:
+                return f"malformed action: {err}"
+            if flat.shape != (4,):
+                return f"action must be [element_index, x, y, z], got shape {np.shape(action)}"
+            index, position = float(flat[0]), flat[1:].copy()
+        if not np.isfinite(index) or not np.all(np.isfinite(position)):
+            return f"action has non-finite values: {[index, *position.tolist()]}"
+        k = int(np.floor(index + 0.5))
+        if not 0 <= k < len(self.elements):
+            return f"element index {index} is outside 0..{len(self.elements) - 1} ({', '.join(self.elements)})"
+        if np.any(np.abs(position) > self.workspace + 1e-6):
+            return f"position {position.round(3).tolist()} is outside the workspace [-{self.workspace}, {self.workspace}]^3 Å"
+        return k, position
+
+    # ---------------------------------------------------------------------------------------------- helpers
+    def _check_canvas(self, canvas: Atoms, numbers: np.ndarray, positions: np.ndarray) -> None:
+        if len(canvas) == 0:
+            return
+        if not np.all(np.isfinite(canvas.positions)):
+            raise ValueError("options['canvas'] has non-finite positions")
+        if np.any(np.abs(canvas.positions) > self.workspace):
+            raise ValueError(f"options['canvas'] has atoms outside the workspace [-{self.workspace}, {self.workspace}]^3 Å")
+        self._check_species(set(canvas.numbers.tolist()))
+        allowed = set(self.element_numbers.tolist())
+        bad = sorted(set(canvas.numbers.tolist()) - allowed)
+        if bad:
+            raise ValueError(
+                f"options['canvas'] contains {', '.join(symbol(z) for z in bad)}; this task places only "
+                f"{', '.join(self.elements)}"
+            )
+
+    def _structure_energy(self, numbers: np.ndarray, positions: np.ndarray) -> float:
+        if len(numbers) == 0:
+            return 0.0
+        if len(numbers) == 1:
+            return isolated_atom_energies(self.potential, [int(numbers[0])])[int(numbers[0])]
+        energy, error = _evaluate_one(self.potential, Atoms(numbers=numbers, positions=positions))
+        if energy is None or not np.isfinite(energy):
+            raise ValueError(f"the start structure could not be evaluated with {self.potential.name}: {error}")
+        return float(energy)
+
+    def _formula_of_task(self) -> str | None:
+        """The formula whose best-known return applies (canvas + bag at reset); ``None`` for other tasks."""
+        total = dict(self._bag)
+        for z in self._numbers:
+            s = symbol(int(z))
+            total[s] = total.get(s, 0) + 1
+        return format_formula(total)
+
+    def _lookup_best_known(self):
+        if not self._task_formula:
+            return None
+        from molgym.best_known import best_known
+
+        try:
+            return best_known(self._task_formula, self.potential)
+        except (OSError, ValueError) as err:  # a damaged table must not stop training
+            gym.logger.warn(f"could not read best-known returns: {err}")
+            return None
+
+    def _best_known_note(self) -> str:
+        if self.best_known is not None:
+            b = self.best_known
+            return f"{b.value:.4f} eV for {b.formula} under {b.potential} ({b.method}; {b.date})"
+        if not self._task_formula:
+            return "not applicable to this task"
+        return f"unknown for {self._task_formula} under {self.potential.name}"
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        n = len(self._numbers)
+        positions = np.zeros((self.max_atoms, 3), dtype=np.float32)
+        positions[:n] = self._positions
+        numbers = np.zeros(self.max_atoms, dtype=np.int64)
+        numbers[:n] = self._numbers
+        mask = np.zeros(self.max_atoms, dtype=np.int8)
+        mask[:n] = 1
+        bag = np.array([self._bag.get(s, 0) for s in self.elements], dtype=np.int64)
+        return {"positions": positions, "atomic_numbers": numbers, "mask": mask, "bag": bag}
+
+    def _info(self, invalid_reason: str, terms: dict[str, float]) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "energy": float(self._energy),
+            "n_atoms": int(len(self._numbers)),
+            "action_mask": self.action_masks(),
+            "invalid": bool(invalid_reason),
+            "invalid_reason": invalid_reason,
+        }
+        for name, value in terms.items():
+            info[f"reward_{name}"] = float(value)
+        return info
+
+    def _end_info(self) -> dict[str, Any]:
+        return {
+            "episode_return": float(self._return),
+            "best_known_return": None if self.best_known is None else self.best_known.value,
+            "formula": format_formula(bag_from_numbers(self._numbers)) if len(self._numbers) else "",
+        }
+
+    def _frame(self, step: int, reward: float, element: str = "") -> Atoms:
+        atoms = Atoms(numbers=self._numbers.copy(), positions=self._positions.copy())
+        atoms.info.update(step=step, element=element, reward=float(reward), energy=float(self._energy),
+                          episode_return=float(self._return))
+        atoms.arrays["placement_reward"] = np.array(self._rewards, dtype=float)
+        return atoms
+
+
+def _evaluate_one(potential: Potential, structure: Atoms) -> tuple[float | None, str]:
+    """Energy of one structure, or ``(None, reason)`` when the potential cannot evaluate it."""
+    try:
+        return float(potential.energies([structure])[0]), ""
+    except PotentialError as err:
+        return None, str(err)
+
+
+def evaluate_batch(potential: Potential, structures: list[Atoms]) -> list[tuple[float | None, str]]:
+    """Energies of many structures in ONE ``potential.energies`` call; if that call fails on a structure
+    (e.g. an SCF that does not converge), the structures are evaluated one by one to isolate the failure."""
+    if not structures:
+        return []
+    try:
+        energies = potential.energies(structures)
+        return [(float(e), "") for e in energies]
+    except PotentialError:
+        return [_evaluate_one(potential, s) for s in structures]

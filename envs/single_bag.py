@@ -1,0 +1,132 @@
+"""``MolGym/SingleBag-v0``: build one molecule of a fixed formula."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ase import Atoms
+
+from molgym.chem import bag_size, format_formula, parse_formula
+from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv
+from molgym.potentials.base import Potential
+
+__all__ = ["SingleBagEnv", "parse_task_formula"]
+
+
+def parse_task_formula(formula: str, argument: str = "formula") -> dict[str, int]:
+    """Parse a task formula; ``ValueError`` naming the argument when it is malformed or too small."""
+    if not isinstance(formula, str):
+        raise ValueError(f"{argument} must be a formula string such as 'C3H8O', got {formula!r}")
+    try:
+        bag = parse_formula(formula)
+    except ValueError as err:
+        raise ValueError(f"{argument}={formula!r} is not a valid formula: {err}") from None
+    if bag_size(bag) < 2:
+        raise ValueError(f"{argument}={formula!r} has {bag_size(bag)} atom; a molecule needs at least 2")
+    return bag
+
+
+class SingleBagEnv(MolecularEnv):
+    """Build a molecule of one fixed formula, atom by atom in 3D.
+
+    ## Description
+
+    The agent empties a *bag* of atoms (the formula, e.g. ``C3H8O``) onto a 3D *canvas*, one atom per step,
+    choosing the element and its absolute Cartesian position. Each placement is rewarded with the interaction
+    energy of the new atom with the canvas under a potential (MolGym, Simm et al. ICML 2020; here a MACE force
+    field by default), so the undiscounted return of a complete episode is the atomisation energy of the molecule
+    built, and the best return is reached by its most stable isomer.
+
+    ## Action Space
+
+    ``Box(4,)`` of ``float32``: ``[element_index, x, y, z]``. ``element_index`` (rounded to the nearest integer,
+    range ``0..len(elements)-1``) selects ``env.unwrapped.elements[element_index]``; ``x, y, z`` is the absolute
+    position in Å inside ``[-workspace, workspace]^3``. A dict ``{"element": k, "position": [x, y, z]}`` is also
+    accepted by ``step``. ``env.unwrapped.action_masks()`` (and ``info["action_mask"]``) marks the elements left
+    in the bag.
+
+    ## Observation Space
+
+    ``Dict`` of fixed-size arrays (``max_atoms`` = the formula's size):
+
+    | key              | shape            | dtype   | meaning                                         |
+    |------------------|------------------|---------|-------------------------------------------------|
+    | ``positions``    | (max_atoms, 3)   | float32 | positions of the placed atoms (Å), 0 padded     |
+    | ``atomic_numbers``| (max_atoms,)    | int64   | atomic numbers, 0 padded                        |
+    | ``mask``         | (max_atoms,)     | int8    | 1 for a placed atom, 0 for padding              |
+    | ``bag``          | (len(elements),) | int64   | atoms of each element still to place            |
+
+    ## Rewards
+
+    A valid placement of atom ``a`` gets ``r = -[E(canvas + a) - E(canvas) - E(a)]`` (eV;
+    :func:`molgym.reward.interaction_reward`), where ``E(a)`` is the isolated atom's energy and ``E(canvas)``
+    is carried over from the previous step: one potential evaluation per step (none for the first atom, whose
+    reward is 0). ``info["reward_interaction"]`` holds that term and ``info["reward_invalid"]`` the penalty.
+    An invalid placement gets ``invalid_reward`` (default -1 eV) and ends the episode. Invalid are: a non-finite
+    action, an element index out of range, an element not left in the bag, a position outside the workspace, an
+    atom closer than :data:`molgym.reward.MIN_DISTANCE` (0.6 Å) to another, an H or F farther than
+    :data:`molgym.reward.MAX_TERMINAL_DISTANCE` (2.0 Å) from every heavy atom, and a structure the potential
+    cannot evaluate (SCF failure, non-finite energy); ``info["invalid_reason"]`` says which. They never raise.
+
+    ## Starting State
+
+    An empty canvas and the full bag. ``reset(options={"canvas": atoms})`` starts from a partial structure
+    instead: its atoms must be part of the formula and are removed from the bag (one potential evaluation).
+
+    ## Episode End
+
+    Terminated when the bag is empty or after an invalid placement; never truncated (an episode has at most
+    ``len(formula)`` steps). The final ``info`` holds ``episode_return``, ``formula`` and
+    ``best_known_return``: the return of the best known isomer of the formula under the same potential
+    (:mod:`molgym.best_known`), or ``None`` when none is known for this potential (``info["best_known"]`` at
+    reset explains). ``env.unwrapped.write_molecule(path)`` / ``write_trajectory(path)`` export to extended XYZ.
+
+    ## Arguments
+
+    ```python
+    gymnasium.make("MolGym/SingleBag-v0", formula="C3H8O", potential="default")
+    ```
+
+    - ``formula``: the bag (e.g. ``"C7H8N2O2"``).
+    - ``potential``: ``"default"`` (molgym's MACE model), ``"xtb"``, ``"pm6"``, a MACE model path, or a
+      ``Potential``; specs are loaded once per process and shared.
+    - ``elements``: the element vocabulary of the action (default: the formula's elements, Hill order).
+    - ``workspace``: half-width of the placement cube in Å (default 8).
+    - ``invalid_reward``: reward of an invalid placement (default -1).
+    - ``render_mode``: ``"rgb_array"`` (picture with bonds) or ``"ansi"`` (text).
+    - ``device``: device of a MACE potential given by spec.
+    """
+
+    def __init__(
+        self,
+        formula: str = "C3H8O",
+        potential: str | os.PathLike | Potential = "default",
+        elements: Sequence[str] | None = None,
+        workspace: float = DEFAULT_WORKSPACE,
+        invalid_reward: float = DEFAULT_INVALID_REWARD,
+        render_mode: str | None = None,
+        device: str | None = None,
+    ):
+        self.formula_bag = parse_task_formula(formula)
+        self.formula = format_formula(self.formula_bag)
+        vocabulary = list(elements) if elements is not None else list(self.formula_bag)
+        missing = [s for s in self.formula_bag if s not in vocabulary]
+        if missing:
+            raise ValueError(f"elements={vocabulary} misses {missing}, which the formula {self.formula} needs")
+        super().__init__(
+            potential=potential,
+            elements=vocabulary,
+            max_atoms=bag_size(self.formula_bag),
+            workspace=workspace,
+            invalid_reward=invalid_reward,
+            render_mode=render_mode,
+            device=device,
+        )
+
+    def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
+        unknown = set(options) - {"canvas"}
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'canvas'")
+        return dict(self.formula_bag), Atoms()

@@ -1,0 +1,195 @@
+"""``MolGym/Solvation-v0``: place solvent molecules, atom by atom, around a fixed solute."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from molgym.chem import bag_from_numbers, bag_size, format_formula, hill_order
+from molgym.envs.bags import bag_contains, bag_subtract
+from molgym.envs.base import DEFAULT_INVALID_REWARD, MolecularEnv
+from molgym.envs.single_bag import parse_task_formula
+from molgym.potentials.base import Potential
+
+__all__ = ["SolvationEnv", "solute_from_smiles"]
+
+
+def solute_from_smiles(smiles: str, seed: int = 0) -> Atoms:
+    """A 3D structure (hydrogens added, RDKit ETKDG with ``seed`` then MMFF) of ``smiles``, centred at 0."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"solute={smiles!r} is not a valid SMILES string (or pass an ase.Atoms)")
+    mol = Chem.AddHs(mol)
+    params = AllChem.ETKDGv3()
+    params.randomSeed = int(seed)
+    if AllChem.EmbedMolecule(mol, params) != 0:
+        raise ValueError(f"RDKit could not embed a 3D structure for solute={smiles!r}")
+    AllChem.MMFFOptimizeMolecule(mol)
+    pos = mol.GetConformer().GetPositions()
+    atoms = Atoms(numbers=[a.GetAtomicNum() for a in mol.GetAtoms()], positions=pos - pos.mean(axis=0))
+    atoms.info["smiles"] = smiles
+    return atoms
+
+
+class SolvationEnv(MolecularEnv):
+    """Place solvent molecules around a fixed solute, one atom at a time.
+
+    ## Description
+
+    The canvas starts with a solute (an ``ase.Atoms`` or a SMILES string embedded with RDKit, centred at the
+    origin). The bag holds one solvent molecule (``solvent``, e.g. ``H2O``); when it is empty it is refilled
+    with the next one, until ``n_solvent`` molecules are placed (MolGym's solvation task). A distance penalty
+    keeps the solvent near the solute.
+
+    ## Action Space
+
+    ``Box(4,)``: ``[element_index, x, y, z]`` over the solvent's elements, as in ``MolGym/SingleBag-v0``;
+    ``env.unwrapped.action_masks()`` marks the elements left in the bag.
+
+    ## Observation Space
+
+    ``Dict`` with ``positions`` (max_atoms, 3), ``atomic_numbers``, ``mask`` (max_atoms,) and ``bag``
+    (len(elements),), where ``max_atoms = len(solute) + n_solvent * len(solvent)``; the solute atoms come first.
+
+    ## Rewards
+
+    ``r = -[E(canvas + atom) - E(canvas) - E(atom)] - distance_penalty * max(0, d - max_solute_distance)``,
+    where ``d`` is the distance (Å) from the new atom to the nearest solute atom; ``info`` holds
+    ``reward_interaction`` and ``reward_distance``. One potential evaluation per step. Invalid placements
+    (rules as in ``MolGym/SingleBag-v0``) get ``invalid_reward`` and end the episode.
+
+    ## Starting State
+
+    The solute alone and one solvent molecule in the bag. ``options={"canvas": atoms}`` adds already placed
+    solvent atoms after the solute (whole molecules and at most one partial one); the bag then holds the rest of
+    the partial molecule (or the next molecule).
+
+    ## Episode End
+
+    Terminated when ``n_solvent`` molecules are placed or after an invalid placement; never truncated. There is
+    no best-known return for this task (``best_known_return`` is ``None``).
+
+    ## Arguments
+
+    ```python
+    gymnasium.make("MolGym/Solvation-v0", solute="CC(=O)O", solvent="H2O", n_solvent=4, potential="default")
+    ```
+
+    - ``solute``: ``ase.Atoms`` or SMILES (default methanol, ``"CO"``).
+    - ``solvent``: formula of one solvent molecule (default ``"H2O"``).
+    - ``n_solvent``: number of solvent molecules to place (>= 1).
+    - ``distance_penalty``: eV per Å beyond ``max_solute_distance`` (>= 0).
+    - ``max_solute_distance``: Å from the nearest solute atom within which there is no penalty.
+    - ``workspace``: half-width of the placement cube in Å (default 10).
+    - ``potential``, ``elements``, ``invalid_reward``, ``render_mode``, ``device``: as in
+      ``MolGym/SingleBag-v0``.
+    """
+
+    def __init__(
+        self,
+        solute: str | Atoms = "CO",
+        solvent: str = "H2O",
+        n_solvent: int = 4,
+        distance_penalty: float = 1.0,
+        max_solute_distance: float = 4.0,
+        potential: str | os.PathLike | Potential = "default",
+        elements: Sequence[str] | None = None,
+        workspace: float = 10.0,
+        invalid_reward: float = DEFAULT_INVALID_REWARD,
+        render_mode: str | None = None,
+        device: str | None = None,
+    ):
+        if isinstance(solute, Atoms):
+            if len(solute) == 0 or not np.all(np.isfinite(solute.positions)):
+                raise ValueError("solute must be a non-empty ase.Atoms with finite positions")
+            solute = Atoms(numbers=solute.numbers, positions=solute.positions - solute.positions.mean(axis=0))
+        elif isinstance(solute, str):
+            solute = solute_from_smiles(solute)
+        else:
+            raise ValueError(f"solute must be an ase.Atoms or a SMILES string, got {type(solute).__name__}")
+        if np.any(np.abs(solute.positions) > workspace):
+            raise ValueError(f"the solute does not fit in the workspace [-{workspace}, {workspace}]^3 Å")
+        if int(n_solvent) != n_solvent or n_solvent < 1:
+            raise ValueError(f"n_solvent must be a positive integer, got {n_solvent!r}")
+        if not np.isfinite(distance_penalty) or distance_penalty < 0:
+            raise ValueError(f"distance_penalty must be >= 0 (eV/Å), got {distance_penalty!r}")
+        if not np.isfinite(max_solute_distance) or max_solute_distance <= 0:
+            raise ValueError(f"max_solute_distance must be > 0 (Å), got {max_solute_distance!r}")
+        self.solute = solute
+        self.solvent_bag = parse_task_formula(solvent, "solvent")
+        self.solvent = format_formula(self.solvent_bag)
+        self.n_solvent = int(n_solvent)
+        self.distance_penalty = float(distance_penalty)
+        self.max_solute_distance = float(max_solute_distance)
+        vocabulary = list(elements) if elements is not None else list(self.solvent_bag)
+        missing = [s for s in self.solvent_bag if s not in vocabulary]
+        if missing:
+            raise ValueError(f"elements={vocabulary} misses {missing}, which the solvent {self.solvent} needs")
+        self._molecules_left = 0
+        super().__init__(
+            potential=potential,
+            elements=vocabulary,
+            max_atoms=len(solute) + self.n_solvent * bag_size(self.solvent_bag),
+            workspace=workspace,
+            invalid_reward=invalid_reward,
+            render_mode=render_mode,
+            device=device,
+            extra_numbers=solute.numbers.tolist(),
+        )
+        self._solute_energy: float | None = None
+
+    def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
+        unknown = set(options) - {"canvas"}
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'canvas'")
+        self._molecules_left = self.n_solvent - 1
+        return dict(self.solvent_bag), self.solute.copy()
+
+    def _apply_canvas(self, bag: dict[str, int], canvas: Atoms) -> dict[str, int]:
+        placed = bag_from_numbers(canvas.numbers)
+        complete = 0
+        while bag_contains(placed, self.solvent_bag) and placed:
+            placed = bag_subtract(placed, self.solvent_bag)
+            complete += 1
+        if not bag_contains(self.solvent_bag, placed):
+            raise ValueError(
+                f"the start canvas is not whole {self.solvent} molecules plus part of one "
+                f"(left over: {format_formula(placed)})"
+            )
+        left = bag_subtract(self.solvent_bag, placed) if placed else dict(self.solvent_bag)
+        molecules_left = self.n_solvent - complete - 1
+        if molecules_left < 0:
+            raise ValueError(f"the start canvas already holds {complete} of {self.n_solvent} solvent molecules")
+        self._molecules_left = molecules_left
+        return hill_order(left)
+
+    def _structure_energy(self, numbers: np.ndarray, positions: np.ndarray) -> float:
+        if len(numbers) == len(self.solute):  # the solute alone: evaluated once, reused every episode
+            if self._solute_energy is None:
+                self._solute_energy = super()._structure_energy(numbers, positions)
+            return self._solute_energy
+        return super()._structure_energy(numbers, positions)
+
+    def _extra_terms(self, number: int, position: np.ndarray) -> dict[str, float]:
+        d = float(np.linalg.norm(self.solute.positions - position, axis=1).min())
+        return {"distance": -self.distance_penalty * max(0.0, d - self.max_solute_distance)}
+
+    def _on_bag_empty(self) -> bool:
+        if self._molecules_left > 0:
+            self._molecules_left -= 1
+            self._bag = dict(self.solvent_bag)
+            return True
+        return False
+
+    def _formula_of_task(self) -> str | None:
+        return None
+
+    def _task_info(self) -> dict[str, Any]:
+        return {"solvent_molecules_left": int(self._molecules_left) + 1}

@@ -1,0 +1,129 @@
+"""``MolGym/StochasticBag-v0``: random bags drawn from a template formula and a size range."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from molgym.chem import bag_from_numbers, format_formula
+from molgym.envs.bags import bag_contains, is_closed_shell_feasible, sample_bag
+from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv
+from molgym.envs.single_bag import parse_task_formula
+from molgym.potentials.base import Potential
+
+__all__ = ["StochasticBagEnv"]
+
+_MAX_TRIES = 1000
+
+
+class StochasticBagEnv(MolecularEnv):
+    """Build molecules from random bags: sizes in a range, compositions like a template formula.
+
+    ## Description
+
+    Each ``reset`` draws a new bag (MolGym's stochastic-bag task): a size ``n`` uniform in ``size_range`` and a
+    composition multinomial in the template's element fractions (``C7H8N2O2``: 7/19 C, 8/19 H...). Only bags
+    that can form a neutral closed-shell molecule are kept: an even number of electrons and a valence-feasible
+    connected graph (each atom's neutral valence, bond orders 1-3; see :mod:`molgym.envs.bags`). Others are
+    drawn again.
+
+    ## Action Space
+
+    ``Box(4,)``: ``[element_index, x, y, z]`` over the template's elements, as in ``MolGym/SingleBag-v0``;
+    ``env.unwrapped.action_masks()`` marks the elements left in the bag.
+
+    ## Observation Space
+
+    ``Dict`` with ``positions`` (max_atoms, 3), ``atomic_numbers``, ``mask`` (max_atoms,) and ``bag``
+    (len(elements),), where ``max_atoms = size_range[1]``.
+
+    ## Rewards
+
+    ``r = -[E(canvas + atom) - E(canvas) - E(atom)]`` per valid placement (one potential evaluation per step);
+    an invalid placement gets ``invalid_reward`` and ends the episode (rules as in ``MolGym/SingleBag-v0``).
+
+    ## Starting State
+
+    An empty canvas and the drawn bag. ``options={"canvas": atoms}`` draws only bags that contain the canvas's
+    atoms and starts from it.
+
+    ## Episode End
+
+    Terminated when the bag is empty or after an invalid placement; never truncated. ``best_known_return`` in
+    the final ``info`` is that of the episode's formula when one is known for the potential, else ``None``.
+
+    ## Arguments
+
+    ```python
+    gymnasium.make("MolGym/StochasticBag-v0", template="C7H8N2O2", size_range=(10, 19), potential="default")
+    ```
+
+    - ``template``: formula whose element fractions the bags follow.
+    - ``size_range``: ``(min, max)`` number of atoms of a bag, inclusive, ``2 <= min <= max``.
+    - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``render_mode``, ``device``: as in
+      ``MolGym/SingleBag-v0``.
+    """
+
+    def __init__(
+        self,
+        template: str = "C7H8N2O2",
+        size_range: Sequence[int] = (8, 19),
+        potential: str | os.PathLike | Potential = "default",
+        elements: Sequence[str] | None = None,
+        workspace: float = DEFAULT_WORKSPACE,
+        invalid_reward: float = DEFAULT_INVALID_REWARD,
+        render_mode: str | None = None,
+        device: str | None = None,
+    ):
+        self.template_bag = parse_task_formula(template, "template")
+        self.template = format_formula(self.template_bag)
+        try:
+            lo, hi = (int(v) for v in size_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"size_range must be two integers (min, max), got {size_range!r}") from None
+        if not 2 <= lo <= hi:
+            raise ValueError(f"size_range must satisfy 2 <= min <= max, got {size_range!r}")
+        self.size_range = (lo, hi)
+        probe = sample_bag(self.template_bag, self.size_range, np.random.default_rng(0), max_tries=_MAX_TRIES)
+        if probe is None:
+            raise ValueError(
+                f"no closed-shell-feasible bag found for template={self.template!r} and size_range={size_range!r} "
+                f"in {_MAX_TRIES} draws; widen the range or change the template"
+            )
+        vocabulary = list(elements) if elements is not None else list(self.template_bag)
+        missing = [s for s in self.template_bag if s not in vocabulary]
+        if missing:
+            raise ValueError(f"elements={vocabulary} misses {missing}, which the template {self.template} needs")
+        super().__init__(
+            potential=potential,
+            elements=vocabulary,
+            max_atoms=hi,
+            workspace=workspace,
+            invalid_reward=invalid_reward,
+            render_mode=render_mode,
+            device=device,
+        )
+
+    def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
+        unknown = set(options) - {"canvas"}
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'canvas'")
+        canvas = options.get("canvas")
+        part = bag_from_numbers(canvas.numbers) if isinstance(canvas, Atoms) and len(canvas) else {}
+        for _ in range(_MAX_TRIES):
+            bag = sample_bag(self.template_bag, self.size_range, self.np_random, max_tries=_MAX_TRIES)
+            if bag is not None and bag_contains(bag, part) and sum(bag.values()) > sum(part.values()):
+                return bag, Atoms()
+        raise ValueError(
+            f"no bag of template {self.template} with sizes {self.size_range} contains the start canvas "
+            f"{format_formula(part) if part else '(empty)'}"
+        )
+
+    @staticmethod
+    def is_feasible(bag: Mapping[str, int]) -> bool:
+        """Whether a bag can form a closed-shell molecule (the rule used to draw bags)."""
+        return is_closed_shell_feasible(bag)

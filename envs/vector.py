@@ -1,0 +1,214 @@
+"""A native vector environment: one batched potential call per step for all sub-environments.
+
+``gymnasium.make_vec("MolGym/SingleBag-v0", num_envs=64, formula=..., potential=...)`` returns a
+:class:`MolGymVectorEnv` (the ids' ``vector_entry_point``). Its ``step`` validates each sub-environment's action,
+gathers every structure that needs an energy, evaluates them in ONE ``potential.energies`` call (a single MACE
+forward pass) and hands the energies back; the per-step rewards are exactly those of the single environments.
+``gymnasium.make_vec(..., vectorization_mode="sync"|"async")`` also works (one call per sub-environment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from molgym.envs.base import MolecularEnv, evaluate_batch
+from molgym.envs.multi_bag import MultiBagEnv
+from molgym.envs.single_bag import SingleBagEnv
+from molgym.envs.solvation import SolvationEnv
+from molgym.envs.stochastic_bag import StochasticBagEnv
+
+__all__ = [
+    "batched_step",
+    "MolGymVectorEnv",
+    "SingleBagVectorEnv",
+    "MultiBagVectorEnv",
+    "StochasticBagVectorEnv",
+    "SolvationVectorEnv",
+]
+
+
+def batched_step(envs: Sequence[MolecularEnv], actions: Sequence[Any]) -> list[tuple]:
+    """Step every environment with its action, evaluating all needed structures in ONE potential call.
+
+    All environments must share one potential object. Returns ``(obs, reward, terminated, truncated, info)``
+    per environment, identical to what ``env.step(action)`` would have returned.
+    """
+    structures, owners = [], []
+    for i, (env, action) in enumerate(zip(envs, actions, strict=True)):
+        structure = env._begin_step(action)
+        if structure is not None:
+            structures.append(structure)
+            owners.append(i)
+    energies = dict(zip(owners, evaluate_batch(envs[0].potential, structures))) if structures else {}
+    return [env._finish_step(*energies.get(i, (None, ""))) for i, env in enumerate(envs)]
+
+
+def _check_shared_potential(envs: Sequence[MolecularEnv]) -> None:
+    first = envs[0].potential
+    if any(env.potential is not first for env in envs):
+        raise ValueError("all sub-environments must share one potential object to be evaluated in one batch")
+
+
+class MolGymVectorEnv(VectorEnv):
+    """``num_envs`` copies of a molgym environment stepped together with one batched potential call.
+
+    Args:
+        num_envs: number of sub-environments (>= 1).
+        env_class: the :class:`~molgym.envs.base.MolecularEnv` subclass (set by the per-task subclasses).
+        autoreset_mode: ``"next_step"`` (Gymnasium's default: a finished sub-environment is reset by the next
+            ``step``, whose action for it is ignored, with reward 0) or ``"same_step"`` (reset inside the step
+            that finishes; the final observation and info go to ``info["final_obs"]``/``info["final_info"]``).
+        **env_kwargs: the environment's arguments (``formula=``, ``potential=``...). A potential spec is loaded
+            once and shared by all sub-environments.
+
+    ``reset(seed=s)`` seeds sub-environment ``i`` with ``s + i`` (as Gymnasium's ``SyncVectorEnv``), so its
+    rewards equal those of ``env.reset(seed=s + i)`` followed by the same actions.
+    """
+
+    env_class: type[MolecularEnv] = MolecularEnv
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        env_class: type[MolecularEnv] | None = None,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        **env_kwargs: Any,
+    ):
+        if int(num_envs) != num_envs or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        env_kwargs.pop("max_episode_steps", None)  # episodes end on their own (empty bag)
+        if env_class is not None:
+            self.env_class = env_class
+        mode = AutoresetMode(autoreset_mode) if isinstance(autoreset_mode, AutoresetMode) else {
+            "next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP,
+        }.get(str(autoreset_mode).lower().replace("-", "_"))
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset_mode must be 'next_step' or 'same_step', got {autoreset_mode!r}")
+        self.num_envs = int(num_envs)
+        self.envs: list[MolecularEnv] = [self.env_class(**env_kwargs) for _ in range(self.num_envs)]
+        _check_shared_potential(self.envs)
+        self.potential = self.envs[0].potential
+        first = self.envs[0]
+        self.metadata = dict(first.metadata, autoreset_mode=mode)
+        self.render_mode = first.render_mode
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._started = False
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
+        """Reset all sub-environments (or those in ``options["reset_mask"]``); see the class docstring for seeds."""
+        if isinstance(seed, (int, np.integer)):
+            super().reset(seed=int(seed))
+            seeds: list[int | None] = [int(seed) + i for i in range(self.num_envs)]
+        elif seed is None:
+            seeds = [None] * self.num_envs
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} environments")
+        options = dict(options or {})
+        mask = np.asarray(options.pop("reset_mask", np.ones(self.num_envs, dtype=bool)), dtype=bool)
+        if mask.shape != (self.num_envs,):
+            raise ValueError(f"options['reset_mask'] must have shape ({self.num_envs},), got {mask.shape}")
+        if not self._started and not mask.all():
+            raise ValueError("the first reset must reset every sub-environment")
+        observations, infos = [], {}
+        for i, env in enumerate(self.envs):
+            if mask[i]:
+                obs, info = env.reset(seed=seeds[i], options=options or None)
+                self._autoreset[i] = False
+                infos = self._add_info(infos, info, i)
+            else:
+                obs = env._observation()
+            observations.append(obs)
+        self._started = True
+        return self._stack(observations), infos
+
+    def step(self, actions):
+        """Step all sub-environments with ONE batched potential evaluation (see the module docstring)."""
+        actions = list(iterate(self.action_space, actions))
+        active = [i for i in range(self.num_envs) if not self._autoreset[i]]
+        results = dict(zip(active, batched_step([self.envs[i] for i in active], [actions[i] for i in active])))
+        observations, infos = [], {}
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        same_step = self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+        for i, env in enumerate(self.envs):
+            if i not in results:  # next-step autoreset
+                obs, info = env.reset()
+                self._autoreset[i] = False
+            else:
+                obs, rewards[i], terminated[i], truncated[i], info = results[i]
+                done = terminated[i] or truncated[i]
+                if same_step and done:
+                    final_obs, final_info = obs, info
+                    obs, info = env.reset()
+                    info = dict(info, final_obs=final_obs, final_info=final_info)
+                elif done:
+                    self._autoreset[i] = True
+            observations.append(obs)
+            infos = self._add_info(infos, info, i)
+        return self._stack(observations), rewards, terminated, truncated, infos
+
+    def action_masks(self) -> np.ndarray:
+        """``(num_envs, n_elements)`` boolean mask of the elements left in each sub-environment's bag."""
+        return np.stack([env.action_masks() for env in self.envs])
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call a method (or read an attribute) of every sub-environment."""
+        out = []
+        for env in self.envs:
+            attr = getattr(env, name)
+            out.append(attr(*args, **kwargs) if callable(attr) else attr)
+        return tuple(out)
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """An attribute of every sub-environment."""
+        return tuple(getattr(env, name) for env in self.envs)
+
+    def render(self) -> tuple[Any, ...] | None:
+        """Frames of all sub-environments."""
+        if self.render_mode is None:
+            return None
+        return tuple(env.render() for env in self.envs)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
+
+    def _stack(self, observations: list[dict]) -> dict:
+        out = create_empty_array(self.single_observation_space, n=self.num_envs, fn=np.zeros)
+        return concatenate(self.single_observation_space, observations, out)
+
+
+class SingleBagVectorEnv(MolGymVectorEnv):
+    """Vector form of ``MolGym/SingleBag-v0`` (see :class:`MolGymVectorEnv`)."""
+
+    env_class = SingleBagEnv
+
+
+class MultiBagVectorEnv(MolGymVectorEnv):
+    """Vector form of ``MolGym/MultiBag-v0`` (see :class:`MolGymVectorEnv`)."""
+
+    env_class = MultiBagEnv
+
+
+class StochasticBagVectorEnv(MolGymVectorEnv):
+    """Vector form of ``MolGym/StochasticBag-v0`` (see :class:`MolGymVectorEnv`)."""
+
+    env_class = StochasticBagEnv
+
+
+class SolvationVectorEnv(MolGymVectorEnv):
+    """Vector form of ``MolGym/Solvation-v0`` (see :class:`MolGymVectorEnv`)."""
+
+    env_class = SolvationEnv
