@@ -60,6 +60,8 @@ def _pooled(jobs: Sequence[dict]) -> dict:
             values = [v for v in values if v is not None]
             if values:
                 lo, hi = mean_interval(values) if len(values) > 1 else (None, None)
+                if lo is not None:  # set metrics are fractions in [0, 1]
+                    lo, hi = max(0.0, lo), min(1.0, hi)
                 out[name] = {"mean": sum(values) / len(values), "ci95": [lo, hi], "n": len(values)}
             continue
         vals = [r.get(name) for r in records]

@@ -1,0 +1,271 @@
+"""Reports of a benchmark run: ``report.md`` (Markdown) and ``report.html`` (one self-contained page).
+
+The HTML page needs no network: plots are inline PNG (base64, matplotlib's Agg backend) and molecule pictures
+are inline SVG (RDKit 2D depictions). Contents: run header (suite, versions, potential, machine), the overall
+leaderboard, one leaderboard per task with 95 % confidence intervals, bar charts of the headline metrics, and
+pictures of the best molecules of each task (valid, connected, highest return; QM9 reference excluded when
+other generators found one).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from molgym.metrics.evaluate import HIGHER_IS_BETTER, METRICS
+
+__all__ = ["write_report", "load_results", "best_molecules"]
+
+#: Columns of the per-task tables: (metric, header, format).
+COLUMNS = (
+    ("valid_connected", "valid+conn.", "pct"),
+    ("atom_stability", "atom stab.", "pct"),
+    ("molecule_stable", "mol. stab.", "pct"),
+    ("uniqueness", "unique", "pct"),
+    ("novelty", "novel", "pct"),
+    ("diversity", "diversity", "f2"),
+    ("return_per_atom", "return/atom (eV)", "f3"),
+    ("fraction_best_known", "frac. best", "pct"),
+    ("relax_energy_drop", "relax ΔE (eV)", "f3"),
+    ("relax_rmsd", "relax RMSD (Å)", "f3"),
+    ("referee_return_per_atom", "xTB ret./atom", "f3"),
+    ("shape_distance", "shape dist. (Å)", "f3"),
+)
+PLOT_METRICS = ("valid_connected", "molecule_stable", "return_per_atom", "relax_rmsd")
+
+
+def load_results(directory: str | os.PathLike) -> dict:
+    """``results.json`` of a run directory, with a clear error if it is missing."""
+    path = Path(directory) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `molgym bench --out {directory}` first")
+    return json.loads(path.read_text())
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "f2":
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _cell(entry: dict | None, kind: str) -> str:
+    if not entry or entry.get("mean") is None:
+        return "–"
+    text = _fmt(entry["mean"], kind)
+    lo, hi = entry.get("ci95", [None, None])
+    if lo is not None and hi is not None and not (isinstance(lo, float) and math.isnan(lo)):
+        half = (hi - lo) / 2
+        text += f" ±{_fmt(half, kind).rstrip('%')}" + ("%" if kind == "pct" else "")
+    return text
+
+
+def _table_rows(results: dict, task: str) -> tuple[list[str], list[list[str]]]:
+    board = results["leaderboard"].get(task, {})
+    present = [c for c in COLUMNS if any(c[0] in row for row in board.values())]
+    header = ["generator"] + [c[1] for c in present] + ["s/valid", "calls/valid"]
+    rows = []
+    for gen, row in board.items():
+        cost = row["cost"]
+        rows.append([gen] + [_cell(row.get(m), k) for m, _h, k in present]
+                    + [_fmt(cost.get("seconds_per_valid"), "f3"), _fmt(cost.get("calls_per_valid"), "f2")])
+    return header, rows
+
+
+def _overall_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    cols = [c for c in COLUMNS if any(results["overall"][g].get(c[0]) is not None for g in results["overall"])]
+    header = ["generator", "tasks"] + [c[1] for c in cols] + ["s/valid", "calls/valid"]
+    rows = []
+    for gen, row in results["overall"].items():
+        rows.append([gen, str(row.get("tasks", ""))] + [_fmt(row.get(m), k) for m, _h, k in cols]
+                    + [_fmt(row.get("seconds_per_valid"), "f3"), _fmt(row.get("calls_per_valid"), "f2")])
+    return header, rows
+
+
+def best_molecules(directory: str | os.PathLike, results: dict, per_task: int = 3) -> dict[str, list[dict]]:
+    """Per task, the ``per_task`` best distinct valid, connected molecules over all jobs: EDM-stable ones first,
+    then by highest return.
+
+    Each entry: ``generator``, ``smiles``, ``return``, ``formula``, ``job_id``. The QM9 reference is used only
+    when no other generator produced a valid molecule for the task.
+    """
+    best: dict[str, list[dict]] = {}
+    for job in results["jobs"]:
+        path = Path(directory) / "jobs" / f"{job['job_id']}.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        for rec in data["molecules"]:
+            if rec.get("valid_connected") and rec.get("smiles"):
+                best.setdefault(job["task"], []).append({
+                    "generator": job["generator"], "smiles": rec["smiles"], "return": rec.get("return"),
+                    "formula": rec.get("formula"), "job_id": job["job_id"], "index": rec["index"],
+                    "stable": bool(rec.get("molecule_stable")),
+                })
+    out = {}
+    for task, cands in best.items():
+        non_ref = [c for c in cands if c["generator"] != "qm9"]
+        pool = non_ref or cands
+        pool.sort(key=lambda c: (not c["stable"], -(c["return"] if c["return"] is not None else -math.inf)))
+        seen, chosen = set(), []
+        for c in pool:
+            if c["smiles"] in seen:
+                continue
+            seen.add(c["smiles"])
+            chosen.append(c)
+            if len(chosen) == per_task:
+                break
+        out[task] = chosen
+    return out
+
+
+def _svg(smiles: str, size: tuple[int, int] = (220, 170)) -> str:
+    from rdkit import Chem
+    from rdkit.Chem.Draw import rdMolDraw2D
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return ""
+    drawer = rdMolDraw2D.MolDraw2DSVG(*size)
+    drawer.drawOptions().clearBackground = True
+    rdMolDraw2D.PrepareAndDrawMolecule(drawer, mol)
+    drawer.FinishDrawing()
+    text = drawer.GetDrawingText()
+    return text[text.find("<svg"):]  # drop the XML declaration so the SVG can sit inline in HTML
+
+
+def _plots_png(results: dict) -> list[tuple[str, str]]:
+    """``(title, base64 PNG)`` bar charts of the headline metrics per task and generator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(results["leaderboard"])
+    gens = list(results["overall"])
+    images = []
+    for metric in PLOT_METRICS:
+        if not any(metric in results["leaderboard"][t].get(g, {}) for t in tasks for g in gens):
+            continue
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(tasks) + 2), 3.0), dpi=96)
+        width = 0.8 / max(len(gens), 1)
+        x = np.arange(len(tasks))
+        for k, g in enumerate(gens):
+            means, errs = [], []
+            for t in tasks:
+                e = results["leaderboard"][t].get(g, {}).get(metric)
+                m = e["mean"] if e and e["mean"] is not None else np.nan
+                lo, hi = (e or {}).get("ci95", [None, None])
+                means.append(m)
+                errs.append((hi - lo) / 2 if lo is not None and hi is not None else 0.0)
+            ax.bar(x + (k - (len(gens) - 1) / 2) * width, means, width, yerr=errs, capsize=2, label=g)
+        ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
+        arrow = "↓ better" if not HIGHER_IS_BETTER.get(metric, True) else "↑ better"
+        ax.set_title(f"{metric} ({arrow})", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        images.append((metric, base64.b64encode(buf.getvalue()).decode()))
+    return images
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _header_lines(results: dict) -> list[str]:
+    suite, pot, mach = results["suite"], results["potential"], results["machine"]
+    return [
+        f"suite **{suite['name']}** v{suite['version']} — {suite['description']}",
+        f"molgym {results['molgym_version']}, results schema {results['schema_version']}, {results['timestamp']}",
+        f"potential: {pot.get('name', pot['spec'])} (spec `{pot['spec']}`; {pot.get('selected_because', '')})",
+        f"seeds {results['seeds']}, {suite['n_samples']} molecules per job, "
+        f"{results['jobs_finished']}/{results['jobs_planned']} jobs finished"
+        + ("" if results["complete"] else " (INCOMPLETE: rerun the same command to resume)"),
+        f"machine: {mach['platform']}, {mach['cpu_count']} CPUs, executor {results['executor']}",
+    ]
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:0.85em;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+.mols{display:flex;flex-wrap:wrap;gap:10px}.mol{border:1px solid #ddd;padding:4px;font-size:0.8em;text-align:center;width:224px}
+.plots img{max-width:100%;margin:6px 0}.meta{color:#555;font-size:0.9em}code{background:#f4f4f4}
+"""
+
+
+def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` for the run in ``directory`` (into ``out``, default the same)."""
+    from molgym.io import write_text
+
+    directory = Path(directory)
+    out = Path(out) if out else directory
+    results = load_results(directory)
+    best = best_molecules(directory, results)
+    plots = _plots_png(results)
+
+    md = ["# molgym benchmark report", ""] + [f"- {line}" for line in _header_lines(results)] + [""]
+    md += ["## Overall (mean over tasks)", "", _md_table(*_overall_rows(results)), ""]
+    for task in results["leaderboard"]:
+        desc = results["tasks"].get(task, {}).get("description", "")
+        md += [f"## {task}", "", desc, "", _md_table(*_table_rows(results, task)), ""]
+        if best.get(task):
+            md += ["Best molecules: " + ", ".join(
+                f"`{b['smiles']}` ({b['generator']}, return {_fmt(b['return'], 'f3')} eV)" for b in best[task]), ""]
+    md += ["## Metric definitions", ""] + [f"- **{k}**: {v[0]}" for k, v in METRICS.items()]
+    md += ["", "± are 95 % confidence half-widths (Wilson for fractions, Student-t for means). "
+           "s/valid: generation wall time per valid connected molecule; calls/valid: potential calls per valid "
+           "connected molecule.", ""]
+    md_path = out / "report.md"
+    write_text(md_path, "\n".join(md))
+
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>molgym benchmark: "
+             f"{html.escape(results['suite']['name'])}</title><style>{_CSS}</style></head><body>",
+             "<h1>molgym benchmark report</h1><div class='meta'><ul>"]
+    for line in _header_lines(results):
+        parts.append("<li>" + html.escape(line).replace("**", "") + "</li>")
+    parts.append("</ul></div><h2>Overall leaderboard (mean over tasks)</h2>")
+    parts.append(_html_table(*_overall_rows(results)))
+    if plots:
+        parts.append("<h2>Plots</h2><div class='plots'>")
+        for title, b64 in plots:
+            parts.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")
+        parts.append("</div>")
+    for task in results["leaderboard"]:
+        desc = results["tasks"].get(task, {}).get("description", "")
+        parts.append(f"<h2>{html.escape(task)}</h2><p>{html.escape(desc)}</p>")
+        parts.append(_html_table(*_table_rows(results, task)))
+        if best.get(task):
+            parts.append("<div class='mols'>")
+            for b in best[task]:
+                parts.append(f"<div class='mol'>{_svg(b['smiles'])}<br><code>{html.escape(b['smiles'])}</code><br>"
+                             f"{html.escape(b['generator'])}, return {_fmt(b['return'], 'f3')} eV</div>")
+            parts.append("</div>")
+    parts.append("<h2>Metric definitions</h2><ul>")
+    parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(v[0])}</li>" for k, v in METRICS.items()]
+    parts.append("</ul><p class='meta'>± are 95 % confidence half-widths (Wilson for fractions, Student-t for "
+                 "means).</p></body></html>")
+    html_path = out / "report.html"
+    write_text(html_path, "\n".join(parts))
+    return md_path, html_path

@@ -1,0 +1,99 @@
+"""``molgym bench``: run a benchmark suite (resumable, local processes or Ray) and write its results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="run a benchmark suite: generators x tasks x seeds, results.json + samples + report",
+        description="Run every (generator, task, seed) job of a suite and write OUT/results.json, OUT/jobs/*.json, "
+        "OUT/samples/*.extxyz and the report (report.md, report.html). Rerunning the same command resumes: "
+        "finished jobs are not rerun.",
+    )
+    p.add_argument("--suite", default="quick", help="suite name: quick (CI, < 3 min on 2 cores) or v1 (default quick)")
+    p.add_argument("--generators", default=None,
+                   help="comma-separated generator names (default: the suite's, random_search,qm9)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names to run instead of the suite's")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the suite's")
+    p.add_argument("--n", type=int, default=None, help="molecules per job instead of the suite's")
+    p.add_argument("--potential", default="auto",
+                   help="potential for generators and energy metrics: 'auto' (shipped MACE 'default' when installed, "
+                        "else 'xtb'), 'default', 'xtb', 'pm6' or a MACE model file")
+    p.add_argument("--option", action="append", default=[], metavar="GEN.KEY=VALUE",
+                   help="generator option, e.g. random_search.tries=4 or rl_policy.checkpoint=policy.zip "
+                        "(VALUE parsed as JSON when possible); repeatable")
+    p.add_argument("--executor", choices=("local", "ray"), default="local", help="local processes or Ray")
+    p.add_argument("--address", default=None, help="Ray cluster address (with --executor ray); default: local Ray")
+    p.add_argument("--workers", type=int, default=2, help="parallel jobs (local processes or local Ray CPUs)")
+    p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
+    p.add_argument("--no-report", action="store_true", help="skip writing report.md/report.html")
+    p.add_argument("--list", action="store_true", help="list suites, tasks and generators and exit")
+    p.set_defaults(func=cmd_bench)
+
+
+def _parse_options(items: list[str]) -> dict:
+    from molgym.cli import CLIError
+
+    options: dict = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        gen, dot, name = key.partition(".")
+        if not eq or not dot or not gen or not name:
+            raise CLIError(f"malformed --option {item!r}: expected GENERATOR.KEY=VALUE, e.g. random_search.tries=4")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        options.setdefault(gen, {})[name] = value
+    return options
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from molgym.benchmark import GENERATORS, SUITES, TASKS
+    from molgym.cli import CLIError
+
+    if args.list:
+        print("suites:")
+        for s in SUITES.values():
+            print(f"  {s.name} v{s.version}: {s.description}")
+        print("tasks: " + ", ".join(TASKS) + ", any formula, shape:FILE.xyz[:FORMULA]")
+        print("generators: " + ", ".join(sorted(GENERATORS)))
+        return 0
+    if args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+    if args.n is not None and args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    try:
+        seeds = [int(s) for s in _split(args.seeds)] if args.seeds else None
+    except ValueError:
+        raise CLIError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+
+    from molgym.benchmark.runner import run_suite
+
+    results = run_suite(
+        args.suite, _split(args.generators), args.out, potential=args.potential, executor=args.executor,
+        workers=args.workers, address=args.address, tasks=_split(args.tasks), seeds=seeds, n_samples=args.n,
+        generator_options=_parse_options(args.option),
+    )
+    print(f"{results['jobs_finished']}/{results['jobs_planned']} jobs; potential {results['potential']['name']} "
+          f"({results['potential']['selected_because']})")
+    for gen, row in results["overall"].items():
+        vc = row.get("valid_connected")
+        ms = row.get("molecule_stable")
+        print(f"  {gen:>16}: valid+connected {100 * vc:.1f}%  molecule-stable {100 * ms:.1f}%  "
+              f"({row['tasks']} tasks)" if vc is not None and ms is not None else f"  {gen:>16}: no valid molecules")
+    print(f"wrote {args.out}/results.json")
+    if not args.no_report:
+        from molgym.benchmark.report import write_report
+
+        md, html = write_report(args.out)
+        print(f"wrote {md} and {html}")
+    return 0
