@@ -219,6 +219,45 @@ class MACEPotential(Potential):
             result.extend(feats[ptr[k] : ptr[k + 1]] for k in range(stop - start))
         return result
 
+    def torch_descriptors(self, structures: Sequence[Atoms], positions=None, num_layers: int | None = None):
+        """Differentiable per-atom invariant descriptors, for generators that follow their gradient (SiMGen).
+
+        Args:
+            structures: the molecules (their elements and, unless ``positions`` is given, their positions).
+            positions: optional ``(n_atoms_total, 3)`` torch tensor replacing the positions of all structures
+                concatenated; gradients flow from the descriptors back to it. The neighbour list is built from
+                these positions at call time (MACE's smooth cutoff keeps the descriptors continuous).
+            num_layers: interaction layers to include (default all).
+
+        Returns:
+            ``(features, ptr)``: a ``(n_atoms_total, n_features)`` tensor in the model's dtype on its device, and
+            the numpy offsets of each structure's atoms.
+        """
+        self.check_species(structures)
+        torch = self._torch
+        structures = list(structures)
+        if positions is not None:
+            flat = positions.detach().cpu().double().numpy()
+            if flat.shape != (sum(len(a) for a in structures), 3):
+                raise ValueError(f"positions has shape {tuple(flat.shape)}, expected ({sum(map(len, structures))}, 3)")
+            moved, start = [], 0
+            for atoms in structures:
+                copy = atoms.copy()
+                copy.positions = flat[start : start + len(atoms)]
+                moved.append(copy)
+                start += len(atoms)
+            structures = moved
+        layers = int(self.model.num_interactions) if num_layers is None else int(num_layers)
+        data = self._batch(structures)
+        if positions is not None:
+            moved_positions = positions.to(device=self.device, dtype=self.dtype)
+            # MACE's forward calls requires_grad_(True) on its positions: never flip that flag on the caller's tensor
+            data["positions"] = moved_positions if moved_positions.requires_grad else moved_positions.clone()
+        with torch.enable_grad():
+            out = self.model(data, training=False, compute_force=False, compute_stress=False)
+        columns = torch.as_tensor(self._invariant_columns(layers), device=self.device)
+        return out["node_feats"].index_select(1, columns), data["ptr"].cpu().numpy()
+
     def _invariant_columns(self, num_layers: int) -> np.ndarray:
         """Column indices of the scalar (0e) channels of each layer in MACE's concatenated node features."""
         from e3nn import o3

@@ -269,3 +269,26 @@ def test_pm6_radical_and_forces():
     e_plus, e_minus = pm6.energies([plus, minus])
     assert forces[3, 2] == pytest.approx(-(e_plus - e_minus) / (2 * h), abs=5e-3)
     assert pickle.loads(pickle.dumps(pm6)).energies([methyl])[0] == pytest.approx(energies[0], abs=1e-8)
+
+
+def test_torch_descriptors_match_numpy_and_have_gradients(tiny_mace):
+    import torch
+
+    mols = [molecule("CH3CH2OH"), molecule("H2O")]
+    feats, ptr = tiny_mace.torch_descriptors(mols)
+    numpy_feats = tiny_mace.descriptors(mols)
+    np.testing.assert_allclose(feats.detach().numpy()[ptr[0] : ptr[1]], numpy_feats[0], atol=1e-10)
+    positions = torch.tensor(np.concatenate([m.positions for m in mols]), dtype=torch.float64, requires_grad=True)
+    feats, _ = tiny_mace.torch_descriptors(mols, positions=positions)
+    loss = (feats**2).sum()
+    (grad,) = torch.autograd.grad(loss, positions)
+    # compare one component with a finite difference of the same scalar
+    h = 1e-6
+    shifted = positions.detach().clone()
+    shifted[2, 1] += h
+    plus = (tiny_mace.torch_descriptors(mols, positions=shifted)[0] ** 2).sum().item()
+    shifted[2, 1] -= 2 * h
+    minus = (tiny_mace.torch_descriptors(mols, positions=shifted)[0] ** 2).sum().item()
+    assert grad[2, 1].item() == pytest.approx((plus - minus) / (2 * h), rel=1e-4, abs=1e-7)
+    with pytest.raises(ValueError, match="positions has shape"):
+        tiny_mace.torch_descriptors(mols, positions=positions[:3])
