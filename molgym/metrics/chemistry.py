@@ -6,8 +6,9 @@ Definitions (each is computed per molecule or per set, and documented where it i
 - **bond perception** (:func:`to_rdkit`): connectivity from interatomic distances (two atoms are bonded when
   closer than their standard single-bond length + 0.10 Å, :func:`molgym.metrics.bonds.connectivity_cutoff`), then
   bond orders and formal charges from RDKit's ``rdDetermineBonds.DetermineBondOrders`` for a total charge of 0.
-- **valid**: perception succeeds and ``Chem.SanitizeMol`` accepts the molecule, with total formal charge 0 and
-  no radical electrons (charge-separated forms such as nitro groups and QM9's zwitterions are allowed).
+- **valid**: perception succeeds and ``Chem.SanitizeMol`` accepts the molecule, every fragment has net formal
+  charge 0 (so a detached proton cannot balance an anion) and no atom has radical electrons (charge-separated
+  forms such as nitro groups and QM9's zwitterions are allowed).
 - **connected**: the perceived bond graph is one fragment.
 - **SMILES**: RDKit canonical SMILES of the heavy-atom graph, without stereochemistry (so that conformers and
   enantiomers of one molecule count as the same molecule).
@@ -111,8 +112,8 @@ def perceive(atoms: Atoms) -> Perception:
         Chem.SanitizeMol(mol)
     except Exception as err:  # RDKit raises ValueError, AtomValenceException, ... for impossible bonding
         return Perception(None, False, fragments == 1, fragments, None, f"{type(err).__name__}: {err}")
-    if Chem.GetFormalCharge(mol) != 0:
-        return Perception(None, False, fragments == 1, fragments, None, "net formal charge")
+    if any(Chem.GetFormalCharge(f) != 0 for f in Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)):
+        return Perception(None, False, fragments == 1, fragments, None, "a fragment has a net formal charge")
     if any(atom.GetNumRadicalElectrons() for atom in mol.GetAtoms()):
         return Perception(None, False, fragments == 1, fragments, None, "radical (unpaired electrons)")
     return Perception(mol, True, fragments == 1, fragments, canonical_smiles(mol), None)
@@ -122,7 +123,7 @@ def canonical_smiles(mol) -> str:
     """Canonical SMILES of an RDKit molecule: hydrogens implicit, no stereochemistry."""
     from rdkit import Chem
 
-    text = Chem.MolToSmiles(Chem.RemoveAllHs(mol, sanitize=False), isomericSmiles=False)
+    text = Chem.MolToSmiles(mol, isomericSmiles=False)
     # Round trip through the parser so that SMILES from 3D structures and from strings are canonicalised alike.
     return smiles_from_string(text) or text
 

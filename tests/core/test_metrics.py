@@ -1,0 +1,163 @@
+"""Metrics reproduce known values on QM9 and catch deliberately broken structures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from molgym.metrics import bonds, chemistry, physics, shape, stats
+from molgym.metrics.evaluate import evaluate, summarize_records
+
+
+@pytest.fixture(scope="module")
+def qm9_sample():
+    from molgym.data.qm9 import load_qm9
+
+    return load_qm9().sample(300, seed=11)
+
+
+def _methanol() -> Atoms:
+    from molgym.data.qm9 import load_qm9
+
+    qm9 = load_qm9()
+    row = int(np.nonzero(qm9.smiles == "CO")[0][0])
+    return qm9.atoms(row)
+
+
+def test_qm9_stability_and_validity_match_published_values(qm9_sample):
+    # EDM reports 99.0 % atom and 95.2 % molecule stability for QM9 itself.
+    atom = np.concatenate([bonds.atom_stability(a) for a in qm9_sample])
+    mol = np.mean([bonds.is_stable(a) for a in qm9_sample])
+    assert atom.mean() >= 0.99
+    assert mol >= 0.90
+    perceived = [chemistry.perceive(a) for a in qm9_sample]
+    assert np.mean([p.valid for p in perceived]) >= 0.95
+    assert np.mean([p.connected for p in perceived]) >= 0.99
+    # QM9's own molecules are (almost) never novel against QM9
+    assert chemistry.novelty([p.smiles for p in perceived]) <= 0.03
+
+
+def test_perceived_smiles_of_known_molecules():
+    m = chemistry.perceive(_methanol())
+    assert m.valid and m.connected and m.smiles == "CO"
+    assert bonds.bond_order_matrix(_methanol()).sum() == 2 * 5  # C-O + 3 C-H + O-H
+
+
+def test_removed_atom_is_caught(qm9_sample):
+    caught_stab = caught_valid = 0
+    for atoms in qm9_sample[:40]:
+        h = int(np.nonzero(atoms.numbers == 1)[0][0])
+        broken = atoms[[i for i in range(len(atoms)) if i != h]]
+        assert not bonds.is_stable(broken)  # the atom that lost its H has a valence short by one
+        caught_stab += bonds.atom_stability(broken).mean() < 1
+        caught_valid += not chemistry.perceive(broken).valid  # odd electron count: a radical
+    assert caught_stab == 40
+    assert caught_valid == 40
+
+
+def test_squeezed_atoms_are_caught(qm9_sample):
+    for atoms in qm9_sample[:20]:
+        squeezed = atoms.copy()
+        squeezed.positions *= 0.6
+        assert not bonds.is_stable(squeezed)
+        assert bonds.atom_stability(squeezed).mean() < 0.9
+    # two atoms pushed onto each other
+    methanol = _methanol()
+    clash = methanol.copy()
+    clash.positions[1] = clash.positions[0] + np.array([0.3, 0.0, 0.0])
+    assert not bonds.is_stable(clash)
+    assert not chemistry.perceive(clash).valid
+
+
+def test_fragments_are_not_connected():
+    a, b = _methanol(), _methanol()
+    b.positions += np.array([8.0, 0.0, 0.0])
+    p = chemistry.perceive(a + b)
+    assert p.valid and not p.connected and p.fragments == 2 and p.smiles == "CO.CO"
+
+
+def test_uniqueness_novelty_diversity():
+    assert chemistry.uniqueness(["CO", "CO", "CCO", None]) == pytest.approx(2 / 3)
+    assert chemistry.uniqueness([None]) is None
+    assert chemistry.novelty(["CO", "CCO"]) == 0.0
+    assert chemistry.novelty(["CCCCCCCCCCC", "CO"]) == 0.5  # undecane has 11 heavy atoms: not in QM9
+    assert chemistry.diversity(["CO", "CO"]) is None
+    d_similar = chemistry.diversity(["CCCCCCO", "CCCCCCCO"])
+    d_different = chemistry.diversity(["CCCCCCO", "c1ccncc1"])
+    assert 0 <= d_similar < d_different <= 1
+
+
+def test_shape_distance_is_invariant_and_discriminates():
+    from molgym.benchmark.tasks import get_task
+
+    ring = get_task("shape-ring").target_array
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    moved = ring[rng.permutation(6)] @ q.T + np.array([3.0, -1.0, 2.0])
+    assert shape.shape_distance(moved, ring) < 1e-3
+    line = get_task("shape-line").target_array
+    assert shape.shape_distance(line, ring) > 0.3
+    atoms = Atoms("C6H6", positions=np.vstack([moved, moved * 1.8]))
+    assert shape.shape_distance(atoms, ring) < 1e-3  # hydrogens are ignored
+
+
+def test_kabsch_rmsd():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(7, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))
+    assert physics.kabsch_rmsd(x, x @ q.T + 1.0) < 1e-8
+    y = x.copy()
+    y[0] += 1.0
+    assert physics.kabsch_rmsd(x, y) > 0.1
+
+
+def test_confidence_intervals():
+    lo, hi = stats.wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
+    lo, hi = stats.mean_interval([1.0, 2.0, 3.0])  # t_{0.975,2} = 4.303, sd/sqrt(3) = 0.577
+    assert (lo, hi) == (pytest.approx(2 - 2.4841, abs=1e-3), pytest.approx(2 + 2.4841, abs=1e-3))
+    s = stats.summarize([True, False, None, True], binary=True)
+    assert s["n"] == 3 and s["mean"] == pytest.approx(2 / 3)
+    assert stats.summarize([None])["mean"] is None
+
+
+def test_best_known_loader_handles_formats_and_absence(tmp_path):
+    assert physics.load_best_known(tmp_path) == {}
+    (tmp_path / "best_known.json").write_text(json.dumps({"potential": "GFN2-xTB", "returns": {"CH4O": 20.0}}))
+    (tmp_path / "best_known_extra.json").write_text(json.dumps({"C3H8O": {"return": 50.0, "smiles": "CCCO"}}))
+    table = physics.load_best_known(tmp_path)
+    assert physics.best_known_return("CH4O", "GFN2-xTB", table) == 20.0
+    assert physics.best_known_return("CH4O", "MACE(default)", table) is None
+    assert physics.best_known_return("C3H8O", "anything", table) == 50.0
+
+
+def test_energy_and_relaxation_metrics_with_xtb():
+    from molgym.potentials import load_potential
+
+    xtb = load_potential("xtb")
+    methanol = _methanol()
+    distorted = methanol.copy()
+    distorted.positions += np.random.default_rng(2).normal(scale=0.03, size=distorted.positions.shape)
+    result = evaluate([methanol, distorted], xtb, formula="CH4O", best_known=None, relax_steps=100)
+    rec0, rec1 = result["molecules"]
+    assert rec0["matches_task"] and rec0["return"] > 15  # atomisation energy of methanol, eV
+    assert rec1["energy"] > rec0["energy"]
+    assert rec1["relax_energy_drop"] > 0.01 > abs(rec0["relax_energy_drop"])
+    assert rec1["relax_rmsd"] > rec0["relax_rmsd"]
+    summary = summarize_records(result["molecules"])
+    assert summary["valid"]["mean"] == 1.0 and summary["uniqueness"]["mean"] == 0.5
+
+
+def test_import_molgym_metrics_stays_light():
+    code = (
+        "import sys, molgym, molgym.metrics, molgym.benchmark; "
+        "bad = [m for m in ('torch', 'rdkit') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
