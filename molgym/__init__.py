@@ -5,8 +5,11 @@ Gymnasium environments build molecules atom by atom in 3D, rewarded by a trained
 MACE, tblite and RDKit load only when the feature that needs them is used.
 """
 
+from molgym.registration import register_envs as _register_envs
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
 
-from molgym.registration import register_envs as _register_envs; _register_envs()  # noqa: E402,E702
+# Register the MolGym/...-v0 Gymnasium ids (string entry points: imports neither envs/ nor torch).
+_register_envs()
