@@ -1,0 +1,126 @@
+"""Network pieces shared by the placement policies: MLPs, radial bases on dense padded graphs, an invariant
+(SchNet-style) interaction and an E(3)-equivariant (e3nn) interaction.
+
+Canvases are small (tens of atoms), so graphs are dense: every pair of placed atoms within the cutoff is an edge,
+held as (B, N, N) tensors with a mask. Padding atoms and self-pairs get a harmless dummy vector before any
+norm is taken, so neither values nor gradients ever see a division by zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["mlp", "DenseGraph", "InvariantInteraction", "EquivariantInteraction"]
+
+
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.SiLU, last_zero: bool = False) -> nn.Sequential:
+    """A plain MLP ``sizes[0] -> ... -> sizes[-1]`` (activation between layers, none after the last).
+
+    ``last_zero`` initialises the last layer to zero: heads start from a neutral distribution (uniform
+    categoricals, default scales) rather than from random preferences.
+    """
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    if last_zero:
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+    return nn.Sequential(*layers)
+
+
+class DenseGraph:
+    """The dense graph of a batch of padded canvases: edge vectors, lengths, radial basis and edge weights.
+
+    Args:
+        positions: (B, N, 3); mask: (B, N) bool; cutoff: Å; num_radial: size of the Bessel basis.
+    Edge ``(i, j)`` points from atom ``i`` to atom ``j`` (``vec[b, i, j] = x_j - x_i``).
+    """
+
+    def __init__(self, positions: torch.Tensor, mask: torch.Tensor, cutoff: float, num_radial: int):
+        n = positions.shape[1]
+        vec = positions[:, None, :, :] - positions[:, :, None, :]
+        eye = torch.eye(n, dtype=torch.bool, device=positions.device)
+        pair = mask[:, :, None] & mask[:, None, :] & ~eye
+        dummy = torch.zeros_like(vec)
+        dummy[..., 2] = 1.0
+        vec_safe = torch.where(pair[..., None], vec, dummy)
+        length = vec_safe.norm(dim=-1)
+        self.edge_mask = pair & (length < cutoff)
+        self.vectors = vec_safe
+        self.lengths = length
+        # Bessel basis with a smooth polynomial envelope (zero value and slope at the cutoff)
+        k = torch.arange(1, num_radial + 1, dtype=positions.dtype, device=positions.device)
+        r = length.unsqueeze(-1)
+        bessel = math.sqrt(2.0 / cutoff) * torch.sin(k * math.pi * r / cutoff) / r
+        x = (length / cutoff).clamp(max=1.0)
+        envelope = 1.0 - 10.0 * x**3 + 15.0 * x**4 - 6.0 * x**5
+        self.weights = envelope * self.edge_mask.to(positions.dtype)  # (B, N, N)
+        self.radial = bessel * self.weights.unsqueeze(-1)  # (B, N, N, K)
+
+
+class InvariantInteraction(nn.Module):
+    """Continuous-filter convolution (SchNet-like): ``h_i += MLP(sum_j W(r_ij) * Lin(h_j))``; invariant."""
+
+    def __init__(self, channels: int, num_radial: int):
+        super().__init__()
+        self.filter = mlp([num_radial, channels, channels])
+        self.lin_in = nn.Linear(channels, channels)
+        self.update = mlp([channels, channels, channels])
+
+    def forward(self, h: torch.Tensor, graph: DenseGraph) -> torch.Tensor:
+        w = self.filter(graph.radial) * graph.weights.unsqueeze(-1)  # (B, N, N, C)
+        message = torch.einsum("bijc,bjc->bic", w, self.lin_in(h))
+        return h + self.update(message)
+
+
+class EquivariantInteraction(nn.Module):
+    """One E(3)-equivariant message-passing layer (NequIP/MACE-style, written with e3nn primitives).
+
+    ``m_i = sum_j TP(h_j, Y(r_ij); R(|r_ij|)) / avg_neighbours`` with a channel-wise ("uvu") tensor product whose
+    path weights come from a radial MLP, then ``h_i' = Gate(Lin_self(h_i) + Lin_msg(m_i))`` (+ ``h_i`` when the
+    irreps agree). All irreps have natural parity (``0e, 1o, 2e, 3o``), so the layer is O(3)-equivariant.
+    """
+
+    def __init__(self, irreps_in: str, irreps_out: str, lmax_sh: int, num_radial: int, radial_hidden: int = 32,
+                 avg_neighbours: float = 4.0):
+        super().__init__()
+        from e3nn import o3
+        from e3nn.nn import Gate
+
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax_sh)
+        mid, instructions = [], []
+        for i, (mul, ir_in) in enumerate(self.irreps_in):
+            for j, (_, ir_sh) in enumerate(self.irreps_sh):
+                for ir_out in ir_in * ir_sh:
+                    if ir_out in self.irreps_out:
+                        instructions.append((i, j, len(mid), "uvu", True))
+                        mid.append((mul, ir_out))
+        self.irreps_mid = o3.Irreps(mid)
+        self.tp = o3.TensorProduct(self.irreps_in, self.irreps_sh, self.irreps_mid, instructions,
+                                   shared_weights=False, internal_weights=False)
+        self.radial = mlp([num_radial, radial_hidden, self.tp.weight_numel])
+        scalars = o3.Irreps([(mul, ir) for mul, ir in self.irreps_out if ir.l == 0])
+        gated = o3.Irreps([(mul, ir) for mul, ir in self.irreps_out if ir.l > 0])
+        gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
+        self.gate = Gate(scalars, [nn.functional.silu], gates, [torch.sigmoid], gated)
+        self.lin_self = o3.Linear(self.irreps_in, self.gate.irreps_in)
+        self.lin_msg = o3.Linear(self.irreps_mid, self.gate.irreps_in)
+        self.residual = self.irreps_in == self.gate.irreps_out
+        self.avg_neighbours = float(avg_neighbours)
+
+    def forward(self, h: torch.Tensor, graph: DenseGraph, sh: torch.Tensor) -> torch.Tensor:
+        b, n, d = h.shape
+        h_j = h[:, None, :, :].expand(b, n, n, d)
+        weights = self.radial(graph.radial)  # (B, N, N, W)
+        msg = self.tp(h_j.reshape(-1, d), sh.reshape(-1, sh.shape[-1]), weights.reshape(-1, weights.shape[-1]))
+        msg = msg.reshape(b, n, n, -1) * graph.weights.unsqueeze(-1)  # smooth at the cutoff, 0 off the graph
+        msg = msg.sum(2) / self.avg_neighbours
+        out = self.gate(self.lin_self(h) + self.lin_msg(msg))
+        return h + out if self.residual else out
