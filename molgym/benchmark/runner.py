@@ -132,7 +132,7 @@ def run_job(spec: dict) -> dict:
     referee = None
     if m["referee_sample"] > 0:
         referee = metric_potential.inner if metric_potential.name == "GFN2-xTB" else load_potential("xtb")
-    best = best_known_return(task.formula, metric_potential.name) if task.kind == "formula" else None
+    best = best_known_return(task.formula, metric_potential.inner) if task.kind == "formula" else None
     records = molecule_records(
         samples, metric_potential, bags=task.bags(spec["n"], spec["seed"]), target=task.target_array,
         best_known=best, relax_fmax=m["relax_fmax"], relax_steps=m["relax_steps"], referee=referee,

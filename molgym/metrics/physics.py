@@ -7,7 +7,8 @@ Definitions:
 - **return**: the sum of MolGym's per-step rewards for building the molecule, which telescopes to the
   atomisation energy ``sum_i E(atom_i) - E(molecule)`` (eV; larger is better), see :mod:`molgym.reward`.
 - **fraction of best-known return** (formula tasks): ``return / best_known[formula]``, with best-known returns
-  from ``molgym/data/best_known*.json`` for the same potential; ``None`` when no value is known.
+  from ``molgym/data/best_known.json`` (:mod:`molgym.best_known`) for the same potential; ``None`` when no value
+  is known.
 - **relaxation energy drop**: ``E(generated) - E(relaxed)`` (eV, >= 0 up to optimiser noise) after relaxing
   with the potential (ASE BFGS until max force < ``fmax`` or ``steps``); small means the generator already
   produced a local minimum.
@@ -19,7 +20,6 @@ Definitions:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,11 +33,8 @@ __all__ = [
     "atomisation_energies",
     "relax",
     "kabsch_rmsd",
-    "load_best_known",
     "best_known_return",
 ]
-
-BEST_KNOWN_DIR = Path(__file__).resolve().parents[1] / "data"
 
 
 def atomisation_energies(potential: Potential, structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,48 +81,17 @@ def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum((a @ rot - b) ** 2, axis=1))))
 
 
-def load_best_known(directory: Path | None = None) -> dict[str, dict[str, float]]:
-    """Best-known returns ``{potential name: {formula: return (eV)}}`` from ``best_known*.json`` files.
-
-    Accepted layouts (the environments write one of them): ``{"potential": NAME, "returns": {FORMULA: R}}``,
-    ``{NAME: {FORMULA: R}}``, or ``{FORMULA: R}`` / ``{FORMULA: {"return": R, ...}}`` (potential unknown:
-    stored under ``"*"``). Missing files give ``{}``.
-    """
-    directory = BEST_KNOWN_DIR if directory is None else Path(directory)
-    table: dict[str, dict[str, float]] = {}
-    for path in sorted(directory.glob("best_known*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict):
-            continue
-        if "returns" in data and isinstance(data["returns"], dict):
-            _merge(table, str(data.get("potential", "*")), data["returns"])
-        elif all(isinstance(v, dict) and not _is_entry(v) for v in data.values()):
-            for name, entries in data.items():
-                _merge(table, name, entries)
-        else:
-            _merge(table, "*", data)
-    return table
-
-
-def _is_entry(value: dict) -> bool:
-    return any(k in value for k in ("return", "value", "best_return"))
-
-
-def _merge(table: dict, potential: str, entries: dict) -> None:
-    for formula, value in entries.items():
-        if isinstance(value, dict):
-            value = next((value[k] for k in ("return", "best_return", "value") if k in value), None)
-        if isinstance(value, (int, float)):
-            table.setdefault(potential, {})[formula] = float(value)
-
-
-def best_known_return(formula: str, potential_name: str, table: dict | None = None) -> float | None:
-    """Best-known return for ``formula`` under the potential called ``potential_name`` (or an unnamed table)."""
-    table = load_best_known() if table is None else table
-    for key in (potential_name, "*"):
-        if formula in table.get(key, {}):
-            return table[key][formula]
-    return None
+def best_known_return(formula: str, potential: Potential, path: str | Path | None = None) -> float | None:
+    """Best-known return (eV) of ``formula`` under ``potential`` from :mod:`molgym.best_known` (the table the
+    environments ship in ``molgym/data/best_known.json``); ``None`` when the table, the formula or an entry for
+    this potential is missing (values are only valid for the potential they were computed with)."""
+    try:
+        from molgym import best_known as bk
+    except ImportError:
+        return None
+    inner = getattr(potential, "inner", potential)  # unwrap a CountingPotential
+    try:
+        entry = bk.best_known(formula, inner) if path is None else bk.best_known(formula, inner, path)
+    except (OSError, ValueError, KeyError):
+        return None
+    return None if entry is None else float(entry.value)

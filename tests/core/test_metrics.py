@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,9 @@ from ase import Atoms
 
 from molgym.metrics import bonds, chemistry, physics, shape, stats
 from molgym.metrics.evaluate import evaluate, summarize_records
+
+# One OpenMP thread for xTB: on a loaded 2-core machine the default thread count makes each call ~40x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +131,17 @@ def test_confidence_intervals():
     assert stats.summarize([None])["mean"] is None
 
 
-def test_best_known_loader_handles_formats_and_absence(tmp_path):
-    assert physics.load_best_known(tmp_path) == {}
-    (tmp_path / "best_known.json").write_text(json.dumps({"potential": "GFN2-xTB", "returns": {"CH4O": 20.0}}))
-    (tmp_path / "best_known_extra.json").write_text(json.dumps({"C3H8O": {"return": 50.0, "smiles": "CCCO"}}))
-    table = physics.load_best_known(tmp_path)
-    assert physics.best_known_return("CH4O", "GFN2-xTB", table) == 20.0
-    assert physics.best_known_return("CH4O", "MACE(default)", table) is None
-    assert physics.best_known_return("C3H8O", "anything", table) == 50.0
+def test_best_known_return_lookup_and_absence(tmp_path):
+    from molgym.potentials import load_potential
+
+    xtb, gfn1 = load_potential("xtb"), load_potential("gfn1-xtb")
+    assert physics.best_known_return("CH4O", xtb, tmp_path / "missing.json") is None
+    table = {"format": 1, "entries": [{"formula": "CH4O", "return": 20.5, "potential": "GFN2-xTB",
+                                       "model_sha256": None, "method": "test", "date": "2026-01-01"}]}
+    (tmp_path / "best_known.json").write_text(json.dumps(table))
+    assert physics.best_known_return("CH4O", xtb, tmp_path / "best_known.json") == 20.5
+    assert physics.best_known_return("CH4O", gfn1, tmp_path / "best_known.json") is None  # other potential
+    assert physics.best_known_return("C3H8O", xtb, tmp_path / "best_known.json") is None
 
 
 def test_energy_and_relaxation_metrics_with_xtb():

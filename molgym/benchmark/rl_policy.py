@@ -1,0 +1,108 @@
+"""The ``rl_policy`` generator: roll out a trained Stable-Baselines3 policy in the task's environment.
+
+For each sample it makes ``gymnasium.make("MolGym/SingleBag-v0", formula=<the sample's bag>, potential=...)``
+(environments register on ``import molgym``), resets it with a per-sample seed, and steps the policy until the
+episode ends; the final canvas is the generated molecule (an episode ended by an invalid placement yields the
+partial molecule, which the metrics then score as not matching the task). Stochastic actions are drawn from
+torch's RNG inside ``torch.random.fork_rng`` seeded per job, so runs are reproducible and leave the global RNG
+untouched. Potential calls made by the environment are counted.
+
+Args (``--option rl_policy.KEY=VALUE`` on the command line):
+    checkpoint: path of the SB3 ``.zip`` (required). Loading a checkpoint unpickles it: load only files you trust.
+    algorithm: SB3 class name (``"PPO"``, ``"A2C"``, ``"SAC"``, ...) or ``"auto"`` (try PPO, A2C, SAC, TD3, DDPG).
+    deterministic: use the policy's mode instead of sampling (default False).
+    env_id: environment id (default ``"MolGym/SingleBag-v0"``).
+    env_kwargs: extra keyword arguments for the environment (e.g. ``{"elements": ["H", "C", "N", "O"]}`` when the
+        policy was trained with a fixed element vocabulary).
+    device: torch device for the policy (default ``"cpu"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ase import Atoms
+
+from molgym.benchmark.generator import Generator
+
+__all__ = ["RLPolicy"]
+
+_ALGORITHMS = ("PPO", "A2C", "SAC", "TD3", "DDPG")
+
+
+class RLPolicy(Generator):
+    """Generator backed by a trained SB3 policy and a MolGym environment."""
+
+    name = "rl_policy"
+    version = "1"
+
+    def __init__(self, potential="auto", checkpoint: str | None = None, algorithm: str = "auto",
+                 deterministic: bool = False, env_id: str = "MolGym/SingleBag-v0", env_kwargs: dict | None = None,
+                 device: str = "cpu"):
+        if not checkpoint:
+            raise ValueError("rl_policy needs a checkpoint: --option rl_policy.checkpoint=PATH.zip")
+        if algorithm != "auto" and algorithm not in _ALGORITHMS:
+            raise ValueError(f"unknown SB3 algorithm {algorithm!r}; allowed: auto, {', '.join(_ALGORITHMS)}")
+        super().__init__(potential=potential, checkpoint=str(checkpoint), algorithm=algorithm,
+                         deterministic=bool(deterministic), env_id=env_id, env_kwargs=dict(env_kwargs or {}),
+                         device=device)
+        self.checkpoint = Path(checkpoint).expanduser()
+        self.algorithm, self.deterministic, self.env_id = algorithm, bool(deterministic), env_id
+        self.env_kwargs, self.device = dict(env_kwargs or {}), device
+        self._model = None
+        self._envs: dict[str, object] = {}
+
+    def _load_model(self):
+        if self._model is not None:
+            return self._model
+        if not self.checkpoint.is_file():
+            raise FileNotFoundError(f"rl_policy checkpoint {str(self.checkpoint)!r} does not exist")
+        import stable_baselines3 as sb3
+
+        names = _ALGORITHMS if self.algorithm == "auto" else (self.algorithm,)
+        errors = []
+        for name in names:
+            try:
+                self._model = getattr(sb3, name).load(str(self.checkpoint), device=self.device)
+                self.settings["algorithm_loaded"] = name
+                return self._model
+            except Exception as err:  # wrong algorithm for this zip: try the next
+                errors.append(f"{name}: {type(err).__name__}: {err}")
+        raise ValueError(f"could not load {self.checkpoint} as an SB3 checkpoint ({'; '.join(errors)})")
+
+    def _env(self, formula: str):
+        if formula not in self._envs:
+            import gymnasium
+
+            import molgym  # noqa: F401  (registers the MolGym/... ids)
+
+            if self.env_id not in gymnasium.registry:
+                raise ValueError(f"environment {self.env_id!r} is not registered; MolGym ids: "
+                                 f"{', '.join(k for k in gymnasium.registry if k.startswith('MolGym/'))}")
+            self._envs[formula] = gymnasium.make(self.env_id, formula=formula, potential=self.potential(),
+                                                 **self.env_kwargs)
+        return self._envs[formula]
+
+    def generate(self, task, n: int, seed: int) -> list[Atoms]:
+        """Roll out ``n`` episodes (one per bag of ``task``), seeded by ``seed``."""
+        import torch
+
+        from molgym.chem import format_formula
+
+        model = self._load_model()
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for i, bag in enumerate(task.bags(n, seed)):
+                env = self._env(format_formula(bag))
+                obs, _info = env.reset(seed=int(seed) * 1_000_003 + i)
+                done, steps = False, 0
+                while not done:
+                    action, _state = model.predict(obs, deterministic=self.deterministic)
+                    obs, _r, terminated, truncated, _info = env.step(action)
+                    done = terminated or truncated
+                    steps += 1
+                atoms = env.unwrapped.canvas
+                atoms.info = {"episode_return": float(atoms.info.get("episode_return", 0.0)), "steps": steps}
+                out.append(atoms)
+        return out

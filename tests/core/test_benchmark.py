@@ -1,0 +1,259 @@
+"""Benchmark: tasks and suites, generator registry, random search, QM9 reference, runner, resume, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from molgym.benchmark import Suite, get_generator, get_suite, get_task, shape_task
+from molgym.chem import bag_from_numbers, parse_formula
+from molgym.reward import MIN_DISTANCE
+
+# One OpenMP thread for xTB: on a loaded 2-core machine the default thread count makes each call ~40x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TINY = Suite(
+    name="tiny-test", version="0", description="test suite", tasks=("CH4O", "bags-small"), n_samples=3,
+    seeds=(0, 1), relax_steps=5, referee_sample=1, generator_options={"random_search": {"steps": 15}},
+)
+
+
+# ---------------------------------------------------------------- tasks and suites
+
+
+def test_tasks_and_suites():
+    t = get_task("C3H8O")
+    assert t.kind == "formula" and t.bags(2, seed=0) == [parse_formula("C3H8O")] * 2
+    assert get_task("CH3OH").formula == "CH4O"  # any formula, normalised to Hill order
+    bags = get_task("bags-small")
+    assert bags.bags(20, seed=3) == bags.bags(20, seed=3)
+    assert {tuple(b.items()) for b in bags.bags(40, seed=3)} <= {tuple(parse_formula(f).items()) for f in bags.formulas}
+    unc = get_task("qm9-unconditional").bags(200, seed=0)
+    sizes = [sum(b.values()) for b in unc]
+    assert 3 <= min(sizes) and max(sizes) <= 29 and 15 < np.mean(sizes) < 21  # QM9's mean size is ~18 atoms
+    for name in ("quick", "v1"):
+        suite = get_suite(name)
+        assert suite.version and suite.get_tasks()
+    v1 = get_suite("v1")
+    assert {"CH4O", "CH3NO", "C2H2O2", "C3H5NO3", "C4H7N", "C3H8O", "C7H10O2", "C7H8N2O2"} <= set(v1.tasks)
+    assert {get_task(t).kind for t in v1.tasks} == {"formula", "unconditional", "shape", "bag"}
+
+
+def test_bad_names_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'C3h8O'"):
+        get_task("C3h8O")
+    with pytest.raises(ValueError, match="unknown suite 'nope'.*quick"):
+        get_suite("nope")
+    with pytest.raises(ValueError, match="unknown generator 'nope'.*random_search"):
+        get_generator("nope")
+    with pytest.raises(ValueError, match=r"\(n, 3\)"):
+        shape_task([[0, 0]], "C2H6")
+
+
+def test_shape_task_from_file(tmp_path):
+    import ase.io
+
+    path = tmp_path / "target.xyz"
+    ase.io.write(path, Atoms("C3H8", positions=np.random.default_rng(0).normal(size=(11, 3))))
+    task = get_task(f"shape:{path}")
+    assert task.kind == "shape" and task.formula == "C3H8" and task.target_array.shape == (3, 3)
+    assert get_task(f"shape:{path}:C3H6O").formula == "C3H6O"
+
+
+# ---------------------------------------------------------------- generators
+
+
+def test_random_search_respects_rules_is_seeded_and_counts_calls():
+    from molgym.agents.random_search import random_placement
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        atoms = random_placement(parse_formula("C3H8O"), rng)
+        d = atoms.get_all_distances()[np.triu_indices(len(atoms), 1)]
+        assert d.min() >= MIN_DISTANCE
+        heavy = atoms.positions[atoms.numbers > 1]
+        for p in atoms.positions[atoms.numbers == 1]:
+            assert np.linalg.norm(heavy - p, axis=1).min() <= 2.0
+
+    gen = get_generator("random_search", potential="xtb", steps=10)
+    task = get_task("CH4O")
+    first = gen.generate(task, 2, seed=5)
+    calls = gen.potential_calls
+    assert calls > 2 and gen.metadata()["potential_calls"] == calls
+    again = get_generator("random_search", potential="xtb", steps=10).generate(task, 2, seed=5)
+    other = get_generator("random_search", potential="xtb", steps=10).generate(task, 2, seed=6)
+    assert all(bag_from_numbers(a.numbers) == parse_formula("CH4O") for a in first)
+    assert all(np.allclose(a.positions, b.positions) for a, b in zip(first, again))
+    assert not np.allclose(first[0].positions, other[0].positions)
+
+
+def test_qm9_reference_matches_formula_or_size():
+    gen = get_generator("qm9")
+    mols = gen.generate(get_task("C3H8O"), 5, seed=0)
+    assert all(bag_from_numbers(a.numbers) == parse_formula("C3H8O") for a in mols)
+    assert all(a.info["qm9_match"] == "formula" for a in mols)
+    big = gen.generate(get_task("C7H8N2O2"), 3, seed=0)  # 11 heavy atoms: QM9 has at most 9
+    assert all(a.info["qm9_match"] == "nearest-size" and (a.numbers > 1).sum() == 9 for a in big)
+    assert gen.potential_calls == 0
+
+
+def test_rl_policy_generator_rolls_out_a_trained_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        get_generator("rl_policy")
+    with pytest.raises(FileNotFoundError, match="missing.zip"):
+        get_generator("rl_policy", checkpoint=str(tmp_path / "missing.zip")).generate(get_task("CH4O"), 1, 0)
+
+    import gymnasium
+    from stable_baselines3 import PPO
+
+    import molgym  # noqa: F401  (registers the environments)
+
+    env = gymnasium.make("MolGym/SingleBag-v0", formula="CH4O", potential="xtb")
+    model = PPO("MultiInputPolicy", env, n_steps=12, batch_size=12, n_epochs=1, seed=0, device="cpu",
+                policy_kwargs={"net_arch": [16]})
+    model.learn(total_timesteps=12)
+    path = tmp_path / "policy.zip"
+    model.save(path)
+
+    gen = get_generator("rl_policy", checkpoint=str(path), potential="xtb")
+    mols = gen.generate(get_task("CH4O"), 3, seed=4)
+    assert len(mols) == 3 and gen.settings["algorithm_loaded"] == "PPO"
+    for atoms in mols:
+        assert 1 <= len(atoms) <= 6
+        assert set(atoms.get_chemical_symbols()) <= {"C", "H", "O"}
+    assert gen.potential_calls >= sum(len(a) - 1 for a in mols)
+    again = get_generator("rl_policy", checkpoint=str(path), potential="xtb").generate(get_task("CH4O"), 3, seed=4)
+    assert all(np.allclose(a.positions, b.positions) for a, b in zip(mols, again))
+
+
+# ---------------------------------------------------------------- runner, resume, report
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from molgym.benchmark.runner import run_suite
+
+    out = tmp_path_factory.mktemp("bench")
+    results = run_suite(TINY, ["random_search", "qm9"], out, potential="xtb", workers=1, progress=False)
+    return out, results
+
+
+def test_results_file_schema(tiny_run):
+    out, results = tiny_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["complete"] and on_disk["jobs_finished"] == on_disk["jobs_planned"] == 8
+    for key in ("schema_version", "molgym_version", "timestamp", "machine", "suite", "seeds", "potential",
+                "generators", "jobs", "leaderboard", "overall"):
+        assert key in on_disk
+    assert on_disk["potential"] == {"spec": "xtb", "selected_because": "requested", "name": "GFN2-xTB"}
+    assert on_disk["suite"]["name"] == "tiny-test" and on_disk["seeds"] == [0, 1]
+    assert on_disk["generators"]["random_search"]["potential_calls"] > 0
+    row = on_disk["leaderboard"]["CH4O"]["qm9"]
+    assert row["valid_connected"]["mean"] == 1.0 and row["valid_connected"]["n"] == 6
+    lo, hi = row["valid_connected"]["ci95"]
+    assert 0 < lo < 1 == hi
+    assert row["cost"]["potential_calls"] == 0
+    rs = on_disk["leaderboard"]["CH4O"]["random_search"]
+    assert rs["matches_task"]["mean"] == 1.0 and rs["cost"]["calls_per_valid"] is None or rs["cost"]["calls_per_valid"] > 0
+    import ase.io
+
+    frames = ase.io.read(out / "samples" / "random_search__CH4O__seed0.extxyz", index=":")
+    assert len(frames) == 3 and "valid" in frames[0].info
+
+
+def test_resume_skips_finished_jobs(tiny_run, monkeypatch):
+    from molgym.benchmark import runner
+
+    out, results = tiny_run
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()}
+
+    def boom(spec):
+        raise AssertionError(f"finished job {spec['job_id']} was rerun")
+
+    monkeypatch.setattr(runner, "run_job", boom)
+    again = runner.run_suite(TINY, ["random_search", "qm9"], out, potential="xtb", workers=1, progress=False)
+    assert again["leaderboard"] == results["leaderboard"]
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()}
+
+
+def test_killed_run_resumes_without_corrupt_results(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "molgym", "bench", "--suite", "quick", "--tasks", "CH4O,C2H2O2", "--seeds",
+           "0,1", "--n", "2", "--generators", "qm9,random_search", "--potential", "xtb", "--workers", "1",
+           "--option", "random_search.steps=10", "--no-report", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    jobs = out / "jobs"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if jobs.is_dir() and len(list(jobs.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; test needs a slower job"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in jobs.glob("*.json")}
+    assert 2 <= len(finished) < 8
+    partial = json.loads((out / "results.json").read_text())  # parses: never half-written
+    assert not partial["complete"] and partial["jobs_finished"] >= 2
+
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = json.loads((out / "results.json").read_text())
+    assert final["complete"] and final["jobs_finished"] == 8
+    for name, stamp in finished.items():
+        assert (jobs / name).stat().st_mtime_ns == stamp, f"{name} was redone"
+    for path in jobs.glob("*.json"):
+        json.loads(path.read_text())
+
+
+def test_report_is_self_contained_and_renders(tiny_run, tmp_path):
+    from molgym.benchmark.report import write_report
+
+    out, _ = tiny_run
+    md, html_path = write_report(out, tmp_path)
+    text = md.read_text()
+    assert "| random_search |" in text and "## CH4O" in text
+    page = html_path.read_text()
+    assert "data:image/png;base64," in page and "<svg" in page
+    import re
+
+    links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page)
+    assert links and all(link.startswith(("data:", "#")) for link in links)  # nothing fetched from a network
+    assert "<script" not in page and "<link" not in page
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed: HTML not rendered")
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
+         "--window-size=1200,1600", f"--screenshot={shot}", html_path.as_uri()],
+        capture_output=True, timeout=90,
+    )
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    colours = len(np.unique(img.reshape(-1, 3), axis=0))
+    assert colours > 50, "the page rendered (nearly) blank"
+
+
+def test_cli_bench_errors_and_list():
+    from molgym.cli import main
+
+    assert main(["bench", "--list"]) == 0
+    assert main(["bench", "--suite", "nope", "--out", "/tmp/never"]) == 2
+    assert main(["bench", "--option", "nodot=1"]) == 2
+    assert main(["report", "/nonexistent/dir"]) == 2
