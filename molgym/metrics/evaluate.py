@@ -24,7 +24,7 @@ __all__ = ["METRICS", "HIGHER_IS_BETTER", "evaluate", "molecule_records"]
 #: name -> (description, kind): kind "fraction" (0/1 per molecule), "value" (per molecule) or "set".
 METRICS: dict[str, tuple[str, str]] = {
     "matches_task": ("composition equals the task's bag (formula/shape/bag tasks)", "fraction"),
-    "valid": ("RDKit sanitises the perceived molecule with net charge 0", "fraction"),
+    "valid": ("RDKit sanitises the perceived molecule; every fragment neutral, no radicals", "fraction"),
     "connected": ("bond graph is one fragment", "fraction"),
     "valid_connected": ("valid and one fragment", "fraction"),
     "atom_stability": ("fraction of atoms whose EDM bond orders sum to their valence", "value"),

@@ -73,6 +73,20 @@ def test_shape_task_from_file(tmp_path):
 # ---------------------------------------------------------------- generators
 
 
+def test_auto_potential_prefers_the_shipped_default(monkeypatch, tmp_path):
+    from molgym.benchmark import resolve_potential_spec
+    from molgym.potentials import registry
+
+    def missing(name="default"):
+        raise registry.ModelNotAvailableError("no model")
+
+    monkeypatch.setattr(registry, "shipped_model_path", missing)
+    assert resolve_potential_spec("auto")[0] == "xtb"
+    monkeypatch.setattr(registry, "shipped_model_path", lambda name="default": tmp_path / "default.model")
+    assert resolve_potential_spec("auto") == ("default", "auto: shipped default MACE model")
+    assert resolve_potential_spec("pm6") == ("pm6", "requested")
+
+
 def test_random_search_respects_rules_is_seeded_and_counts_calls():
     from molgym.agents.random_search import random_placement
 
