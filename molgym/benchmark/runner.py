@@ -8,7 +8,8 @@ Layout of an output directory::
 
 A job is *finished* when its ``jobs/<job>.json`` exists and carries the same configuration hash; rerunning
 the same command skips finished jobs, so a run killed midway resumes where it stopped. Because every file is
-written to a temporary name and renamed, a killed job leaves no partial file behind.
+written to a temporary name and renamed, a killed job leaves no partial file behind. A job that raises is listed
+in ``results.json["failed_jobs"]`` with its error while the other jobs go on; rerunning retries it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from molgym.benchmark.tasks import Suite, Task, get_suite, get_task, task_from_dict
 
-__all__ = ["plan_jobs", "run_job", "run_suite", "job_id", "load_job"]
+__all__ = ["plan_jobs", "run_job", "run_job_safe", "run_suite", "job_id", "load_job"]
 
 JOB_SCHEMA = 1
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -134,7 +135,8 @@ def run_job(spec: dict) -> dict:
         referee = metric_potential.inner if metric_potential.name == "GFN2-xTB" else load_potential("xtb")
     best = best_known_return(task.formula, metric_potential.inner) if task.kind == "formula" else None
     records = molecule_records(
-        samples, metric_potential, bags=task.bags(spec["n"], spec["seed"]), target=task.target_array,
+        samples, metric_potential, bags=None if task.kind == "unconditional" else task.bags(spec["n"], spec["seed"]),
+        target=task.target_array,
         best_known=best, relax_fmax=m["relax_fmax"], relax_steps=m["relax_steps"], referee=referee,
         referee_sample=m["referee_sample"], seed=spec["seed"],
     )
@@ -176,6 +178,20 @@ def run_job(spec: dict) -> dict:
     return result
 
 
+def run_job_safe(spec: dict) -> dict:
+    """:func:`run_job`, but an exception becomes ``{"job_id", "error"}`` so one failing job does not stop a run.
+
+    A failed job writes no job file, so rerunning the command retries it.
+    """
+    import traceback
+
+    try:
+        return run_job(spec)
+    except Exception as err:  # reported in results.json["failed_jobs"] and by the CLI
+        return {"job_id": spec["job_id"], "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(limit=8)}
+
+
 def _init_worker() -> None:
     for var in _THREAD_VARS:
         os.environ[var] = "1"
@@ -184,14 +200,14 @@ def _init_worker() -> None:
 def _execute_local(specs: list[dict], workers: int, on_done: Callable[[dict], None]) -> None:
     if workers <= 1:
         for spec in specs:
-            on_done(run_job(spec))
+            on_done(run_job_safe(spec))
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker) as pool:
-        futures = [pool.submit(run_job, spec) for spec in specs]
+        futures = [pool.submit(run_job_safe, spec) for spec in specs]
         try:
             for fut in as_completed(futures):
                 on_done(fut.result())
@@ -212,7 +228,7 @@ def _execute_ray(specs: list[dict], workers: int, address: str | None, on_done: 
             ray.init(address=address, runtime_env=env, log_to_driver=False)
         else:
             ray.init(num_cpus=max(1, workers), runtime_env=env, log_to_driver=False, include_dashboard=False)
-    remote = ray.remote(num_cpus=1, max_retries=0)(run_job)
+    remote = ray.remote(num_cpus=1, max_retries=0)(run_job_safe)
     pending = [remote.remote(spec) for spec in specs]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
@@ -272,8 +288,11 @@ def run_suite(
     context = {"suite": suite, "generators": generators, "tasks": task_objs, "specs": specs,
                "potential": {"spec": spec, "selected_because": why}, "executor": executor}
 
+    failed: dict[str, dict] = {}
+
     def save() -> dict:
         results = build_results(context, [finished[s["job_id"]] for s in specs if s["job_id"] in finished])
+        results["failed_jobs"] = [failed[k] for k in sorted(failed)]
         write_json(out / "results.json", results)
         return results
 
@@ -284,7 +303,12 @@ def run_suite(
         bar = tqdm(total=len(specs), initial=len(finished), desc=f"bench {suite.name}", unit="job")
 
     def on_done(result: dict) -> None:
-        finished[result["job_id"]] = result
+        if "error" in result:
+            failed[result["job_id"]] = result
+            if bar is not None:
+                bar.write(f"job {result['job_id']} failed: {result['error']}")
+        else:
+            finished[result["job_id"]] = result
         save()
         if bar is not None:
             bar.set_postfix_str(result["job_id"][:40])

@@ -97,9 +97,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"  {gen:>16}: valid+connected {100 * vc:.1f}%  molecule-stable {100 * ms:.1f}%  "
               f"({row['tasks']} tasks)" if vc is not None and ms is not None else f"  {gen:>16}: no valid molecules")
     print(f"wrote {args.out}/results.json")
+    for failure in results.get("failed_jobs", []):
+        print(f"  FAILED {failure['job_id']}: {failure['error']}")
     if not args.no_report:
         from molgym.benchmark.report import write_report
 
         md, html = write_report(args.out)
         print(f"wrote {md} and {html}")
+    if results.get("failed_jobs"):
+        print(f"molgym: {len(results['failed_jobs'])} job(s) failed; rerun the same command to retry them")
+        return 1
     return 0

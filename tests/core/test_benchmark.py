@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from molgym.benchmark import Suite, get_generator, get_suite, get_task, shape_task
+from molgym.benchmark import Generator, Suite, get_generator, get_suite, get_task, shape_task
 from molgym.chem import bag_from_numbers, parse_formula
 from molgym.reward import MIN_DISTANCE
 
@@ -195,9 +195,33 @@ def test_resume_skips_finished_jobs(tiny_run, monkeypatch):
         raise AssertionError(f"finished job {spec['job_id']} was rerun")
 
     monkeypatch.setattr(runner, "run_job", boom)
+    monkeypatch.setattr(runner, "run_job_safe", boom)
     again = runner.run_suite(TINY, ["random_search", "qm9"], out, potential="xtb", workers=1, progress=False)
-    assert again["leaderboard"] == results["leaderboard"]
+    assert again["leaderboard"] == results["leaderboard"] and again["failed_jobs"] == []
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()}
+
+
+class FailsOnC2H2O2(Generator):
+    """Test generator: QM9 molecules, except that it raises on C2H2O2."""
+
+    name = "fails-on-c2h2o2"
+
+    def generate(self, task, n, seed):
+        if task.name == "C2H2O2":
+            raise RuntimeError("deliberate failure")
+        return get_generator("qm9").generate(task, n, seed)
+
+
+def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
+    from molgym.benchmark.runner import run_suite
+
+    suite = Suite(name="fail-test", version="0", description="", tasks=("CH4O", "C2H2O2"), n_samples=2,
+                  seeds=(0,), relax_steps=0, referee_sample=0)
+    results = run_suite(suite, [f"{__name__}:FailsOnC2H2O2"], tmp_path, potential="xtb", workers=1,
+                        progress=False)
+    assert results["jobs_finished"] == 1 and not results["complete"]
+    assert [f["error"] for f in results["failed_jobs"]] == ["RuntimeError: deliberate failure"]
+    assert not any("__C2H2O2__" in p.name for p in (tmp_path / "jobs").iterdir())  # retried on the next run
 
 
 def test_killed_run_resumes_without_corrupt_results(tmp_path):
