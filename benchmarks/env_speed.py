@@ -1,0 +1,213 @@
+"""Environment steps per second: batched MACE vector env vs single envs vs xTB vs a MolGym-style PM6 loop.
+
+Workload: environments building C7H8N2O2 (19 atoms) with random *valid* placements
+(:func:`molgym.envs.random_valid_action`), full episodes from an empty canvas, all seeded. Only the time spent
+inside ``step`` is timed (drawing the random actions is not). Side by side in one run:
+
+  (a) one ``MolGymVectorEnv`` of N envs with the default MACE model: ONE batched ``potential.energies`` call per
+      step for all N envs;
+  (b) N single envs with the same MACE potential, stepped one after another (one call per step each);
+  (c) single envs with GFN2-xTB (tblite), one after another;
+  (d) a MolGym-style loop: PM6 via SCINE Sparrow, E(canvas) and E(canvas + atom) both computed every step (two
+      calculations), one env after another.
+
+(c) and (d) run on the first ``--serial-envs`` envs only: one-after-another loops have the same steps/s however
+many envs they go through, and xTB/PM6 would otherwise take many minutes. When the default MACE model is not
+installed, (a) and (b) use an *untrained* MACE of the 'small' preset (the architecture the default model is
+trained with, so the cost is the same; its energies are meaningless) and say so.
+
+    python benchmarks/env_speed.py                 # N = 64
+    python benchmarks/env_speed.py --n-envs 16 --serial-envs 4 --skip-pm6
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+
+FORMULA = "C7H8N2O2"
+
+
+class TimedPotential:
+    """Wraps a potential and accumulates the wall time spent in ``energies``."""
+
+    def __init__(self, inner):
+        from molgym.potentials.base import Potential
+
+        class _Timed(Potential):
+            name = inner.name
+            species = inner.species
+
+            def __init__(self):
+                self.seconds = 0.0
+                self.calls = 0
+
+            def energies(self, structures):
+                start = time.perf_counter()
+                try:
+                    return inner.energies(structures)
+                finally:
+                    self.seconds += time.perf_counter() - start
+                    self.calls += 1
+
+            def energies_and_forces(self, structures):
+                return inner.energies_and_forces(structures)
+
+        self.potential = _Timed()
+
+
+def mace_potential(device: str | None):
+    """The default MACE model, or an untrained 'small' MACE when it is not installed (printed)."""
+    from molgym.potentials import ModelNotAvailableError, load_potential
+
+    try:
+        pot = load_potential("default", device=device)
+        return pot, "MACE default model"
+    except ModelNotAvailableError as err:
+        from molgym.potentials.mace import MACEPotential
+        from molgym.potentials.mace_arch import build_untrained_mace
+
+        print(f"NOTE: the default MACE model is not installed ({str(err).splitlines()[0][:90]}...).")
+        print("      (a) and (b) use an UNTRAINED MACE of the 'small' preset instead: same architecture and cost,")
+        print("      meaningless energies.")
+        model = build_untrained_mace("small", atomic_energies=np.array([-13.6, -1029.0, -1484.0, -2041.0, -2712.0]))
+        return MACEPotential(model, device=device, name="MACE(untrained small)"), "untrained MACE 'small'"
+
+
+def run_vector(potential, n_envs: int, seed: int) -> tuple[int, float, float, int]:
+    """(a): steps, step seconds, seconds inside the potential, potential calls."""
+    from molgym.envs import random_valid_action
+    from molgym.envs.vector import SingleBagVectorEnv
+
+    timed = TimedPotential(potential).potential
+    venv = SingleBagVectorEnv(num_envs=n_envs, formula=FORMULA, potential=timed, autoreset_mode="same_step")
+    venv.reset(seed=seed)
+    rngs = [np.random.default_rng(seed + 1000 + i) for i in range(n_envs)]
+    finished = np.zeros(n_envs, dtype=bool)
+    steps, elapsed = 0, 0.0
+    timed.seconds, timed.calls = 0.0, 0
+    while not finished.all():
+        actions = np.stack([random_valid_action(env, rngs[i]) for i, env in enumerate(venv.envs)])
+        start = time.perf_counter()
+        _, _, terminated, truncated, _ = venv.step(actions)
+        elapsed += time.perf_counter() - start
+        steps += n_envs  # every sub-env step is a placement (same-step autoreset: no idle reset steps)
+        finished |= terminated | truncated
+    return steps, elapsed, timed.seconds, timed.calls
+
+
+def run_serial(make_env, n_envs: int, seed: int) -> tuple[int, float, int]:
+    """Full episodes of ``n_envs`` envs, one env after another: steps, step seconds, invalid endings."""
+    from molgym.envs import random_valid_action
+
+    steps, elapsed, invalid = 0, 0.0, 0
+    for i in range(n_envs):
+        env = make_env()
+        env.reset(seed=seed + i)
+        rng = np.random.default_rng(seed + 1000 + i)
+        while True:
+            action = random_valid_action(env, rng)
+            start = time.perf_counter()
+            _, _, terminated, truncated, info = env.step(action)
+            elapsed += time.perf_counter() - start
+            steps += 1
+            if terminated or truncated:
+                invalid += int(info["invalid"])
+                break
+    return steps, elapsed, invalid
+
+
+def molgym_style_env_class():
+    """A SingleBagEnv that, like the original MolGym, recomputes E(canvas) every step (two calculations)."""
+    from ase import Atoms
+
+    from molgym.envs import SingleBagEnv
+
+    class TwoCalculationEnv(SingleBagEnv):
+        def step(self, action):
+            if len(self._numbers) > 1 and not self._done:
+                self._energy = float(self.potential.energies([Atoms(numbers=self._numbers, positions=self._positions)])[0])
+            return super().step(action)
+
+    return TwoCalculationEnv
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-envs", type=int, default=64, help="envs in (a) and (b) (default 64)")
+    parser.add_argument("--serial-envs", type=int, default=8, help="envs run one after another in (c), (d)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="MACE device (default: GPU if present, else CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--skip-xtb", action="store_true")
+    parser.add_argument("--skip-pm6", action="store_true")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    import torch
+
+    import molgym  # noqa: F401
+    from molgym.envs import SingleBagEnv
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    potential, label = mace_potential(args.device)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"MACE device {potential.device}")
+    print(f"workload: {FORMULA}, random valid placements, full episodes, seed {args.seed}\n")
+
+    from ase import Atoms
+
+    potential.energies([Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]])] * 4)  # warm-up (lazy set-up, allocator)
+    results: dict[str, float] = {}
+
+    steps, elapsed, in_potential, calls = run_vector(potential, args.n_envs, args.seed)
+    results["a"] = steps / elapsed
+    fraction = in_potential / elapsed
+    print(f"(a) vector env, {args.n_envs} envs, {label}: {steps} steps in {elapsed:.2f} s = {results['a']:.1f} steps/s "
+          f"({calls} batched potential calls; {100 * fraction:.0f}% of step time inside the potential)", flush=True)
+
+    steps, elapsed, invalid = run_serial(lambda: SingleBagEnv(formula=FORMULA, potential=potential), args.n_envs,
+                                         args.seed)
+    results["b"] = steps / elapsed
+    print(f"(b) {args.n_envs} single envs, {label}: {steps} steps in {elapsed:.2f} s = {results['b']:.1f} steps/s",
+          flush=True)
+
+    if not args.skip_xtb:
+        steps, elapsed, invalid = run_serial(lambda: SingleBagEnv(formula=FORMULA, potential="xtb"),
+                                             args.serial_envs, args.seed)
+        results["c"] = steps / elapsed
+        print(f"(c) {args.serial_envs} single envs, GFN2-xTB: {steps} steps in {elapsed:.2f} s = "
+              f"{results['c']:.2f} steps/s ({invalid} episodes ended by an SCF failure)", flush=True)
+
+    if not args.skip_pm6:
+        try:
+            cls = molgym_style_env_class()
+            steps, elapsed, invalid = run_serial(lambda: cls(formula=FORMULA, potential="pm6"), args.serial_envs,
+                                                 args.seed)
+            results["d"] = steps / elapsed
+            print(f"(d) MolGym-style loop, PM6 (Sparrow), 2 calculations/step, {args.serial_envs} envs one after "
+                  f"another: {steps} steps in {elapsed:.2f} s = {results['d']:.2f} steps/s "
+                  f"({invalid} episodes ended by an SCF failure)", flush=True)
+        except ImportError as err:
+            print(f"(d) skipped: {err}")
+
+    print("\nratios (goal):")
+    if "d" in results:
+        print(f"  a/d = {results['a'] / results['d']:.1f}  (>= 20)")
+    print(f"  a/b = {results['a'] / results['b']:.1f}  (>= 5)")
+    if "c" in results:
+        print(f"  a/c = {results['a'] / results['c']:.1f}  (>= 1)")
+    print(f"  fraction of (a)'s step time inside the potential = {100 * fraction:.0f}%  (>= 70%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
