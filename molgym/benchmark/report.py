@@ -208,9 +208,11 @@ def _header_lines(results: dict) -> list[str]:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:0.85em;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;font-size:0.85em;margin:8px 0}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
-.mols{display:flex;flex-wrap:wrap;gap:10px}.mol{border:1px solid #ddd;padding:4px;font-size:0.8em;text-align:center;width:224px}
+.mols{display:flex;flex-wrap:wrap;gap:10px}
+.mol{border:1px solid #ddd;padding:4px;font-size:0.8em;text-align:center;width:224px}
 .plots img{max-width:100%;margin:6px 0}.meta{color:#555;font-size:0.9em}code{background:#f4f4f4}
 """
 

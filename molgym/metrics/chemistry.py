@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 _QM9_SMILES_VERSION = 1
+#: Bound on RDKit's bond-order search, so a pathological structure is declared invalid instead of hanging.
+_MAX_BOND_ORDER_ITERATIONS = 200_000
 
 
 def _quiet_rdkit() -> None:
@@ -108,7 +110,7 @@ def perceive(atoms: Atoms) -> Perception:
     mol = _connectivity_mol(atoms)
     fragments = len(Chem.GetMolFrags(mol))
     try:
-        rdDetermineBonds.DetermineBondOrders(mol, charge=0)
+        rdDetermineBonds.DetermineBondOrders(mol, charge=0, embedChiral=False, maxIterations=_MAX_BOND_ORDER_ITERATIONS)
         Chem.SanitizeMol(mol)
     except Exception as err:  # RDKit raises ValueError, AtomValenceException, ... for impossible bonding
         return Perception(None, False, fragments == 1, fragments, None, f"{type(err).__name__}: {err}")
