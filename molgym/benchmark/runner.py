@@ -171,7 +171,9 @@ def run_job(spec: dict) -> dict:
         "spec": {k: v for k, v in spec.items() if k != "out"},
     }
     for atoms, rec in zip(samples, records):
-        atoms.info = {k: _clean_info(v) for k, v in rec.items()}
+        generator_info = {f"gen_{k}": _clean_info(v) for k, v in atoms.info.items()
+                          if isinstance(v, (bool, int, float, str))}
+        atoms.info = {**generator_info, **{k: _clean_info(v) for k, v in rec.items()}}
         atoms.info["job_id"] = spec["job_id"]
     write_xyz(out / "samples" / f"{spec['job_id']}.extxyz", samples)
     write_json(out / "jobs" / f"{spec['job_id']}.json", result)  # written last: marks the job finished
