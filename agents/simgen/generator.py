@@ -1,0 +1,603 @@
+"""SiMGen: zero-shot molecular generation with a similarity kernel over MACE descriptors.
+
+After Elijošius et al., "Zero Shot Molecular Generation via Similarity Kernels". No training: a pretrained MACE
+model provides per-atom invariant descriptors, a small reference set of QM9 molecules provides examples of
+chemically sensible atomic environments, and a time-dependent similarity kernel between the two turns into a
+score (a force on the atoms) that moves noisy atoms into such environments. See ``docs/simgen.md`` for the
+algorithm and every option.
+
+Pipeline of one batch (all trajectories of a batch go through MACE together):
+
+1. start the heavy atoms from the shape prior (a fragment, if given, stays fixed);
+2. integrate ``steps`` annealed Langevin steps: kernel score (autograd through
+   :meth:`~molgym.potentials.mace.MACEPotential.torch_descriptors`) + prior restoring force + short-range
+   repulsion + noise, with the kernel width and the noise shrinking along the schedule;
+3. element assignment: for every trajectory ("particle"), a greedy search over the allowed heavy elements
+   maximising the typed kernel log-density;
+4. bond orders from geometry, hydrogens by valence, relaxation with the potential;
+5. of the ``particles`` candidates for each molecule, keep the best: valid and connected first, then the
+   highest kernel log-density.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from molgym.benchmark.generator import Generator
+from molgym.chem import atomic_number, bag_from_numbers, element, symbol
+from molgym.potentials.base import Potential
+
+from molgym.agents.simgen import hydrogens
+from molgym.agents.simgen.priors import GaussianPrior, PointCloudPrior, Prior, parse_prior
+from molgym.agents.simgen.reference import BLIND_ELEMENT, ReferenceDescriptors, reference_descriptors
+
+__all__ = ["SiMGen", "load_descriptor_model", "DEFAULT_ELEMENTS", "MAX_HEAVY_ATOMS"]
+
+#: Heavy elements SiMGen chooses from by default (QM9's).
+DEFAULT_ELEMENTS: tuple[str, ...] = ("C", "N", "O", "F")
+#: Largest number of heavy atoms one molecule may have (the kernel and the search are sized for small molecules).
+MAX_HEAVY_ATOMS = 64
+
+
+def load_descriptor_model(spec, device: str | None = None):
+    """The MACE model that gives the descriptors: ``"default"``, a MACE model file, a ``MACEPotential``, or
+    ``"untrained:PRESET[:SEED]"`` (a randomly initialised MACE of a :mod:`molgym.potentials.mace_arch` preset,
+    whose descriptors are random but smooth features of each environment: for tests and for when no trained
+    model is at hand)."""
+    from molgym.potentials.mace import MACEPotential
+
+    if isinstance(spec, Potential):
+        inner = getattr(spec, "inner", spec)
+        if not isinstance(inner, MACEPotential):
+            raise ValueError(f"SiMGen needs a MACE model for its descriptors, got {spec.name}")
+        return inner
+    text = str(spec)
+    if text.startswith("untrained:"):
+        from molgym.potentials.mace_arch import ARCHITECTURES, build_untrained_mace
+
+        parts = text.split(":")
+        preset = parts[1]
+        if preset not in ARCHITECTURES:
+            raise ValueError(f"unknown MACE preset {preset!r} in {text!r}; presets: {', '.join(ARCHITECTURES)}")
+        seed = int(parts[2]) if len(parts) > 2 else 0
+        model = build_untrained_mace(preset, seed=seed, dtype="float32")
+        return MACEPotential(model, device=device or "cpu", name=f"MACE(untrained {preset}, seed {seed})")
+    if text.lower() in ("xtb", "gfn2-xtb", "gfn1-xtb", "ipea1-xtb", "pm6"):
+        raise ValueError(f"SiMGen's descriptors come from a MACE model, not {text!r}; use 'default' or a MACE "
+                         "model file (the relaxation potential can be any potential: potential=...)")
+    from molgym.potentials import load_potential
+
+    pot = load_potential(text, device=device)
+    if not isinstance(pot, MACEPotential):
+        raise ValueError(f"SiMGen needs a MACE model for its descriptors, got {pot.name}")
+    return pot
+
+
+@dataclass
+class _Job:
+    """One molecule to make: heavy-atom count, element choices and hydrogen target."""
+
+    n_heavy: int
+    elements: tuple[int, ...]  # allowed atomic numbers of free atoms
+    multiset: tuple[int, ...] | None  # exact heavy elements of free atoms (formula tasks), else None
+    n_hydrogens: int | None  # exact total hydrogens (formula tasks), else None
+
+
+class SiMGen(Generator):
+    """Similarity-kernel molecular generation (zero shot, from MACE descriptors).
+
+    Args:
+        model: MACE model for the descriptors (see :func:`load_descriptor_model`; default ``"default"``).
+        potential: potential for the final relaxation; ``None`` (default) relaxes with ``model``.
+        reference: reference molecules (extended XYZ); default the shipped QM9 sample.
+        prior: shape prior, a :class:`~molgym.agents.simgen.priors.Prior` or spec (default ``"gaussian"``).
+        n_atoms: heavy atoms per molecule; default: from the task (its bag), else from the prior, else 9.
+        elements: heavy elements to choose from (default C, N, O, F; those the model covers).
+        fragment: ``ase.Atoms`` or structure file: its heavy atoms are kept fixed and grown from.
+        center_fragment: translate the fragment so its centroid sits at the origin (the prior's centre).
+        particles: trajectories per molecule; the best is kept.
+        steps: integration steps.
+        kernel_width: ``(start, end)`` kernel width (standardised descriptor units) along the schedule.
+        noise: ``(start, end)`` standard deviation (Å) of the per-step noise along the schedule.
+        quench: fraction of final steps without noise (pure descent into the nearest environment).
+        step_size: drift step (Å^2) on the width-normalised kernel score.
+        max_step: per-atom displacement cap per step (Å).
+        prior_strength: multiplies the prior's restoring rate.
+        repulsion: ``(distance Å, rate)`` of the short-range repulsion between heavy atoms.
+        assignment_width: kernel width used to assign elements.
+        relax_steps, relax_fmax: BFGS relaxation with the potential (0 steps: no relaxation).
+        batch_size: molecules whose trajectories go through MACE together.
+        device: device of the descriptor model.
+    """
+
+    name = "simgen"
+    version = "1"
+
+    def __init__(
+        self,
+        model="default",
+        potential=None,
+        reference: str | os.PathLike | None = None,
+        prior: str | Prior | None = "gaussian",
+        n_atoms: int | None = None,
+        elements: Sequence[str] | None = None,
+        fragment: Atoms | str | os.PathLike | None = None,
+        center_fragment: bool = True,
+        particles: int = 4,
+        steps: int = 40,
+        kernel_width: tuple[float, float] = (2.0, 0.5),
+        noise: tuple[float, float] = (0.3, 0.02),
+        quench: float = 0.25,
+        step_size: float = 0.1,
+        max_step: float = 0.25,
+        prior_strength: float = 1.0,
+        repulsion: tuple[float, float] = (1.2, 0.5),
+        assignment_width: float = 0.5,
+        relax_steps: int = 60,
+        relax_fmax: float = 0.05,
+        batch_size: int = 16,
+        device: str | None = None,
+    ):
+        self.prior = parse_prior(prior)
+        if n_atoms is not None:
+            if isinstance(n_atoms, bool) or not isinstance(n_atoms, (int, np.integer)) or n_atoms < 1:
+                raise ValueError(f"n_atoms must be a positive integer (heavy atoms), got {n_atoms!r}")
+            if n_atoms > MAX_HEAVY_ATOMS:
+                raise ValueError(f"n_atoms={n_atoms} is more heavy atoms than SiMGen handles; allowed: 1..{MAX_HEAVY_ATOMS}")
+        self.elements = tuple(elements) if elements is not None else None
+        if self.elements is not None:
+            if not self.elements:
+                raise ValueError("elements is empty; give at least one heavy element, e.g. C,N,O")
+            for sym in self.elements:
+                if element(sym).number == 1:
+                    raise ValueError("elements lists heavy elements only; hydrogens are added by valence")
+        _check_pair("kernel_width", kernel_width, strictly_positive=True)
+        _check_pair("noise", noise, strictly_positive=False)
+        _check_pair("repulsion", repulsion, strictly_positive=False)
+        for name_, value, lo, hi in (("particles", particles, 1, 256), ("steps", steps, 1, 10000),
+                                     ("batch_size", batch_size, 1, 100000), ("relax_steps", relax_steps, 0, 100000)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+                raise ValueError(f"{name_} must be an integer in {lo}..{hi}, got {value!r}")
+        for name_, value in (("step_size", step_size), ("max_step", max_step), ("assignment_width", assignment_width),
+                             ("relax_fmax", relax_fmax)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name_} must be a positive number, got {value!r}")
+        if not (0 <= quench < 1):
+            raise ValueError(f"quench must be in [0, 1), got {quench!r}")
+        if not (isinstance(prior_strength, (int, float)) and prior_strength >= 0):
+            raise ValueError(f"prior_strength must be >= 0, got {prior_strength!r}")
+        super().__init__(
+            potential=potential if potential is not None else model,
+            model=model if isinstance(model, (str, os.PathLike)) else getattr(model, "name", repr(model)),
+            relax_potential=potential if potential is None or isinstance(potential, str) else potential.name,
+            prior=self.prior.spec(), n_atoms=n_atoms, elements=list(self.elements) if self.elements else None,
+            fragment=None if fragment is None else (str(fragment) if not isinstance(fragment, Atoms)
+                                                    else fragment.get_chemical_formula()),
+            particles=particles, steps=steps, kernel_width=list(kernel_width), noise=list(noise), quench=quench,
+            step_size=step_size, max_step=max_step, prior_strength=prior_strength, repulsion=list(repulsion),
+            assignment_width=assignment_width, relax_steps=relax_steps, relax_fmax=relax_fmax,
+        )
+        self.model_spec = model
+        self.reference_path = reference
+        self.n_atoms = None if n_atoms is None else int(n_atoms)
+        self.fragment = _load_fragment(fragment, center_fragment and not isinstance(self.prior, PointCloudPrior))
+        self.particles, self.steps = int(particles), int(steps)
+        self.kernel_width = (float(kernel_width[0]), float(kernel_width[1]))
+        self.noise = (float(noise[0]), float(noise[1]))
+        self.quench, self.step_size, self.max_step = float(quench), float(step_size), float(max_step)
+        self.prior_strength = float(prior_strength)
+        self.repulsion = (float(repulsion[0]), float(repulsion[1]))
+        self.assignment_width = float(assignment_width)
+        self.relax_steps, self.relax_fmax = int(relax_steps), float(relax_fmax)
+        self.batch_size = int(batch_size)
+        self.device = device
+        self._model = None
+        self._reference: ReferenceDescriptors | None = None
+        self.descriptor_calls = 0
+        self.relaxations = 0
+
+    # --- set-up ---------------------------------------------------------------------------------------------
+    def descriptor_model(self):
+        """The MACE model giving the descriptors (loaded on first use)."""
+        if self._model is None:
+            spec = self.model_spec
+            if self.potential_spec is spec and not isinstance(spec, Potential):
+                # relax with the very same model: load it once
+                self._model = load_descriptor_model(spec, device=self.device)
+                self.potential_spec = self._model
+            else:
+                self._model = load_descriptor_model(spec, device=self.device)
+        return self._model
+
+    def reference(self) -> ReferenceDescriptors:
+        """Reference descriptors under the descriptor model (computed once, cached per model)."""
+        if self._reference is None:
+            self._reference = reference_descriptors(self.descriptor_model(), self.reference_path)
+        return self._reference
+
+    def _allowed_elements(self, model) -> tuple[int, ...]:
+        syms = self.elements or tuple(s for s in DEFAULT_ELEMENTS if atomic_number(s) in model.species)
+        numbers = tuple(atomic_number(s) for s in syms)
+        missing = [symbol(z) for z in numbers if z not in model.species]
+        if missing:
+            raise ValueError(f"element(s) {', '.join(missing)} not covered by {model.name}; it covers "
+                             f"{', '.join(symbol(z) for z in sorted(model.species) if z in _KNOWN)}")
+        ref_numbers = set(self.reference().numbers.tolist())
+        absent = [symbol(z) for z in numbers if z not in ref_numbers]
+        if absent:
+            raise ValueError(f"element(s) {', '.join(absent)} do not occur in the reference molecules, so the "
+                             f"kernel cannot place them; the reference has "
+                             f"{', '.join(symbol(z) for z in sorted(ref_numbers))}")
+        return numbers
+
+    def _jobs(self, task, n: int, seed: int) -> list[_Job]:
+        model = self.descriptor_model()
+        allowed = self._allowed_elements(model)
+        n_fixed = 0 if self.fragment is None else len(self.fragment)
+        jobs = []
+        if task is None or getattr(task, "kind", None) == "unconditional":
+            bags = task.bags(n, seed) if task is not None and self.n_atoms is None else [None] * n
+            for bag in bags:
+                if bag is not None:  # unconditional task: the size of a QM9 molecule, any allowed elements
+                    size = sum(k for s, k in bag.items() if s != "H") - n_fixed
+                elif self.n_atoms is not None:
+                    size = self.n_atoms
+                elif self.prior.n_atoms() is not None:  # the shape implies the total, fragment included
+                    size = self.prior.n_atoms() - n_fixed
+                else:
+                    size = 9
+                jobs.append(_Job(size, allowed, None, None))
+        else:
+            for bag in task.bags(n, seed):
+                heavy = tuple(sorted(atomic_number(s) for s, k in bag.items() if s != "H" for _ in range(k)))
+                if self.fragment is not None:
+                    heavy = list(heavy)
+                    for z in self.fragment.numbers:
+                        if int(z) in heavy:
+                            heavy.remove(int(z))
+                    heavy = tuple(heavy)
+                missing = [symbol(z) for z in set(heavy) if z not in model.species]
+                if missing:
+                    raise ValueError(f"task {task.name} needs {', '.join(missing)}, which {model.name} does not cover")
+                jobs.append(_Job(len(heavy), tuple(sorted(set(heavy))), heavy, int(bag.get("H", 0))))
+        for job in jobs:
+            total = job.n_heavy + n_fixed
+            if job.n_heavy < 1:
+                raise ValueError("nothing to generate: the fragment already holds every heavy atom of the task")
+            if total > MAX_HEAVY_ATOMS:
+                raise ValueError(f"{total} heavy atoms is more than SiMGen handles; allowed: 1..{MAX_HEAVY_ATOMS}")
+            limit = getattr(model, "max_atoms_per_batch", None)
+            if limit is not None and total * 5 > limit:
+                raise ValueError(f"{total} heavy atoms (about {total * 5} atoms with hydrogens) is more than "
+                                 f"{model.name} evaluates in one batch (max_atoms_per_batch={limit})")
+        return jobs
+
+    # --- public API -----------------------------------------------------------------------------------------
+    def generate(self, task, n: int, seed: int) -> list[Atoms]:
+        """``n`` molecules for a benchmark ``task`` (its bag sets the size and, except for unconditional tasks,
+        the elements; a shape task's target becomes the prior), deterministic in ``seed``."""
+        return self.generate_molecules(n, seed, task=task)
+
+    def generate_molecules(self, n: int, seed: int, task=None,
+                           progress: Callable[[int], None] | None = None) -> list[Atoms]:
+        """``n`` molecules (task optional); ``progress(k)`` is called after each batch with the molecules done."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"number of molecules must be a non-negative integer, got {n!r}")
+        if n == 0:
+            return []
+        prior = self.prior
+        if task is not None and getattr(task, "kind", None) == "shape":
+            prior = PointCloudPrior(task.target_array, source=task.name)
+        jobs = self._jobs(task, n, seed)
+        self.potential()  # fail fast on a bad relaxation potential
+        rng = np.random.default_rng([int(seed), 0x5133])
+        out: list[Atoms | None] = [None] * n
+        # same-size jobs share a batch (the prior energy works on (batch, atoms, 3) tensors)
+        order = sorted(range(n), key=lambda i: (jobs[i].n_heavy, i))
+        done = 0
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            groups: dict[int, list[int]] = {}
+            for i in idx:
+                groups.setdefault(jobs[i].n_heavy, []).append(i)
+            for size, members in groups.items():
+                batch_rng = np.random.default_rng(rng.integers(2**63))
+                for i, mol in zip(members, self._make_batch([jobs[i] for i in members], prior, batch_rng)):
+                    out[i] = mol
+            done += len(idx)
+            if progress is not None:
+                progress(done)
+        return [m for m in out if m is not None]
+
+    # --- one batch --------------------------------------------------------------------------------------------
+    def _make_batch(self, jobs: list[_Job], prior: Prior, rng: np.random.Generator) -> list[Atoms]:
+        n_free = jobs[0].n_heavy
+        fixed = self.fragment
+        n_fixed = 0 if fixed is None else len(fixed)
+        n_traj = len(jobs) * self.particles
+        if isinstance(prior, GaussianPrior) and prior.sigma is None and prior.sigmas is None:
+            prior = GaussianPrior(sigma=float(prior.widths(n_free + n_fixed)[0]))  # sized to the molecule
+        starts = np.stack([prior.sample(n_free, rng) for _ in range(n_traj)])  # (T, n_free, 3)
+        positions = self._diffuse(starts, prior, rng)
+        # element assignment for every trajectory, then hydrogens, relaxation and the choice per molecule
+        particle_jobs = [job for job in jobs for _ in range(self.particles)]
+        numbers, scores = self._assign_elements(positions, particle_jobs, rng)
+        results = []
+        for k, job in enumerate(jobs):
+            cands = []
+            for p in range(self.particles):
+                t = k * self.particles + p
+                cands.append((scores[t], numbers[t], positions[t]))
+            results.append(self._finish(cands, job))
+        return results
+
+    def _full(self, free_positions: np.ndarray, free_numbers: np.ndarray) -> Atoms:
+        if self.fragment is None:
+            return Atoms(numbers=free_numbers, positions=free_positions)
+        return Atoms(numbers=np.concatenate([self.fragment.numbers, free_numbers]),
+                     positions=np.concatenate([self.fragment.positions, free_positions]))
+
+    def _diffuse(self, starts: np.ndarray, prior: Prior, rng: np.random.Generator) -> np.ndarray:
+        """Integrate the annealed Langevin dynamics; returns the free atoms' final ``(T, n_free, 3)`` positions."""
+        import torch
+
+        model = self.descriptor_model()
+        ref = self.reference()
+        dtype, dev = model.dtype, model.device
+        ref_blind = torch.as_tensor(ref.blind, dtype=dtype, device=dev)
+        mean = torch.as_tensor(ref.blind_mean, dtype=dtype, device=dev)
+        std = torch.as_tensor(ref.blind_std, dtype=dtype, device=dev)
+        n_feat = ref.n_features
+        T, n_free, _ = starts.shape
+        n_fixed = 0 if self.fragment is None else len(self.fragment)
+        n_all = n_fixed + n_free
+        template = self._full(np.zeros((n_free, 3)), np.full(n_free, BLIND_ELEMENT))
+        template.numbers[:] = BLIND_ELEMENT
+        structures = [template] * T
+        fixed_pos = None if self.fragment is None else np.broadcast_to(self.fragment.positions, (T, n_fixed, 3))
+        x = starts.copy()
+        rate = prior.rate * self.prior_strength
+        r0, rep_rate = self.repulsion
+        h0, h1 = self.kernel_width
+        s0, s1 = self.noise
+        noisy_steps = max(1, int(round(self.steps * (1 - self.quench))))
+        # pairs within one molecule, for the repulsion
+        iu = torch.triu_indices(n_all, n_all, offset=1, device=dev)
+        for step in range(self.steps):
+            frac = step / max(self.steps - 1, 1)
+            h = h0 * (h1 / h0) ** frac
+            if step < noisy_steps:
+                f2 = step / max(noisy_steps - 1, 1)
+                sigma = s0 * (s1 / s0) ** f2 if s0 > 0 and s1 > 0 else s0 + (s1 - s0) * f2
+            else:
+                sigma = 0.0
+            full = x if fixed_pos is None else np.concatenate([fixed_pos, x], axis=1)
+            pos = torch.tensor(full.reshape(-1, 3), dtype=dtype, device=dev, requires_grad=True)
+            feats, _ptr = model.torch_descriptors(structures, positions=pos)
+            self.descriptor_calls += T
+            z = (feats - mean) / std
+            d2 = torch.cdist(z, ref_blind).pow(2) / n_feat
+            log_density = torch.logsumexp(-d2 / (2 * h * h), dim=1).sum()
+            (grad_kernel,) = torch.autograd.grad(log_density, pos)
+            with torch.no_grad():
+                p3 = pos.detach().view(T, n_all, 3)
+                drift = (self.step_size * h * h) * grad_kernel.view(T, n_all, 3)
+            # prior restoring force on the free atoms
+            free = p3[:, n_fixed:].clone().requires_grad_(True)
+            (grad_prior,) = torch.autograd.grad(prior.energy(free).sum(), free)
+            with torch.no_grad():
+                drift[:, n_fixed:] -= rate * grad_prior
+                # short-range repulsion between heavy atoms: push each close pair apart to r0
+                if rep_rate > 0 and n_all > 1:
+                    diff = p3[:, iu[0]] - p3[:, iu[1]]  # (T, pairs, 3)
+                    dist = diff.norm(dim=-1).clamp(min=1e-6)
+                    push = (r0 - dist).clamp(min=0.0) * rep_rate * 0.5
+                    vec = diff / dist[..., None] * push[..., None]
+                    drift.index_add_(1, iu[0], vec)
+                    drift.index_add_(1, iu[1], -vec)
+                step_len = drift.norm(dim=-1, keepdim=True)
+                drift = drift * (self.max_step / step_len.clamp(min=self.max_step))
+                move = drift[:, n_fixed:].cpu().double().numpy()
+            x = x + move
+            if sigma > 0:
+                x = x + sigma * rng.normal(size=x.shape)
+        return x
+
+    def _typed_scores(self, structures: list[Atoms]) -> list[np.ndarray]:
+        """Per-atom typed kernel log-density of each structure (at ``assignment_width``)."""
+        import torch
+
+        model = self.descriptor_model()
+        ref = self.reference()
+        feats = model.descriptors(structures)
+        self.descriptor_calls += len(structures)
+        z = (np.concatenate(feats) - ref.typed_mean) / ref.typed_std
+        numbers = np.concatenate([s.numbers for s in structures])
+        out = np.empty(len(z))
+        h = self.assignment_width
+        zt = torch.as_tensor(z)
+        for el in np.unique(numbers):
+            rows = np.nonzero(numbers == el)[0]
+            refs = torch.as_tensor(ref.typed[ref.numbers == el])
+            if len(refs) == 0:
+                out[rows] = -np.inf
+                continue
+            d2 = torch.cdist(zt[rows], refs).pow(2) / ref.n_features
+            out[rows] = (torch.logsumexp(-d2 / (2 * h * h), dim=1) - math.log(len(ref.numbers))).numpy()
+        ptr = np.cumsum([0] + [len(s) for s in structures])
+        return [out[ptr[i]:ptr[i + 1]] for i in range(len(structures))]
+
+    def _score(self, atoms: Atoms, per_atom: np.ndarray) -> float:
+        """Total typed log-density, with a large penalty per atom bonded beyond its largest valence."""
+        from molgym.chem import valences
+
+        bonds = hydrogens.heavy_bonds(atoms.numbers, atoms.positions)
+        degree = np.zeros(len(atoms), dtype=int)
+        for i, j, _ in bonds:
+            degree[i] += 1
+            degree[j] += 1
+        over = sum(max(0, d - max(valences(int(z)))) for d, z in zip(degree, atoms.numbers))
+        return float(per_atom.sum()) - 100.0 * over
+
+    def _assign_elements(self, positions: np.ndarray, jobs: list[_Job], rng: np.random.Generator):
+        """Greedy search over the free atoms' elements of every trajectory; returns (numbers, scores)."""
+        T, n_free, _ = positions.shape
+        n_fixed = 0 if self.fragment is None else len(self.fragment)
+        current = []
+        for t, job in enumerate(jobs):
+            if job.multiset is not None:
+                current.append(rng.permutation(np.array(job.multiset, dtype=int)))
+            else:
+                current.append(np.full(n_free, 6 if 6 in job.elements else job.elements[0], dtype=int))
+        scores = np.full(T, -np.inf)
+        active = list(range(T))
+        for _round in range(2 * n_free + 2):
+            cand_struct, cand_meta = [], []
+            for t in active:
+                job = jobs[t]
+                base = current[t]
+                if not np.isfinite(scores[t]):
+                    cand_struct.append(self._full(positions[t], base))
+                    cand_meta.append((t, base))
+                moves = []
+                if job.multiset is not None:
+                    for i in range(n_free):
+                        for j in range(i + 1, n_free):
+                            if base[i] != base[j]:
+                                m = base.copy()
+                                m[i], m[j] = m[j], m[i]
+                                moves.append(m)
+                else:
+                    for i in range(n_free):
+                        for z in job.elements:
+                            if z != base[i]:
+                                m = base.copy()
+                                m[i] = z
+                                moves.append(m)
+                for m in moves:
+                    cand_struct.append(self._full(positions[t], m))
+                    cand_meta.append((t, m))
+            if not cand_struct:
+                break
+            per_atom = self._typed_scores(cand_struct)
+            improved = set()
+            best: dict[int, tuple[float, np.ndarray]] = {}
+            for (t, m), atoms, pa in zip(cand_meta, cand_struct, per_atom):
+                s = self._score(atoms, pa)
+                if np.array_equal(m, current[t]) and not np.isfinite(scores[t]):
+                    scores[t] = s
+                    continue
+                if t not in best or s > best[t][0]:
+                    best[t] = (s, m)
+            for t, (s, m) in best.items():
+                if s > scores[t] + 1e-9:
+                    scores[t], current[t] = s, m
+                    improved.add(t)
+            active = sorted(improved)
+            if not active:
+                break
+        return current, scores
+
+    def _finish(self, candidates: list[tuple[float, np.ndarray, np.ndarray]], job: _Job) -> Atoms:
+        """Hydrogens and relaxation for the candidates of one molecule, best first; keep the best."""
+        from molgym.metrics.chemistry import perceive
+
+        built = []
+        for score, numbers, pos in candidates:
+            skel = self._full(pos, numbers)
+            orders = hydrogens.assign_bond_orders(skel.numbers, skel.positions, n_hydrogens=job.n_hydrogens)
+            if orders is None and job.n_hydrogens is not None:
+                orders = hydrogens.assign_bond_orders(skel.numbers, skel.positions)
+            if orders is None:
+                # too many bonds for some atom's valence: keep the skeleton, it will be scored as invalid
+                built.append((score - 1e6, skel, False))
+                continue
+            counts = hydrogens.hydrogen_counts(skel.numbers, orders)
+            built.append((score, hydrogens.add_hydrogens(skel, counts), True))
+        built.sort(key=lambda b: -b[0])
+        fallback = None
+        for score, mol, feasible in built:
+            relaxed = self._relax(mol) if feasible else mol
+            per = perceive(relaxed)
+            relaxed.info["simgen_score"] = float(score)
+            if per.valid and per.connected:
+                return relaxed
+            if fallback is None or (per.valid and not fallback[1]):
+                fallback = (relaxed, per.valid)
+        return fallback[0]
+
+    def _relax(self, atoms: Atoms) -> Atoms:
+        from ase.constraints import FixAtoms
+        from ase.optimize import BFGS
+
+        from molgym.potentials.base import PotentialError
+
+        if self.relax_steps == 0:
+            return atoms
+        pot = self.potential()
+        work = atoms.copy()
+        if self.fragment is not None:
+            work.set_constraint(FixAtoms(indices=list(range(len(self.fragment)))))
+        work.calc = pot.as_calculator()
+        self.relaxations += 1
+        try:
+            BFGS(work, logfile=None).run(fmax=self.relax_fmax, steps=self.relax_steps)
+            energy = float(work.get_potential_energy())
+        except (PotentialError, ValueError):
+            return atoms
+        out = Atoms(numbers=work.numbers, positions=work.positions)
+        out.info["energy"] = energy
+        return out
+
+    def metadata(self) -> dict:
+        meta = super().metadata()
+        meta["descriptor_model"] = None if self._model is None else self._model.name
+        meta["descriptor_calls"] = self.descriptor_calls
+        meta["relaxations"] = self.relaxations
+        return meta
+
+
+_KNOWN = {1, 5, 6, 7, 8, 9, 15, 16, 17, 35, 53}
+
+
+def _check_pair(name: str, value, strictly_positive: bool) -> None:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of numbers (start, end), got {value!r}") from None
+    ok = (a > 0 and b > 0) if strictly_positive else (a >= 0 and b >= 0)
+    if not (ok and math.isfinite(a) and math.isfinite(b)):
+        need = "positive" if strictly_positive else "non-negative"
+        raise ValueError(f"{name} must be two {need} numbers (start, end), got {value!r}")
+
+
+def _load_fragment(fragment, center: bool) -> Atoms | None:
+    """The heavy atoms of ``fragment`` (``ase.Atoms`` or a structure file), optionally centred at the origin."""
+    if fragment is None:
+        return None
+    if not isinstance(fragment, Atoms):
+        from molgym.io import read_structures
+
+        fragment = read_structures(fragment)[0]
+    for z in set(fragment.numbers.tolist()):
+        element(int(z))  # unknown elements: clear error
+    heavy = fragment[fragment.numbers > 1]
+    if len(heavy) == 0:
+        raise ValueError(f"fragment {fragment.get_chemical_formula()} has no heavy atoms to grow from")
+    if len(heavy) > MAX_HEAVY_ATOMS:
+        raise ValueError(f"fragment has {len(heavy)} heavy atoms; allowed: 1..{MAX_HEAVY_ATOMS}")
+    out = Atoms(numbers=heavy.numbers.copy(), positions=heavy.positions.copy())
+    if center:
+        out.positions -= out.positions.mean(axis=0)
+    return out
+
+
+def describe(atoms: Atoms) -> str:
+    """Formula of a generated molecule (for logs)."""
+    return "".join(f"{s}{k if k > 1 else ''}" for s, k in bag_from_numbers(atoms.numbers).items())
