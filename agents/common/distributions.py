@@ -210,7 +210,7 @@ class SphericalGrid:
       area, its centre and a radius bounding the geodesic distance from the centre to any point of the cell.
     """
 
-    def __init__(self, lmax: int, n_theta: int = 40, n_phi: int = 80, cells_theta: int = 64, cells_phi: int = 128):
+    def __init__(self, lmax: int, n_theta: int = 40, n_phi: int = 80, cells_theta: int = 32, cells_phi: int = 64):
         self.lmax, self.n_theta, self.n_phi = int(lmax), int(n_theta), int(n_phi)
         t, w = np.polynomial.legendre.leggauss(self.n_theta)
         phi = 2.0 * np.pi * np.arange(self.n_phi) / self.n_phi
@@ -287,37 +287,54 @@ class SphericalHarmonicDensity:
         a = self.coefficients.detach().double()
         return sum(l * a[..., s].norm(dim=-1) for l, s in zip(range(1, self.grid.lmax + 1), _l_slices(self.grid.lmax)))
 
-    def sample(self, generator: torch.Generator, max_rounds: int = 10_000) -> torch.Tensor:
+    def sample(self, generator: torch.Generator, chunk: int = 256) -> torch.Tensor:
         """Exact samples, one per batch element: (..., 3)."""
-        g = self.grid
         a = self.coefficients.detach().double()
         batch_shape = a.shape[:-1]
         a = a.reshape(-1, a.shape[-1])
+        lip = self.lipschitz().reshape(-1)
+        parts = [self._sample_rows(a[i:i + chunk], lip[i:i + chunk], generator) for i in range(0, a.shape[0], chunk)]
+        out = torch.cat(parts) if parts else a.new_zeros(0, 3)
+        return out.reshape(*batch_shape, 3).to(self.coefficients.dtype)
+
+    def _sample_rows(self, a: torch.Tensor, lip: torch.Tensor, generator: torch.Generator,
+                     candidates: int = 16, max_rounds: int = 1000) -> torch.Tensor:
+        """Rejection sampling for a chunk of rows: ``candidates`` proposals per pending row and round; each row
+        keeps its first accepted proposal (sequential trials of one rejection sampler, so still exact)."""
+        g = self.grid
         dev = a.device
-        ylm_cells = g.ylm_cells.to(dev)
-        upper = a @ ylm_cells.T + self.lipschitz().reshape(-1, 1).to(dev) * g.cell_radius.to(dev)  # (M, C)
+        upper = a @ g.ylm_cells.to(dev).T + lip.reshape(-1, 1).to(dev) * g.cell_radius.to(dev)  # (M, C)
         log_mass = upper + g.cell_log_area.to(dev)
+        cdf = torch.exp(log_mass - log_mass.max(-1, keepdim=True).values).cumsum(-1)
+        cdf = cdf / cdf[:, -1:]
+        cos_lo_all, cos_hi_all = g.cell_cos_lo.to(dev), g.cell_cos_hi.to(dev)
+        phi_lo_all = g.cell_phi_lo.to(dev)
         out = torch.zeros(a.shape[0], 3, dtype=torch.float64, device=dev)
         todo = torch.ones(a.shape[0], dtype=torch.bool, device=dev)
+        n_cells = cdf.shape[1]
         for _ in range(max_rounds):
             rows = todo.nonzero(as_tuple=True)[0]
-            if rows.numel() == 0:
-                break
-            cell = sample_categorical(log_mass[rows], generator)
             n = rows.numel()
-            r1, r2, r3 = (uniform((n,), generator, a) for _ in range(3))
-            cos_lo, cos_hi = g.cell_cos_lo.to(dev)[cell], g.cell_cos_hi.to(dev)[cell]
+            if n == 0:
+                break
+            k = candidates
+            r0, r1, r2, r3 = (uniform((n, k), generator, a) for _ in range(4))
+            cell = torch.searchsorted(cdf[rows].contiguous(), r0).clamp(max=n_cells - 1)  # (n, k)
+            cos_lo, cos_hi = cos_lo_all[cell], cos_hi_all[cell]
             t = cos_lo + r1 * (cos_hi - cos_lo)
-            phi = g.cell_phi_lo.to(dev)[cell] + r2 * g.cell_dphi
-            s = torch.sqrt((1.0 - t * t).clamp(min=0.0))
-            u = torch.stack([s * torch.cos(phi), s * torch.sin(phi), t], -1)
-            f = (real_spherical_harmonics(g.lmax, u) * a[rows]).sum(-1)
-            accept = torch.log(r3) <= f - upper[rows, cell]
-            out[rows[accept]] = u[accept]
-            todo[rows[accept]] = False
+            phi = phi_lo_all[cell] + r2 * g.cell_dphi
+            sin_t = torch.sqrt((1.0 - t * t).clamp(min=0.0))
+            u = torch.stack([sin_t * torch.cos(phi), sin_t * torch.sin(phi), t], -1)  # (n, k, 3)
+            f = (real_spherical_harmonics(g.lmax, u) * a[rows].unsqueeze(1)).sum(-1)
+            accept = torch.log(r3) <= f - upper[rows.unsqueeze(1), cell]
+            got = accept.any(-1)
+            first = accept.to(torch.int8).argmax(-1)  # index of the first accepted proposal
+            chosen = u[torch.arange(n, device=dev), first]
+            out[rows[got]] = chosen[got]
+            todo[rows[got]] = False
         if todo.any():  # pragma: no cover - the envelope is tight (acceptance >= exp(-2 Lip radius))
             raise RuntimeError("spherical sampler did not converge")
-        return out.reshape(*batch_shape, 3).to(self.coefficients.dtype)
+        return out
 
     def mode(self) -> torch.Tensor:
         """The quadrature node with the largest density (a greedy choice on the grid)."""
