@@ -1,9 +1,13 @@
 """The ``rl_policy`` generator: roll out a trained Stable-Baselines3 policy in the task's environment.
 
-For each sample it makes ``gymnasium.make("MolGym/SingleBag-v0", formula=<the sample's bag>, potential=...)``
-(environments register on ``import molgym``), resets it with a per-sample seed, and steps the policy until the
-episode ends; the final canvas is the generated molecule (an episode ended by an invalid placement yields the
-partial molecule, which the metrics then score as not matching the task). Stochastic actions are drawn from
+For each sample it makes the task's environment (environments register on ``import molgym``):
+``gymnasium.make("MolGym/SingleBag-v0", formula=<the sample's bag>, potential=...)`` for formula, shape and
+unconditional tasks, and ``gymnasium.make("MolGym/MultiBag-v0", formulas=<the task's formulas>, ...)`` reset with
+``options={"formula": <the sample's bag>}`` for stochastic-bag tasks (so a policy trained on that MultiBag fits
+every sample). It resets the environment with a per-sample seed and steps the policy until the episode ends;
+the final canvas is the generated molecule (an episode ended by an invalid placement yields the partial
+molecule, which the metrics then score as not matching the task). A policy whose observation space does not
+match the environment's is refused with an error naming both. Stochastic actions are drawn from
 torch's RNG inside ``torch.random.fork_rng`` seeded per job, so runs are reproducible and leave the global RNG
 untouched. Potential calls made by the environment are counted.
 
@@ -11,7 +15,7 @@ Args (``--option rl_policy.KEY=VALUE`` on the command line):
     checkpoint: path of the SB3 ``.zip`` (required). Loading a checkpoint unpickles it: load only files you trust.
     algorithm: SB3 class name (``"PPO"``, ``"A2C"``, ``"SAC"``, ...) or ``"auto"`` (try PPO, A2C, SAC, TD3, DDPG).
     deterministic: use the policy's mode instead of sampling (default False).
-    env_id: environment id (default ``"MolGym/SingleBag-v0"``).
+    env_id: environment id, or ``"auto"`` (default) for the choice above.
     env_kwargs: extra keyword arguments for the environment (e.g. ``{"elements": ["H", "C", "N", "O"]}`` when the
         policy was trained with a fixed element vocabulary).
     device: torch device for the policy (default ``"cpu"``).
@@ -37,7 +41,7 @@ class RLPolicy(Generator):
     version = "1"
 
     def __init__(self, potential="auto", checkpoint: str | None = None, algorithm: str = "auto",
-                 deterministic: bool = False, env_id: str = "MolGym/SingleBag-v0", env_kwargs: dict | None = None,
+                 deterministic: bool = False, env_id: str = "auto", env_kwargs: dict | None = None,
                  device: str = "cpu"):
         if not checkpoint:
             raise ValueError("rl_policy needs a checkpoint: --option rl_policy.checkpoint=PATH.zip")
@@ -70,18 +74,33 @@ class RLPolicy(Generator):
                 errors.append(f"{name}: {type(err).__name__}: {err}")
         raise ValueError(f"could not load {self.checkpoint} as an SB3 checkpoint ({'; '.join(errors)})")
 
-    def _env(self, formula: str):
-        if formula not in self._envs:
+    def _env(self, task, formula: str):
+        """The environment for one sample (cached), checked against the policy's observation space."""
+        multi = task.kind == "bag" and self.env_id in ("auto", "MolGym/MultiBag-v0")
+        key = "multi" if multi else formula
+        if key not in self._envs:
             import gymnasium
 
             import molgym  # noqa: F401  (registers the MolGym/... ids)
 
-            if self.env_id not in gymnasium.registry:
-                raise ValueError(f"environment {self.env_id!r} is not registered; MolGym ids: "
+            single = "MolGym/SingleBag-v0" if self.env_id == "auto" else self.env_id
+            env_id = "MolGym/MultiBag-v0" if multi else single
+            if env_id not in gymnasium.registry:
+                raise ValueError(f"environment {env_id!r} is not registered; MolGym ids: "
                                  f"{', '.join(k for k in gymnasium.registry if k.startswith('MolGym/'))}")
-            self._envs[formula] = gymnasium.make(self.env_id, formula=formula, potential=self.potential(),
-                                                 **self.env_kwargs)
-        return self._envs[formula]
+            kwargs = {"formulas": list(task.formulas)} if multi else {"formula": formula}
+            env = gymnasium.make(env_id, potential=self.potential(), **kwargs, **self.env_kwargs)
+            expected = self._model.observation_space
+            if expected is not None and expected != env.observation_space:
+                env.close()
+                raise ValueError(
+                    f"the policy in {self.checkpoint} expects observations {expected}, but {env_id} for "
+                    f"{'formulas ' + ', '.join(task.formulas) if multi else formula} gives {env.observation_space}; "
+                    "use a policy trained on this environment (or pass env_id/env_kwargs that reproduce its "
+                    "training environment)"
+                )
+            self._envs[key] = env
+        return self._envs[key], ({"formula": formula} if multi else None)
 
     def generate(self, task, n: int, seed: int) -> list[Atoms]:
         """Roll out ``n`` episodes (one per bag of ``task``), seeded by ``seed``."""
@@ -94,8 +113,8 @@ class RLPolicy(Generator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for i, bag in enumerate(task.bags(n, seed)):
-                env = self._env(format_formula(bag))
-                obs, _info = env.reset(seed=int(seed) * 1_000_003 + i)
+                env, options = self._env(task, format_formula(bag))
+                obs, _info = env.reset(seed=int(seed) * 1_000_003 + i, options=options)
                 done, steps = False, 0
                 while not done:
                     action, _state = model.predict(obs, deterministic=self.deterministic)

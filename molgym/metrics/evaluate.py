@@ -87,12 +87,14 @@ def molecule_records(
             "molecule_stable": bool(len(stable) and stable.all()),
         }
         if target is not None:
-            rec["shape_distance"] = shape.shape_distance(atoms, target)
+            rec["shape_distance"] = _finite(shape.shape_distance(atoms, target))  # None without heavy atoms
         records.append(rec)
 
-    if potential is not None and structures:
-        energies, returns = physics.atomisation_energies(potential, structures)
-        for rec, atoms, e, r in zip(records, structures, energies, returns):
+    nonempty = [i for i, a in enumerate(structures) if len(a)]  # an empty canvas has no energy to score
+    if potential is not None and nonempty:
+        energies, returns = physics.atomisation_energies(potential, [structures[i] for i in nonempty])
+        for k, e, r in zip(nonempty, energies, returns):
+            rec, atoms = records[k], structures[k]
             rec["energy"] = _finite(e)
             rec["return"] = _finite(r)
             rec["return_per_atom"] = _finite(r / len(atoms)) if len(atoms) else None
@@ -112,9 +114,9 @@ def molecule_records(
                 rec["relax_rmsd"] = physics.kabsch_rmsd(atoms.positions[heavy], relaxed.positions[heavy])
                 rec["relax_steps"] = steps
 
-    if referee is not None and referee_sample > 0 and structures:
+    if referee is not None and referee_sample > 0 and nonempty:
         rng = np.random.default_rng(seed)
-        chosen = sorted(rng.choice(len(structures), size=min(referee_sample, len(structures)), replace=False))
+        chosen = sorted(rng.choice(nonempty, size=min(referee_sample, len(nonempty)), replace=False))
         for i in chosen:
             try:
                 _e, r = physics.atomisation_energies(referee, [structures[i]])

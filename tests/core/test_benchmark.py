@@ -148,6 +148,8 @@ def test_rl_policy_generator_rolls_out_a_trained_checkpoint(tmp_path):
     assert gen.potential_calls >= sum(len(a) - 1 for a in mols)
     again = get_generator("rl_policy", checkpoint=str(path), potential="xtb").generate(get_task("CH4O"), 3, seed=4)
     assert all(np.allclose(a.positions, b.positions) for a, b in zip(mols, again))
+    with pytest.raises(ValueError, match="expects observations"):  # trained for 6 atoms, C3H8O has 12
+        get_generator("rl_policy", checkpoint=str(path), potential="xtb").generate(get_task("C3H8O"), 1, seed=0)
 
 
 # ---------------------------------------------------------------- runner, resume, report

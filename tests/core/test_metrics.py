@@ -12,6 +12,7 @@ import pytest
 from ase import Atoms
 
 from molgym.metrics import bonds, chemistry, physics, shape, stats
+from molgym.chem import parse_formula
 from molgym.metrics.evaluate import evaluate, summarize_records
 
 # One OpenMP thread for xTB: on a loaded 2-core machine the default thread count makes each call ~40x slower.
@@ -168,3 +169,18 @@ def test_import_molgym_metrics_stays_light():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_empty_and_partial_structures_are_scored_not_crashed():
+    """RL episodes can end early: an empty canvas or a lone atom must get (invalid) metrics, strict JSON."""
+    from molgym.potentials import load_potential
+
+    xtb = load_potential("xtb")
+    structures = [Atoms(), Atoms("C"), _methanol()]
+    result = evaluate(structures, xtb, bags=[parse_formula("CH4O")] * 3, target=np.zeros((2, 3)), referee=xtb,
+                      referee_sample=3, relax_steps=3)
+    empty, lone, good = result["molecules"]
+    assert not empty["valid"] and empty.get("energy") is None and empty["shape_distance"] is None
+    assert not lone["valid"] and lone["return"] == pytest.approx(0.0, abs=1e-6)
+    assert good["valid"] and good["matches_task"] and not empty["matches_task"]
+    json.dumps(result, allow_nan=False)  # no NaN/Infinity in results files
