@@ -198,11 +198,12 @@ def _header_lines(results: dict) -> list[str]:
         f"suite **{suite['name']}** v{suite['version']} — {suite['description']}",
         f"molgym {results['molgym_version']}, results schema {results['schema_version']}, {results['timestamp']}",
         f"potential: {pot.get('name', pot['spec'])} (spec `{pot['spec']}`; {pot.get('selected_because', '')})",
-        f"seeds {results['seeds']}, {suite['n_samples']} molecules per job, "
+        f"seeds {results['seeds']}, {results.get('n_samples', suite['n_samples'])} molecules per job, "
         f"{results['jobs_finished']}/{results['jobs_planned']} jobs finished"
         + ("" if results["complete"] else " (INCOMPLETE: rerun the same command to resume)"),
         f"machine: {mach['platform']}, {mach['cpu_count']} CPUs, executor {results['executor']}",
-    ]
+    ] + ([f"overrides of the suite (not a standard {suite['name']} run): {results['overrides']}"]
+         if results.get("overrides") else [])
 
 
 _CSS = """

@@ -6,6 +6,7 @@ Schema (``schema_version`` 1)::
       "schema_version": 1,
       "molgym_version": "...", "timestamp": "ISO-8601 UTC", "machine": {...},
       "suite": {name, version, description, tasks, n_samples, seeds, ...},
+      "seeds": [...], "n_samples": N, "overrides": {tasks/seeds/n_samples that differ from the suite},
       "potential": {"spec": "xtb", "name": "GFN2-xTB", "selected_because": "..."},
       "executor": "local" | "ray",
       "generators": {name: {name, version, settings, potential_calls (summed over jobs)}},
@@ -29,7 +30,7 @@ import platform
 from collections.abc import Sequence
 
 import molgym
-from molgym.metrics.evaluate import METRICS
+from molgym.metrics.evaluate import BOUNDS, METRICS
 from molgym.metrics.stats import mean_interval, summarize
 
 __all__ = ["SCHEMA_VERSION", "build_results", "machine_info", "HEADLINE_METRICS"]
@@ -66,7 +67,7 @@ def _pooled(jobs: Sequence[dict]) -> dict:
             continue
         vals = [r.get(name) for r in records]
         if any(v is not None for v in vals):
-            out[name] = summarize(vals, binary=(kind == "fraction"))
+            out[name] = summarize(vals, binary=(kind == "fraction"), bounds=BOUNDS.get(name))
     gen_s = sum(j["cost"]["generate_seconds"] for j in jobs)
     calls = sum(j["cost"]["potential_calls"] for j in jobs)
     valid = sum(j["cost"]["valid_connected"] for j in jobs)
@@ -79,6 +80,22 @@ def _pooled(jobs: Sequence[dict]) -> dict:
         "calls_per_valid": calls / valid if valid else None,
         "seeds": sorted(j["seed"] for j in jobs),
     }
+    return out
+
+
+def _overrides(context: dict) -> dict:
+    """What this run changed with respect to its suite (``--tasks``, ``--seeds``, ``--n``); empty if nothing."""
+    suite, specs = context["suite"], context["specs"]
+    out: dict = {}
+    tasks = [t.name for t in context["tasks"]]
+    if tasks != list(suite.tasks):
+        out["tasks"] = tasks
+    seeds = sorted({s["seed"] for s in specs})
+    if specs and seeds != sorted(suite.seeds):
+        out["seeds"] = seeds
+    ns = sorted({s["n"] for s in specs})
+    if specs and ns != [suite.n_samples]:
+        out["n_samples"] = ns[0]
     return out
 
 
@@ -122,6 +139,8 @@ def build_results(context: dict, jobs: Sequence[dict]) -> dict:
         "machine": machine_info(),
         "suite": suite.to_dict(),
         "seeds": sorted({s["seed"] for s in context["specs"]}),
+        "n_samples": sorted({s["n"] for s in context["specs"]})[0] if context["specs"] else suite.n_samples,
+        "overrides": _overrides(context),
         "potential": potential,
         "executor": context["executor"],
         "generators": generators,

@@ -41,6 +41,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "referee_return_per_atom": ("GFN2-xTB atomisation energy per atom on a sample (eV/atom)", "value"),
     "shape_distance": ("Chamfer distance (Å) of heavy atoms to the target cloud after alignment", "value"),
 }
+#: Range of per-molecule values whose confidence intervals are clipped to it.
+BOUNDS: dict[str, tuple[float, float]] = {"atom_stability": (0.0, 1.0)}
 #: Direction of each metric for rankings (True: higher is better).
 HIGHER_IS_BETTER: dict[str, bool] = {
     "relax_energy_drop": False, "relax_rmsd": False, "shape_distance": False, "energy": False,
@@ -140,7 +142,7 @@ def summarize_records(records: Sequence[dict]) -> dict[str, dict]:
         values = [r.get(name) for r in records]
         if all(v is None for v in values):
             continue
-        out[name] = summarize(values, binary=(kind == "fraction"))
+        out[name] = summarize(values, binary=(kind == "fraction"), bounds=BOUNDS.get(name))
     smiles = [r.get("smiles") for r in records]
     n_valid = sum(s is not None for s in smiles)
     for name, fn in (("uniqueness", chemistry.uniqueness), ("novelty", chemistry.novelty),

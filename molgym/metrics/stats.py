@@ -40,10 +40,18 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     return (float(x.mean() - half), float(x.mean() + half))
 
 
-def summarize(values: Sequence[float | bool | None], binary: bool = False) -> dict:
-    """``{"mean", "ci95": [lo, hi], "n"}`` over the non-``None``, finite values (mean ``None`` if none)."""
+def summarize(
+    values: Sequence[float | bool | None], binary: bool = False, bounds: tuple[float, float] | None = None
+) -> dict:
+    """``{"mean", "ci95": [lo, hi], "n"}`` over the non-``None``, finite values (mean ``None`` if none).
+
+    ``bounds`` clips the interval of a quantity that cannot leave them (e.g. ``(0, 1)`` for a per-molecule
+    fraction such as atom stability).
+    """
     x = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not x:
         return {"mean": None, "ci95": [None, None], "n": 0}
     lo, hi = wilson_interval(int(round(sum(x))), len(x)) if binary else mean_interval(x)
+    if bounds is not None:
+        lo, hi = max(bounds[0], lo), min(bounds[1], hi)
     return {"mean": float(np.mean(x)), "ci95": [lo, hi], "n": len(x)}

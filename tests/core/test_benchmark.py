@@ -166,7 +166,10 @@ def tiny_run(tmp_path_factory):
 
 def test_results_file_schema(tiny_run):
     out, results = tiny_run
-    on_disk = json.loads((out / "results.json").read_text())
+    def no_nan(constant):
+        raise AssertionError(f"results.json holds {constant}, which strict JSON readers reject")
+
+    on_disk = json.loads((out / "results.json").read_text(), parse_constant=no_nan)
     assert on_disk["complete"] and on_disk["jobs_finished"] == on_disk["jobs_planned"] == 8
     for key in ("schema_version", "molgym_version", "timestamp", "machine", "suite", "seeds", "potential",
                 "generators", "jobs", "leaderboard", "overall"):
