@@ -134,10 +134,10 @@ def run_job(spec: dict) -> dict:
     if m["referee_sample"] > 0:
         referee = metric_potential.inner if metric_potential.name == "GFN2-xTB" else load_potential("xtb")
     best = best_known_return(task.formula, metric_potential.inner) if task.kind == "formula" else None
+    bags = None if task.kind == "unconditional" else task.bags(spec["n"], spec["seed"])  # no bag to match
     records = molecule_records(
-        samples, metric_potential, bags=None if task.kind == "unconditional" else task.bags(spec["n"], spec["seed"]),
-        target=task.target_array,
-        best_known=best, relax_fmax=m["relax_fmax"], relax_steps=m["relax_steps"], referee=referee,
+        samples, metric_potential, bags=bags, target=task.target_array, best_known=best,
+        relax_fmax=m["relax_fmax"], relax_steps=m["relax_steps"], referee=referee,
         referee_sample=m["referee_sample"], seed=spec["seed"],
     )
     summary = summarize_records(records)

@@ -7,6 +7,7 @@ import json
 
 
 def register(subparsers) -> None:
+    """Add ``molgym bench`` to the top-level sub-parsers."""
     p = subparsers.add_parser(
         "bench",
         help="run a benchmark suite: generators x tasks x seeds, results.json + samples + report",
@@ -36,6 +37,7 @@ def register(subparsers) -> None:
 
 
 def _parse_options(items: list[str]) -> dict:
+    """``["gen.key=value", ...]`` -> ``{gen: {key: value}}`` (values parsed as JSON when possible)."""
     from molgym.cli import CLIError
 
     options: dict = {}
@@ -53,10 +55,12 @@ def _parse_options(items: list[str]) -> dict:
 
 
 def _split(text: str | None) -> list[str] | None:
+    """Comma-separated list, or ``None`` for an empty option."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """Run (or resume) a suite, print a summary, write the report; exit 1 when a job failed."""
     from molgym.benchmark import GENERATORS, SUITES, TASKS
     from molgym.cli import CLIError
 

@@ -6,6 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
+    """Add ``molgym report`` to the top-level sub-parsers."""
     p = subparsers.add_parser(
         "report",
         help="write report.md and a self-contained report.html for a benchmark run",
@@ -18,6 +19,7 @@ def register(subparsers) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Write report.md and report.html for a run directory."""
     from molgym.benchmark.report import write_report
 
     md, html = write_report(args.dir, args.out)
