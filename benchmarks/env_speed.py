@@ -62,12 +62,12 @@ class TimedPotential:
         self.potential = _Timed()
 
 
-def mace_potential(device: str | None):
+def mace_potential(device: str | None, dtype: str | None):
     """The default MACE model, or an untrained 'small' MACE when it is not installed (printed)."""
     from molgym.potentials import ModelNotAvailableError, load_potential
 
     try:
-        pot = load_potential("default", device=device)
+        pot = load_potential("default", device=device, dtype=dtype)
         return pot, "MACE default model"
     except ModelNotAvailableError as err:
         from molgym.potentials.mace import MACEPotential
@@ -77,7 +77,8 @@ def mace_potential(device: str | None):
         print("      (a) and (b) use an UNTRAINED MACE of the 'small' preset instead: same architecture and cost,")
         print("      meaningless energies.")
         model = build_untrained_mace("small", atomic_energies=np.array([-13.6, -1029.0, -1484.0, -2041.0, -2712.0]))
-        return MACEPotential(model, device=device, name="MACE(untrained small)"), "untrained MACE 'small'"
+        return (MACEPotential(model, device=device, dtype=dtype, name="MACE(untrained small)"),
+                "untrained MACE 'small'")
 
 
 def run_vector(potential, n_envs: int, seed: int) -> tuple[int, float, float, int]:
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="MACE device (default: GPU if present, else CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                        help="MACE evaluation dtype for (a) and (b) (default float32, the usual choice for speed)")
     parser.add_argument("--skip-xtb", action="store_true")
     parser.add_argument("--skip-pm6", action="store_true")
     args = parser.parse_args(argv)
@@ -157,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    potential, label = mace_potential(args.device)
+    potential, label = mace_potential(args.device, args.dtype)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"MACE device {potential.device}")
+          f"MACE device {potential.device}, dtype {str(potential.dtype).replace('torch.', '')}")
     print(f"workload: {FORMULA}, random valid placements, full episodes, seed {args.seed}\n")
 
     from ase import Atoms

@@ -5,7 +5,7 @@ Gymnasium environments build molecules atom by atom in 3D, rewarded by a trained
 MACE, tblite and RDKit load only when the feature that needs them is used.
 """
 
-from molgym.registration import register_envs as _register_envs
+from molgym.registration import register_on_import as _register_envs
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,8 @@ ship in ``molgym/data/best_known.json``, each with its provenance (potential nam
 is a model file, method, date, software versions). They are computed by :func:`compute_best_known` /
 ``python -m molgym.best_known --potential SPEC --formulas F1 F2 ...``:
 
-1. take every QM9 molecule with the formula (QM9's B3LYP geometries);
+1. take every QM9 molecule with the formula (QM9's B3LYP geometries), plus any candidate SMILES given
+   (embedded in 3D with RDKit; QM9 stops at 9 heavy atoms, so larger formulas such as C7H8N2O2 need them);
 2. evaluate them all with the potential (one batched call);
 3. relax the ``top_k`` lowest in energy with ASE's BFGS on the potential (``fmax``, ``steps``);
 4. the best relaxed energy gives the best-known return.
@@ -26,6 +27,7 @@ import argparse
 import datetime as _dt
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -160,6 +162,34 @@ def _qm9_isomers(formula: str) -> list:
     return isomers
 
 
+def _embed_candidates(formula: str, smiles: Sequence[str], seed: int = 0) -> list:
+    """3D structures (RDKit ETKDG + MMFF, seeded) of candidate SMILES, each checked to have ``formula``."""
+    from ase import Atoms
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from molgym.chem import bag_from_numbers
+
+    target = parse_formula(formula)
+    out = []
+    for text in smiles:
+        mol = Chem.MolFromSmiles(text)
+        if mol is None:
+            raise ValueError(f"candidate {text!r} is not a valid SMILES string")
+        mol = Chem.AddHs(mol)
+        params = AllChem.ETKDGv3()
+        params.randomSeed = seed
+        if AllChem.EmbedMolecule(mol, params) != 0:
+            raise ValueError(f"RDKit could not embed candidate {text!r} in 3D")
+        AllChem.MMFFOptimizeMolecule(mol)
+        atoms = Atoms(numbers=[a.GetAtomicNum() for a in mol.GetAtoms()], positions=mol.GetConformer().GetPositions())
+        if bag_from_numbers(atoms.numbers) != target:
+            raise ValueError(f"candidate {text!r} is {format_formula(bag_from_numbers(atoms.numbers))}, not {formula}")
+        atoms.info.update(qm9_id=-1, smiles=text)
+        out.append(atoms)
+    return out
+
+
 def _energies_tolerant(potential, structures: list) -> np.ndarray:
     """Energies, with ``inf`` for structures whose evaluation fails (e.g. an SCF that does not converge)."""
     from molgym.potentials.base import PotentialError
@@ -183,6 +213,7 @@ def compute_best_known(
     fmax: float = 0.05,
     steps: int = 300,
     progress: bool = True,
+    candidates: Sequence[str] = (),
 ) -> dict:
     """Compute the best-known return of ``formula`` under ``potential`` from QM9's isomers (see module doc).
 
@@ -206,10 +237,15 @@ def compute_best_known(
             "best-known returns are only stored for model files, xTB and PM6"
         )
     isomers = _qm9_isomers(key)
+    n_qm9 = len(isomers)
+    isomers += _embed_candidates(key, candidates)
     if not isomers:
-        raise ValueError(f"QM9 has no isomer of {key}; no best-known return can be computed from QM9 for it")
+        raise ValueError(
+            f"QM9 has no isomer of {key} and no candidate SMILES were given; no best-known return can be computed"
+        )
     if progress:
-        print(f"[best-known] {key}: {len(isomers)} QM9 isomers, single points with {potential.name}", flush=True)
+        print(f"[best-known] {key}: {n_qm9} QM9 isomers + {len(isomers) - n_qm9} candidates, single points with "
+              f"{potential.name}", flush=True)
     energies = _energies_tolerant(potential, isomers)
     order = [int(i) for i in np.argsort(energies) if np.isfinite(energies[i])][:top_k]
     relaxed = []
@@ -254,9 +290,11 @@ def compute_best_known(
         "potential": identity[0],
         "model_sha256": identity[1],
         "method": (
-            f"QM9 isomers: single points of all {len(isomers)}, BFGS relaxation (fmax={fmax} eV/A, "
-            f"max {steps} steps) of the {len(order)} lowest; return = sum E(atom) - min E(relaxed)"
+            f"{n_qm9} QM9 isomers + {len(isomers) - n_qm9} RDKit-embedded candidate SMILES: single points of all "
+            f"{len(isomers)}, BFGS relaxation (fmax={fmax} eV/A, max {steps} steps) of the {len(order)} lowest; "
+            "return = sum E(atom) - min E(relaxed)"
         ),
+        "candidates": list(candidates),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "best_qm9_id": int(isomers[best].info["qm9_id"]),
         "best_smiles": str(isomers[best].info["smiles"]),
@@ -264,9 +302,13 @@ def compute_best_known(
         "best_relaxation_converged": converged,
         "best_relaxation_steps": nsteps,
         "n_isomers": len(isomers),
+        "n_qm9_isomers": n_qm9,
         "n_relaxed": len(relaxed),
         "software": software,
-        "command": f"compute_best_known({key!r}, {identity[0]!r}, top_k={top_k}, fmax={fmax}, steps={steps})",
+        "command": (
+            f"compute_best_known({key!r}, {identity[0]!r}, top_k={top_k}, fmax={fmax}, steps={steps}, "
+            f"candidates={list(candidates)!r})"
+        ),
     }
 
 
@@ -284,6 +326,19 @@ def update_table(entries: list[dict], path: str | Path = BEST_KNOWN_PATH) -> Non
     _cached_table.cache_clear()
 
 
+def _smiles_formula(smiles: str) -> str | None:
+    from rdkit import Chem
+    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"candidate {smiles!r} is not a valid SMILES string")
+    try:
+        return format_formula(parse_formula(CalcMolFormula(mol)))
+    except ValueError:  # charged species ("C7H8N2O2+") are not molgym formulas
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m molgym.best_known``: compute best-known returns and merge them into the table."""
     parser = argparse.ArgumentParser(
@@ -296,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fmax", type=float, default=0.05, help="BFGS force threshold (eV/A)")
     parser.add_argument("--steps", type=int, default=300, help="BFGS step limit")
     parser.add_argument("--out", default=str(BEST_KNOWN_PATH), help="table to update (JSON)")
+    parser.add_argument(
+        "--candidates", nargs="*", default=[],
+        help="extra candidate SMILES (each formula takes those that match it); needed for formulas QM9 lacks",
+    )
     args = parser.parse_args(argv)
     from molgym.potentials import load_potential
 
@@ -304,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for formula in formulas:
         try:
-            entry = compute_best_known(formula, potential, top_k=args.top_k, fmax=args.fmax, steps=args.steps)
+            matching = [c for c in args.candidates if _smiles_formula(c) == formula]
+            entry = compute_best_known(formula, potential, top_k=args.top_k, fmax=args.fmax, steps=args.steps,
+                                       candidates=matching)
         except (ValueError, RuntimeError) as err:
             print(f"[best-known] {formula}: skipped: {err}", file=sys.stderr, flush=True)
             failures += 1
@@ -312,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["command"] = (
             f"python -m molgym.best_known --potential {args.potential} --formulas {formula} "
             f"--top-k {args.top_k} --fmax {args.fmax} --steps {args.steps}"
+            + (f" --candidates {' '.join(repr(c) for c in matching)}" if matching else "")
         )
         update_table([entry], args.out)  # written after every formula: an interrupted run keeps what it did
         print(f"[best-known] {formula}: {entry['return']:.4f} eV ({entry['best_smiles']}) -> {args.out}", flush=True)
