@@ -109,7 +109,7 @@ class Generator(ABC):
         """Generate ``n`` structures for ``task`` (a :class:`molgym.benchmark.Task`), deterministically in ``seed``."""
 
     def metadata(self) -> dict:
-        """Name, version, settings and potential calls so far (JSON-ready)."""
+        """Name, version, settings, potential calls (structures evaluated) and batched calls so far (JSON-ready)."""
         pot = None
         if self._potential is not None:
             pot = self._potential.name
@@ -123,6 +123,7 @@ class Generator(ABC):
                          for k, v in self.settings.items()},
             "potential": pot,
             "potential_calls": self.potential_calls,
+            "potential_batches": 0 if self._potential is None else self._potential.batches,
         }
 
     def __repr__(self) -> str:

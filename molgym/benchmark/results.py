@@ -126,8 +126,9 @@ def build_results(context: dict, jobs: Sequence[dict]) -> dict:
     generators: dict[str, dict] = {}
     for j in jobs:
         meta = dict(j["generator_metadata"])
-        entry = generators.setdefault(j["generator"], {**meta, "potential_calls": 0})
+        entry = generators.setdefault(j["generator"], {**meta, "potential_calls": 0, "potential_batches": 0})
         entry["potential_calls"] += meta.get("potential_calls", 0)
+        entry["potential_batches"] += meta.get("potential_batches", 0)
     potential = dict(context["potential"])
     names = {j["potential"]["name"] for j in jobs}
     if names:
