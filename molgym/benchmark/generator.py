@@ -135,6 +135,7 @@ GENERATORS: dict[str, str] = {
     "random_search": "molgym.agents.random_search:RandomSearch",
     "qm9": "molgym.benchmark.reference:QM9Reference",
     "rl_policy": "molgym.benchmark.rl_policy:RLPolicy",
+    "simgen": "molgym.agents.simgen:SiMGen",
 }
 
 
