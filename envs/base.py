@@ -119,7 +119,7 @@ class MolecularEnv(gym.Env):
         self._return = 0.0
         self._done = True
         self._pending: _Pending | None = None
-        self._frames: list[Atoms] = []
+        self._frames: list[tuple] = []
         self._task_formula: str | None = None
         self.best_known = None
 
@@ -247,7 +247,13 @@ class MolecularEnv(gym.Env):
 
     def trajectory(self) -> list[Atoms]:
         """Every canvas of the episode so far (frame 0 is the start), ``info`` holding step, element, reward."""
-        return [a.copy() for a in self._frames]
+        frames = []
+        for numbers, positions, rewards, info in self._frames:
+            atoms = Atoms(numbers=numbers, positions=positions)
+            atoms.info.update(info)
+            atoms.arrays["placement_reward"] = np.array(rewards, dtype=float)
+            frames.append(atoms)
+        return frames
 
     def write_molecule(self, path: str | os.PathLike) -> None:
         """Write the current canvas to extended XYZ (per-atom ``placement_reward``, energy, return)."""
@@ -290,8 +296,7 @@ class MolecularEnv(gym.Env):
             pending.invalid_reason = f"element {sym} is not in the bag ({format_formula(self._bag)})"
             return None
         number = int(self.element_numbers[index])
-        canvas = Atoms(numbers=self._numbers, positions=self._positions)
-        problem = placement_problem(canvas, number, position)
+        problem = placement_problem(_CanvasView(self._numbers, self._positions), number, position)
         if problem:
             pending.invalid_reason = problem
             return None
@@ -451,12 +456,23 @@ class MolecularEnv(gym.Env):
             "formula": format_formula(bag_from_numbers(self._numbers)) if len(self._numbers) else "",
         }
 
-    def _frame(self, step: int, reward: float, element: str = "") -> Atoms:
-        atoms = Atoms(numbers=self._numbers.copy(), positions=self._positions.copy())
-        atoms.info.update(step=step, element=element, reward=float(reward), energy=float(self._energy),
-                          episode_return=float(self._return))
-        atoms.arrays["placement_reward"] = np.array(self._rewards, dtype=float)
-        return atoms
+    def _frame(self, step: int, reward: float, element: str = "") -> tuple:
+        """A trajectory frame, kept as arrays (``trajectory()`` turns them into ``ase.Atoms``)."""
+        info = {"step": step, "element": element, "reward": float(reward), "energy": float(self._energy),
+                "episode_return": float(self._return)}
+        return self._numbers, self._positions, tuple(self._rewards), info
+
+
+class _CanvasView:
+    """The two arrays of a canvas, enough for :func:`molgym.reward.placement_problem` (no ``ase.Atoms`` built)."""
+
+    __slots__ = ("numbers", "positions")
+
+    def __init__(self, numbers: np.ndarray, positions: np.ndarray):
+        self.numbers, self.positions = numbers, positions
+
+    def __len__(self) -> int:
+        return len(self.numbers)
 
 
 def _evaluate_one(potential: Potential, structure: Atoms) -> tuple[float | None, str]:
