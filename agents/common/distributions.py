@@ -15,6 +15,7 @@ nothing here touches torch's global random state.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ __all__ = [
     "TruncatedNormalMixture",
     "VonMisesMixture",
     "SphericalGrid",
+    "spherical_grid",
     "SphericalHarmonicDensity",
     "real_spherical_harmonics",
     "isotropic_gaussian_log_prob",
@@ -252,6 +254,12 @@ class SphericalGrid:
                 x.to(device=like.device, dtype=like.dtype) for x in (self.nodes, self.log_weights, self.ylm_nodes)
             )
         return self._cache[key]
+
+
+@functools.lru_cache(maxsize=8)
+def spherical_grid(lmax: int, n_theta: int = 32, n_phi: int = 64) -> SphericalGrid:
+    """A shared :class:`SphericalGrid` (read-only after construction; building one takes a moment)."""
+    return SphericalGrid(lmax, n_theta, n_phi)
 
 
 def _l_slices(lmax: int) -> list[slice]:

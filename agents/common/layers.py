@@ -8,12 +8,31 @@ norm is taken, so neither values nor gradients ever see a division by zero.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
 
-__all__ = ["mlp", "DenseGraph", "InvariantInteraction", "EquivariantInteraction"]
+__all__ = ["mlp", "DenseGraph", "InvariantInteraction", "EquivariantInteraction", "e3nn_without_torchscript"]
+
+
+@contextlib.contextmanager
+def e3nn_without_torchscript():
+    """Build e3nn modules as plain ``torch.fx`` modules instead of TorchScript ones (restored on exit).
+
+    Scripting every tensor product costs seconds at construction and re-specialises on new input shapes; the
+    policies' graphs are tiny and change shape with the batch, so plain fx code is faster end to end. Only the
+    modules built inside the block are affected (MACE potentials keep e3nn's defaults).
+    """
+    import e3nn
+
+    saved = e3nn.get_optimization_defaults()
+    e3nn.set_optimization_defaults(jit_script_fx=False)
+    try:
+        yield
+    finally:
+        e3nn.set_optimization_defaults(**saved)
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.SiLU, last_zero: bool = False) -> nn.Sequential:

@@ -28,8 +28,13 @@ from typing import Any
 
 import torch
 
-from molgym.agents.common.distributions import LogNormalMixture, SphericalGrid, SphericalHarmonicDensity, real_spherical_harmonics
-from molgym.agents.common.layers import DenseGraph, EquivariantInteraction, mlp
+from molgym.agents.common.distributions import (
+    LogNormalMixture,
+    SphericalHarmonicDensity,
+    real_spherical_harmonics,
+    spherical_grid,
+)
+from molgym.agents.common.layers import DenseGraph, EquivariantInteraction, e3nn_without_torchscript, mlp
 from molgym.agents.common.model import Canvas, Encoded, PlacementModel, select_element, select_focus_element
 
 __all__ = ["CovariantModel"]
@@ -71,17 +76,19 @@ class CovariantModel(PlacementModel):
         self.max_concentration = float(max_concentration)
         irreps = f"{channels}x0e + " + " + ".join(f"{vector_channels}x{l}{_PARITY[l]}" for l in range(1, lmax + 1))
         self.irreps_hidden = irreps
-        self.layers = torch.nn.ModuleList(
-            EquivariantInteraction(f"{channels}x0e" if i == 0 else irreps, irreps, lmax_sh=lmax, num_radial=num_radial)
-            for i in range(num_interactions)
-        )
+        with e3nn_without_torchscript():
+            self.layers = torch.nn.ModuleList(
+                EquivariantInteraction(f"{channels}x0e" if i == 0 else irreps, irreps, lmax_sh=lmax,
+                                       num_radial=num_radial)
+                for i in range(num_interactions)
+            )
         head_in = channels + self.element_channels
         k = self.distance_components
         self.distance_head = mlp([head_in, channels, 3 * k], last_zero=True)
         with torch.no_grad():  # start with components spread over 0.9 .. 1.9 Å, width 0.1 (log Å)
             self.distance_head[-1].bias[k:2 * k] = torch.linspace(-1.5, 1.5, k)
         self.direction_head = mlp([head_in, channels, lmax * vector_channels])
-        self.grid = SphericalGrid(lmax, *quadrature)
+        self.grid = spherical_grid(lmax, *quadrature)
 
     # --------------------------------------------------------------------------------------- encoder
     def node_features(self, canvas: Canvas, h0: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:

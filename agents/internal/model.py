@@ -8,7 +8,8 @@ Action, given the canvas:
 1. focus atom ``f`` and element ``e | f``: masked categoricals (as in the covariant model);
 2. distance ``d`` from the focus: mixture of log-normals;
 3. angle ``alpha`` in ``[0, pi]`` between the new bond and the focus's *first reference* ``n1`` (its nearest
-   neighbour on the canvas): mixture of normals truncated to ``[0, pi]``;
+   neighbour on the canvas; distances are compared rounded to 1e-6 Å with ties broken by atom index, so that equal
+   bond lengths pick the same reference in every rotated frame): mixture of normals truncated to ``[0, pi]``;
 4. dihedral ``psi`` in ``(-pi, pi]`` about the ``f -> n1`` axis, measured from the plane of ``n2`` (the nearest
    other atom that is not collinear with ``f`` and ``n1``): mixture of von Mises.
 
@@ -68,8 +69,11 @@ def local_frames(positions: torch.Tensor, mask: torch.Tensor) -> dict[str, torch
     dist = vec.norm(dim=-1)
     eye = torch.eye(n, dtype=torch.bool, device=pos.device)
     other = mask[:, None, :] & mask[:, :, None] & ~eye
+    # Reference atoms are the nearest by distance rounded to 1e-6 Å, ties broken by index (argmin returns the
+    # first minimum): equal bond lengths (common in built molecules) then pick the same atom in every frame.
+    key = torch.round(dist * 1e6)
     far = torch.full_like(dist, math.inf)
-    d1 = torch.where(other, dist, far)
+    d1 = torch.where(other, key, far)
     n1 = d1.argmin(-1)  # (B, N)
     has_n1 = other.any(-1)
     bi = torch.arange(b, device=pos.device)[:, None]
@@ -79,7 +83,7 @@ def local_frames(positions: torch.Tensor, mask: torch.Tensor) -> dict[str, torch
     e1 = torch.where(has_n1.unsqueeze(-1), e1, torch.tensor([0.0, 0.0, 1.0], dtype=pos.dtype, device=pos.device))
     sin = torch.cross(e1.unsqueeze(2).expand_as(vec), _unit(vec), dim=-1).norm(dim=-1)  # (B, N, N)
     valid2 = other & (n1.unsqueeze(-1) != torch.arange(n, device=pos.device)) & (sin > COLLINEAR_TOLERANCE)
-    n2 = torch.where(valid2, dist, far).argmin(-1)
+    n2 = torch.where(valid2, key, far).argmin(-1)
     has_n2 = valid2.any(-1) & has_n1
     v2 = vec[bi, fi, n2]
     perp = v2 - (v2 * e1).sum(-1, keepdim=True) * e1

@@ -103,14 +103,15 @@ class SiMGen(Generator):
         center_fragment: translate the fragment so its centroid sits at the origin (the prior's centre).
         particles: trajectories per molecule; the best is kept.
         steps: integration steps.
-        kernel_width: ``(start, end)`` kernel width (standardised descriptor units) along the schedule.
+        kernel_width: ``(start, end)`` kernel width along the schedule, in units of the reference set's median
+            nearest-neighbour descriptor distance (so the same values suit any model).
         noise: ``(start, end)`` standard deviation (Å) of the per-step noise along the schedule.
         quench: fraction of final steps without noise (pure descent into the nearest environment).
         step_size: drift step (Å^2) on the width-normalised kernel score.
         max_step: per-atom displacement cap per step (Å).
         prior_strength: multiplies the prior's restoring rate.
         repulsion: ``(distance Å, rate)`` of the short-range repulsion between heavy atoms.
-        assignment_width: kernel width used to assign elements.
+        assignment_width: kernel width used to assign elements (same units, on the typed descriptors).
         relax_steps, relax_fmax: BFGS relaxation with the potential (0 steps: no relaxation).
         batch_size: molecules whose trajectories go through MACE together.
         device: device of the descriptor model.
@@ -131,14 +132,14 @@ class SiMGen(Generator):
         center_fragment: bool = True,
         particles: int = 4,
         steps: int = 40,
-        kernel_width: tuple[float, float] = (2.0, 0.5),
+        kernel_width: tuple[float, float] = (8.0, 1.0),
         noise: tuple[float, float] = (0.3, 0.02),
         quench: float = 0.25,
         step_size: float = 0.1,
         max_step: float = 0.25,
         prior_strength: float = 1.0,
         repulsion: tuple[float, float] = (1.2, 0.5),
-        assignment_width: float = 0.5,
+        assignment_width: float = 1.0,
         relax_steps: int = 60,
         relax_fmax: float = 0.05,
         batch_size: int = 16,
@@ -364,7 +365,7 @@ class SiMGen(Generator):
         x = starts.copy()
         rate = prior.rate * self.prior_strength
         r0, rep_rate = self.repulsion
-        h0, h1 = self.kernel_width
+        h0, h1 = (w * float(ref.blind_scale) for w in self.kernel_width)
         s0, s1 = self.noise
         noisy_steps = max(1, int(round(self.steps * (1 - self.quench))))
         # pairs within one molecule, for the repulsion
@@ -420,7 +421,7 @@ class SiMGen(Generator):
         z = (np.concatenate(feats) - ref.typed_mean) / ref.typed_std
         numbers = np.concatenate([s.numbers for s in structures])
         out = np.empty(len(z))
-        h = self.assignment_width
+        h = self.assignment_width * float(ref.typed_scale)
         zt = torch.as_tensor(z)
         for el in np.unique(numbers):
             rows = np.nonzero(numbers == el)[0]

@@ -38,7 +38,7 @@ __all__ = [
 REFERENCE_FILE = Path(__file__).with_name("reference_qm9.xyz")
 #: Element every heavy atom gets in the element-blind descriptors.
 BLIND_ELEMENT = 6
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _MEMORY: WeakKeyDictionary = WeakKeyDictionary()
 
 
@@ -50,6 +50,8 @@ class ReferenceDescriptors:
         blind: ``(n_ref_atoms, n_features)`` element-blind descriptors, standardised with ``blind_mean/std``.
         typed: same atoms with their true elements, standardised with ``typed_mean/std``.
         numbers: atomic number of each reference atom.
+        blind_scale, typed_scale: median distance from a reference atom to its nearest other reference atom
+            (root mean square over features, standardised units): the natural unit of the kernel widths.
     """
 
     blind: np.ndarray
@@ -59,6 +61,8 @@ class ReferenceDescriptors:
     typed_mean: np.ndarray
     typed_std: np.ndarray
     numbers: np.ndarray
+    blind_scale: np.ndarray
+    typed_scale: np.ndarray
 
     @property
     def n_features(self) -> int:
@@ -112,7 +116,19 @@ def _compute(potential, molecules: list[Atoms]) -> ReferenceDescriptors:
     numbers = np.concatenate([s.numbers for s in skeletons]).astype(np.int64)
     b, bm, bs = _standardise(blind)
     t, tm, ts = _standardise(typed)
-    return ReferenceDescriptors(b, bm, bs, t, tm, ts, numbers)
+    return ReferenceDescriptors(b, bm, bs, t, tm, ts, numbers, _nn_scale(b), _nn_scale(t))
+
+
+def _nn_scale(z: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Median over atoms of the RMS-per-feature distance to the nearest other atom."""
+    nearest = np.empty(len(z))
+    sq = (z**2).sum(axis=1)
+    for start in range(0, len(z), chunk):
+        block = z[start:start + chunk]
+        d2 = sq[start:start + chunk, None] + sq[None, :] - 2 * block @ z.T
+        d2[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
+        nearest[start:start + chunk] = np.maximum(d2.min(axis=1), 0.0)
+    return np.array(max(float(np.sqrt(np.median(nearest) / z.shape[1])), 1e-6))
 
 
 def reference_descriptors(potential, reference_path: str | Path | None = None,
