@@ -48,6 +48,11 @@ def batched_step(envs: Sequence[MolecularEnv], actions: Sequence[Any]) -> list[t
     return [env._finish_step(*energies.get(i, (None, ""))) for i, env in enumerate(envs)]
 
 
+def _vector_info(info: dict[str, Any]) -> dict[str, Any]:
+    """``None`` values (an unknown best-known return) become NaN, so the batched info arrays keep one dtype."""
+    return {k: (np.nan if v is None else _vector_info(v) if isinstance(v, dict) else v) for k, v in info.items()}
+
+
 def _check_shared_potential(envs: Sequence[MolecularEnv]) -> None:
     first = envs[0].potential
     if any(env.potential is not first for env in envs):
@@ -65,6 +70,9 @@ class MolGymVectorEnv(VectorEnv):
             that finishes; the final observation and info go to ``info["final_obs"]``/``info["final_info"]``).
         **env_kwargs: the environment's arguments (``formula=``, ``potential=``...). A potential spec is loaded
             once and shared by all sub-environments.
+
+    Infos are batched the Gymnasium way (one array per key, ``_key`` masks); an unknown best-known return, ``None``
+    in a single environment's info, is NaN here.
 
     ``reset(seed=s)`` seeds sub-environment ``i`` with ``s + i`` (as Gymnasium's ``SyncVectorEnv``), so its
     rewards equal those of ``env.reset(seed=s + i)`` followed by the same actions.
@@ -125,7 +133,7 @@ class MolGymVectorEnv(VectorEnv):
             if mask[i]:
                 obs, info = env.reset(seed=seeds[i], options=options or None)
                 self._autoreset[i] = False
-                infos = self._add_info(infos, info, i)
+                infos = self._add_info(infos, _vector_info(info), i)
             else:
                 obs = env._observation()
             observations.append(obs)
@@ -156,7 +164,7 @@ class MolGymVectorEnv(VectorEnv):
                 elif done:
                     self._autoreset[i] = True
             observations.append(obs)
-            infos = self._add_info(infos, info, i)
+            infos = self._add_info(infos, _vector_info(info), i)
         return self._stack(observations), rewards, terminated, truncated, infos
 
     def action_masks(self) -> np.ndarray:

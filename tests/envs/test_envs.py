@@ -176,3 +176,30 @@ def test_sb3_vec_env_batches_and_matches(counting_potential):
     assert dones.all() and all("terminal_observation" in info for info in infos)
     assert venv.action_masks().shape == (n, 3)
     venv.close()
+
+
+def test_vector_infos_with_known_and_unknown_best_known_returns():
+    from molgym.best_known import BEST_KNOWN_PATH, load_table
+
+    if not any(e["potential"] == "GFN2-xTB" and e["formula"] == "CH4O" for e in load_table(BEST_KNOWN_PATH)):
+        pytest.skip("no GFN2-xTB value for CH4O in the shipped table")
+    venv = gym.make_vec("MolGym/MultiBag-v0", num_envs=6, formulas=("CH4O", "C2H6"), potential="xtb")
+    _, info = venv.reset(seed=0)
+    formulas = info["task_formula"]
+    assert {"CH4O", "C2H6"} <= set(formulas)
+    known = info["best_known_return"]
+    assert known.dtype == float
+    assert np.all(np.isfinite(known[formulas == "CH4O"])) and np.all(np.isnan(known[formulas == "C2H6"]))
+    venv.close()
+
+
+def test_sb3_ppo_learns_a_few_steps_on_the_batched_vec_env(tiny_potential):
+    from stable_baselines3 import PPO
+
+    from molgym.envs.sb3 import make_sb3_vec_env
+
+    venv = make_sb3_vec_env("MolGym/SingleBag-v0", n_envs=2, seed=0, formula="CH4O", potential=tiny_potential)
+    model = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=16)
+    assert model.num_timesteps == 16
+    venv.close()
