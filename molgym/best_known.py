@@ -190,6 +190,11 @@ def _embed_candidates(formula: str, smiles: Sequence[str], seed: int = 0) -> lis
     return out
 
 
+def _label(atoms) -> str:
+    qm9_id = atoms.info.get("qm9_id", -1)
+    return f"qm9 {qm9_id}" if qm9_id >= 0 else f"candidate {atoms.info.get('smiles')}"
+
+
 def _energies_tolerant(potential, structures: list) -> np.ndarray:
     """Energies, with ``inf`` for structures whose evaluation fails (e.g. an SCF that does not converge)."""
     from molgym.potentials.base import PotentialError
@@ -258,12 +263,12 @@ def compute_best_known(
             energy = float(potential.energies([atoms])[0])
         except Exception as err:  # a failed relaxation drops this candidate, it does not stop the run
             if progress:
-                print(f"[best-known]   isomer {isomers[i].info['qm9_id']}: relaxation failed ({err})", flush=True)
+                print(f"[best-known]   {_label(isomers[i])}: relaxation failed ({err})", flush=True)
             continue
         relaxed.append((energy, i, converged, int(opt.nsteps)))
         if progress:
             print(
-                f"[best-known]   {rank + 1}/{len(order)} qm9 {isomers[i].info['qm9_id']}: "
+                f"[best-known]   {rank + 1}/{len(order)} {_label(isomers[i])}: "
                 f"{energies[i]:.3f} -> {energy:.3f} eV ({opt.nsteps} steps, converged={converged})",
                 flush=True,
             )
@@ -296,7 +301,7 @@ def compute_best_known(
         ),
         "candidates": list(candidates),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "best_qm9_id": int(isomers[best].info["qm9_id"]),
+        "best_qm9_id": int(isomers[best].info["qm9_id"]) if isomers[best].info["qm9_id"] >= 0 else None,
         "best_smiles": str(isomers[best].info["smiles"]),
         "best_energy": round(energy, 6),
         "best_relaxation_converged": converged,

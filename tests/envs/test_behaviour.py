@@ -259,3 +259,21 @@ def test_xtb_env_reports_the_shipped_best_known_return():
     env = gym.make("MolGym/SingleBag-v0", formula="CH4O", potential="xtb")
     _, info = env.reset(seed=0)
     assert info["best_known_return"] > 20.0 and "GFN2-xTB" in info["best_known"]
+
+
+def test_compute_best_known_from_qm9_and_candidates(tmp_path, tiny_potential):
+    from molgym.best_known import _embed_candidates, best_known, compute_best_known, update_table
+    from molgym.chem import bag_from_numbers
+
+    with pytest.raises(ValueError, match="not C2H6O"):
+        _embed_candidates("C2H6O", ["CC"])
+    entry = compute_best_known("CH4O", tiny_potential, top_k=1, steps=5, progress=False, candidates=["CO"])
+    assert entry["n_qm9_isomers"] == 1 and entry["n_isomers"] == 2 and entry["formula"] == "CH4O"
+    assert entry["model_sha256"] and entry["best_smiles"] in ("CO",)
+    # the value is the return of building that molecule: sum E(atom) - E(best relaxed)
+    e_atoms = isolated_atom_energies(tiny_potential, [6, 1, 1, 1, 1, 8])
+    assert entry["return"] == pytest.approx(sum(e_atoms[z] for z in (6, 1, 1, 1, 1, 8)) - entry["best_energy"],
+                                            abs=1e-5)
+    update_table([entry], tmp_path / "t.json")
+    assert best_known("CH4O", tiny_potential, path=tmp_path / "t.json").value == entry["return"]
+    assert bag_from_numbers([6, 1, 1, 1, 1, 8]) == {"C": 1, "H": 4, "O": 1}
