@@ -132,8 +132,9 @@ def molgym_style_env_class():
 
     class TwoCalculationEnv(SingleBagEnv):
         def step(self, action):
-            if len(self._numbers) > 1 and not self._done:
-                self._energy = float(self.potential.energies([Atoms(numbers=self._numbers, positions=self._positions)])[0])
+            if len(self._numbers) >= 1 and not self._done:
+                canvas = Atoms(numbers=self._numbers, positions=self._positions)
+                self._energy = float(self.potential.energies([canvas])[0])
             return super().step(action)
 
     return TwoCalculationEnv

@@ -59,6 +59,8 @@ class MolecularEnv(gym.Env):
         invalid_reward: reward of an invalid placement (ends the episode).
         render_mode: ``None``, ``"rgb_array"`` or ``"ansi"``.
         device: device for a MACE potential given by spec.
+        extra_numbers: atomic numbers that appear on the canvas without being placed (a solute), checked
+            against the potential's species and included in the observation's bounds.
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
@@ -276,7 +278,8 @@ class MolecularEnv(gym.Env):
 
         if self.render_mode == "ansi":
             return render_ansi(self._numbers, self._positions, self._bag, self._energy, self._return)
-        title = f"{format_formula(bag_from_numbers(self._numbers)) if len(self._numbers) else ''}  R={self._return:.2f} eV"
+        formula = format_formula(bag_from_numbers(self._numbers)) if len(self._numbers) else ""
+        title = f"{formula}  R={self._return:.2f} eV"
         return render_rgb(self._numbers, self._positions, title=title)
 
     # ----------------------------------------------------------------------------------- the two-phase step
@@ -369,7 +372,8 @@ class MolecularEnv(gym.Env):
         if not 0 <= k < len(self.elements):
             return f"element index {index} is outside 0..{len(self.elements) - 1} ({', '.join(self.elements)})"
         if np.any(np.abs(position) > self.workspace + 1e-6):
-            return f"position {position.round(3).tolist()} is outside the workspace [-{self.workspace}, {self.workspace}]^3 Å"
+            w = self.workspace
+            return f"position {position.round(3).tolist()} is outside the workspace [-{w}, {w}]^3 Å"
         return k, position
 
     # ---------------------------------------------------------------------------------------------- helpers
@@ -379,7 +383,8 @@ class MolecularEnv(gym.Env):
         if not np.all(np.isfinite(canvas.positions)):
             raise ValueError("options['canvas'] has non-finite positions")
         if np.any(np.abs(canvas.positions) > self.workspace):
-            raise ValueError(f"options['canvas'] has atoms outside the workspace [-{self.workspace}, {self.workspace}]^3 Å")
+            w = self.workspace
+            raise ValueError(f"options['canvas'] has atoms outside the workspace [-{w}, {w}]^3 Å")
         self._check_species(set(canvas.numbers.tolist()))
         allowed = set(self.element_numbers.tolist())
         bad = sorted(set(canvas.numbers.tolist()) - allowed)
