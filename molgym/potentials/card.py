@@ -1,0 +1,251 @@
+"""Model cards: the JSON and Markdown that ship next to a MACE model file.
+
+``write_model_card(model, data)`` (CLI: ``molgym potential card``) evaluates the model on the dataset's test
+files, copies the model next to the card, and writes ``NAME.json`` (what the registry reads: ``file`` and
+``sha256``, plus provenance and every test figure) and ``NAME.md`` (the same, for people). Regenerating the card
+is therefore one command, and its numbers always come from :func:`molgym.potentials.evaluation.evaluate_dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from molgym.io import atomic_path, write_json, write_text
+from molgym.potentials.registry import MODELS_DIR, sha256_of
+
+#: Accuracy targets the card reports against (meV, meV/Å, rank correlations).
+TARGETS = {
+    "energy_mae_meV": 43.0,
+    "force_mae_meV_per_A": 50.0,
+    "reward_mae_meV": 100.0,
+    "alternatives_spearman": 0.95,
+    "isomer_spearman": 0.9,
+}
+
+
+def _hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores visible (shared with other jobs), no GPU"
+
+
+def _training_info(train_dir: Path | None) -> dict:
+    if train_dir is None:
+        return {}
+    info: dict = {}
+    settings = train_dir / "train_settings.json"
+    if settings.is_file():
+        s = json.loads(settings.read_text())
+        runs = s.get("runs", [])
+        info["architecture"] = s.get("architecture")
+        info["architecture_settings"] = s.get("architecture_settings")
+        info["dtype"] = s.get("dtype")
+        info["wall_seconds"] = round(sum(r.get("seconds", 0) for r in runs), 1)
+        info["runs"] = runs
+        info["mace_arguments"] = s.get("mace_arguments")
+    logs = sorted((train_dir / "logs").glob("*.log")) if (train_dir / "logs").is_dir() else []
+    epochs = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            if "Epoch " in line and "MAE_E_per_atom" in line:
+                epochs.append(line.split("INFO: ", 1)[-1])
+    if epochs:
+        info["epochs_logged"] = len(epochs)
+        info["last_validation"] = epochs[-1]
+    return info
+
+
+def _row(table: dict, key: str, cats=("equilibrium", "thermal")) -> dict:
+    return {c: table[c].get(key) for c in cats if c in table}
+
+
+def write_model_card(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    train_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    name: str = "default",
+    device: str = "cpu",
+    reproduce: str | None = None,
+) -> list[Path]:
+    """Evaluate ``model`` on ``data``'s test files and write ``OUT/NAME.model``, ``NAME.json``, ``NAME.md``."""
+    from molgym.potentials.evaluation import evaluate_dataset, format_dataset_result
+    from molgym.potentials.mace import MACEPotential
+
+    model, data = Path(model), Path(data)
+    out = Path(out) if out is not None else MODELS_DIR
+    if not model.is_file():
+        raise FileNotFoundError(f"model file {str(model)!r} does not exist")
+    manifest_path = data / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{data} is not a molgym dataset directory (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    train_dir = Path(train_dir) if train_dir else None
+
+    target = out / f"{name}.model"
+    if model.resolve() != target.resolve():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(model, tmp)
+    potential = MACEPotential(target, device=device, name=f"MACE({name})")
+    result = evaluate_dataset(potential, data, device=device, progress=True)
+    training = _training_info(train_dir)
+    model_info = {
+        "parameters": int(sum(p.numel() for p in potential.model.parameters())),
+        "dtype": str(potential.dtype).replace("torch.", ""),
+        "r_max": potential.r_max,
+        "species": sorted(potential.species),
+        "num_interactions": int(potential.model.num_interactions),
+    }
+    test = result["sets"].get("test", {})
+    nonqm9 = result["sets"].get("nonqm9", {})
+    isomers = result["sets"].get("isomers", {})
+    summary = {
+        "qm9_test_energy_mae_meV": _row(test.get("errors", {}), "energy_mae_meV",
+                                         ("equilibrium", "thermal", "build", "misplaced", "close_contact")),
+        "qm9_test_force_mae_meV_per_A": _row(test.get("errors", {}), "force_mae_meV_per_A",
+                                              ("equilibrium", "thermal", "build", "misplaced", "close_contact")),
+        "nonqm9_energy_mae_meV": _row(nonqm9.get("errors", {}), "energy_mae_meV"),
+        "nonqm9_force_mae_meV_per_A": _row(nonqm9.get("errors", {}), "force_mae_meV_per_A"),
+        "build_reward_mae_meV": test.get("build_rewards", {}).get("reward_mae_meV"),
+        "alternatives_spearman_mean": test.get("alternatives", {}).get("spearman_mean"),
+        "diatomics_monotonic": f"{test.get('diatomics', {}).get('monotonic_pairs')}/"
+                               f"{test.get('diatomics', {}).get('total_pairs')}",
+        "isomer_spearman": isomers.get("isomers", {}).get("spearman"),
+    }
+    reproduce = reproduce or (
+        "molgym potential dataset --out runs/data-default --size default --seed 0 && "
+        f"molgym potential train --data runs/data-default --out runs/train-default "
+        f"--architecture {training.get('architecture') or 'cpu'} --dtype {training.get('dtype') or 'float32'} "
+        "--epochs N && "
+        "molgym potential card --model runs/train-default/model.model --data runs/data-default "
+        "--train-dir runs/train-default"
+    )
+    card = {
+        "name": name,
+        "file": target.name,
+        "sha256": sha256_of(target),
+        "format": "mace-torch model (torch.save of ScaleShiftMACE); load with molgym.potentials.load_potential",
+        "reference_method": manifest.get("reference_method"),
+        "data": {
+            "source": manifest.get("source"),
+            "license": manifest.get("source", {}).get("license", "CC BY 4.0"),
+            "counts": manifest.get("counts"),
+            "settings": manifest.get("settings"),
+            "failures": manifest.get("failures"),
+            "isolated_atom_energies_eV": manifest.get("isolated_atom_energies"),
+        },
+        "model": model_info,
+        "training": {**training, "hardware": _hardware(), "trainer": "mace-torch mace.cli.run_train.run"},
+        "targets": TARGETS,
+        "summary": summary,
+        "evaluation": result,
+        "reproduce": reproduce,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    write_json(json_path, card)
+    write_text(md_path, _markdown(card, format_dataset_result(result)))
+    return [target, json_path, md_path]
+
+
+def _fmt(x, spec=".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _markdown(card: dict, report: str) -> str:
+    s = card["summary"]
+    t = card["training"]
+    counts = card["data"]["counts"] or {}
+    lines = [
+        f"# molgym reward potential `{card['name']}`",
+        "",
+        f"A MACE model ({card['model']['parameters']} parameters, {card['model']['dtype']}, r_max "
+        f"{card['model']['r_max']} Å, elements H C N O F) trained with mace-torch on "
+        f"{card['reference_method']} labels of QM9-derived configurations. It is the reward of molgym's "
+        "environments: r = -[E(canvas + atom) - E(canvas) - E(atom)]. Its isolated-atom energies are the xTB ones "
+        "(E0s), so E(atom) is xTB's exactly.",
+        "",
+        f"- file: `{card['file']}` (sha256 `{card['sha256']}`)",
+        f"- data: QM9 ({card['data']['license']}; {card['data']['source'].get('citation') if card['data']['source'] else ''})",
+        f"- training: {_fmt(t.get('wall_seconds'), '.0f')} s wall on {t.get('hardware')}; "
+        f"{t.get('epochs_logged', '?')} epochs logged; architecture `{t.get('architecture')}` "
+        f"{t.get('architecture_settings')}",
+        f"- reproduce: `{card['reproduce']}`",
+        "",
+        "## Data (structures per category)",
+        "",
+        "| file | total | molecules | categories |",
+        "|---|---|---|---|",
+    ]
+    for name, c in counts.items():
+        cats = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("total", "molecules"))
+        lines.append(f"| {name} | {c.get('total')} | {c.get('molecules')} | {cats} |")
+    tg = card["targets"]
+    eq = s["qm9_test_energy_mae_meV"]
+    fq = s["qm9_test_force_mae_meV_per_A"]
+    en = s["nonqm9_energy_mae_meV"]
+    fn = s["nonqm9_force_mae_meV_per_A"]
+
+    def mark(value, limit, larger_is_better=False):
+        if value is None:
+            return "-"
+        ok = value >= limit if larger_is_better else value <= limit
+        return "met" if ok else "**not met**"
+
+    lines += [
+        "",
+        "## Accuracy against targets (test molecules never seen in training)",
+        "",
+        "| check | value | target | |",
+        "|---|---|---|---|",
+    ]
+    for label, val, lim, unit in [
+        ("QM9 equilibrium energy MAE", eq.get("equilibrium"), tg["energy_mae_meV"], "meV"),
+        ("QM9 thermal energy MAE", eq.get("thermal"), tg["energy_mae_meV"], "meV"),
+        ("QM9 equilibrium force MAE", fq.get("equilibrium"), tg["force_mae_meV_per_A"], "meV/Å"),
+        ("QM9 thermal force MAE", fq.get("thermal"), tg["force_mae_meV_per_A"], "meV/Å"),
+        ("non-QM9 equilibrium energy MAE", en.get("equilibrium"), tg["energy_mae_meV"], "meV"),
+        ("non-QM9 thermal energy MAE", en.get("thermal"), tg["energy_mae_meV"], "meV"),
+        ("non-QM9 equilibrium force MAE", fn.get("equilibrium"), tg["force_mae_meV_per_A"], "meV/Å"),
+        ("non-QM9 thermal force MAE", fn.get("thermal"), tg["force_mae_meV_per_A"], "meV/Å"),
+        ("build-trajectory reward MAE", s["build_reward_mae_meV"], tg["reward_mae_meV"], "meV"),
+    ]:
+        lines.append(f"| {label} | {_fmt(val)} {unit} | ≤ {lim:g} {unit} | {mark(val, lim)} |")
+    lines.append(f"| alternative placements Spearman (mean) | {_fmt(s['alternatives_spearman_mean'], '.3f')} | "
+                 f"≥ {tg['alternatives_spearman']} | {mark(s['alternatives_spearman_mean'], tg['alternatives_spearman'], True)} |")
+    mono = s["diatomics_monotonic"]
+    lines.append(f"| diatomics rising monotonically 1.0→0.5 Å | {mono} | all | "
+                 f"{'met' if mono.split('/')[0] == mono.split('/')[1] else '**not met**'} |")
+    lines.append(f"| C7H10O2 isomer energy Spearman | {_fmt(s['isomer_spearman'], '.3f')} | ≥ {tg['isomer_spearman']} | "
+                 f"{mark(s['isomer_spearman'], tg['isomer_spearman'], True)} |")
+    lines += [
+        "",
+        "## Full evaluation report",
+        "",
+        "Regenerate with `molgym potential card` (see reproduce above); raw figures are in the JSON card.",
+        "",
+        "```",
+        report,
+        "```",
+        "",
+        "## Intended use and limits",
+        "",
+        "- Neutral H/C/N/O/F molecules and fragments (radicals as doublets) of up to ~16 heavy atoms, in vacuum.",
+        "- The reference is GFN2-xTB, not DFT: the model inherits xTB's errors on top of its own.",
+        "- Long-range dissociation of diatomics (> 2 Å) is partly missing from the training data: GFN2-xTB's SCF "
+        "does not converge for many stretched pairs, and those structures were skipped.",
+        "",
+        "Data licence: QM9 is CC BY 4.0 (Ramakrishnan et al., Sci. Data 1, 140022, 2014).",
+    ]
+    return "\n".join(lines) + "\n"
