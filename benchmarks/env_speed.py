@@ -62,7 +62,7 @@ class TimedPotential:
         self.potential = _Timed()
 
 
-def mace_potential(device: str | None, dtype: str | None):
+def mace_potential(device: str | None, dtype: str | None, fallback_arch: str = "small"):
     """The default MACE model, or an untrained 'small' MACE when it is not installed (printed)."""
     from molgym.potentials import ModelNotAvailableError, load_potential
 
@@ -74,11 +74,12 @@ def mace_potential(device: str | None, dtype: str | None):
         from molgym.potentials.mace_arch import build_untrained_mace
 
         print(f"NOTE: the default MACE model is not installed ({str(err).splitlines()[0][:90]}...).")
-        print("      (a) and (b) use an UNTRAINED MACE of the 'small' preset instead: same architecture and cost,")
-        print("      meaningless energies.")
-        model = build_untrained_mace("small", atomic_energies=np.array([-13.6, -1029.0, -1484.0, -2041.0, -2712.0]))
-        return (MACEPotential(model, device=device, dtype=dtype, name="MACE(untrained small)"),
-                "untrained MACE 'small'")
+        print(f"      (a) and (b) use an UNTRAINED MACE of the {fallback_arch!r} preset instead: the cost of that")
+        print("      architecture, meaningless energies.")
+        model = build_untrained_mace(fallback_arch,
+                                     atomic_energies=np.array([-13.6, -1029.0, -1484.0, -2041.0, -2712.0]))
+        return (MACEPotential(model, device=device, dtype=dtype, name=f"MACE(untrained {fallback_arch})"),
+                f"untrained MACE {fallback_arch!r}")
 
 
 def run_vector(potential, n_envs: int, seed: int) -> tuple[int, float, float, int]:
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                         help="MACE evaluation dtype for (a) and (b) (default float32, the usual choice for speed)")
+    parser.add_argument("--fallback-arch", default="small",
+                        help="MACE preset (molgym.potentials.mace_arch) used untrained when the default model is "
+                             "not installed (default 'small')")
     parser.add_argument("--skip-xtb", action="store_true")
     parser.add_argument("--skip-pm6", action="store_true")
     args = parser.parse_args(argv)
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    potential, label = mace_potential(args.device, args.dtype)
+    potential, label = mace_potential(args.device, args.dtype, args.fallback_arch)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"MACE device {potential.device}, dtype {str(potential.dtype).replace('torch.', '')}")
