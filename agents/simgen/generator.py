@@ -329,14 +329,12 @@ class SiMGen(Generator):
         # element assignment for every trajectory, then hydrogens, relaxation and the choice per molecule
         particle_jobs = [job for job in jobs for _ in range(self.particles)]
         numbers, scores = self._assign_elements(positions, particle_jobs, rng)
-        results = []
-        for k, job in enumerate(jobs):
-            cands = []
-            for p in range(self.particles):
-                t = k * self.particles + p
-                cands.append((scores[t], numbers[t], positions[t]))
-            results.append(self._finish(cands, job))
-        return results
+        candidates = [
+            [self._build(scores[t], numbers[t], positions[t], job)
+             for t in range(k * self.particles, (k + 1) * self.particles)]
+            for k, job in enumerate(jobs)
+        ]
+        return self._choose(candidates)
 
     def _full(self, free_positions: np.ndarray, free_numbers: np.ndarray) -> Atoms:
         if self.fragment is None:
@@ -505,56 +503,63 @@ class SiMGen(Generator):
                 break
         return current, scores
 
-    def _finish(self, candidates: list[tuple[float, np.ndarray, np.ndarray]], job: _Job) -> Atoms:
-        """Hydrogens and relaxation for the candidates of one molecule, best first; keep the best."""
+    def _build(self, score: float, numbers: np.ndarray, pos: np.ndarray, job: _Job) -> tuple[float, Atoms, bool]:
+        """Bond orders and hydrogens for one candidate skeleton: ``(score, molecule, feasible)``."""
+        skel = self._full(pos, numbers)
+        orders = hydrogens.assign_bond_orders(skel.numbers, skel.positions, n_hydrogens=job.n_hydrogens)
+        if orders is None and job.n_hydrogens is not None:
+            orders = hydrogens.assign_bond_orders(skel.numbers, skel.positions)
+        if orders is None:  # some atom has more bonds than its valence allows: scored as invalid
+            return score - 1e6, skel, False
+        counts = hydrogens.hydrogen_counts(skel.numbers, orders)
+        return score, hydrogens.add_hydrogens(skel, counts), True
+
+    def _choose(self, candidates: list[list[tuple[float, Atoms, bool]]]) -> list[Atoms]:
+        """For each molecule, relax its candidates best-score first (one batched relaxation per round, over every
+        molecule still without a valid, connected candidate) and keep the first valid, connected one; failing
+        that, the first valid one, failing that the best-scored one."""
         from molgym.metrics.chemistry import perceive
 
-        built = []
-        for score, numbers, pos in candidates:
-            skel = self._full(pos, numbers)
-            orders = hydrogens.assign_bond_orders(skel.numbers, skel.positions, n_hydrogens=job.n_hydrogens)
-            if orders is None and job.n_hydrogens is not None:
-                orders = hydrogens.assign_bond_orders(skel.numbers, skel.positions)
-            if orders is None:
-                # too many bonds for some atom's valence: keep the skeleton, it will be scored as invalid
-                built.append((score - 1e6, skel, False))
-                continue
-            counts = hydrogens.hydrogen_counts(skel.numbers, orders)
-            built.append((score, hydrogens.add_hydrogens(skel, counts), True))
-        built.sort(key=lambda b: -b[0])
-        fallback = None
-        for score, mol, feasible in built:
-            relaxed = self._relax(mol) if feasible else mol
-            per = perceive(relaxed)
-            relaxed.info["simgen_score"] = float(score)
-            if per.valid and per.connected:
-                return relaxed
-            if fallback is None or (per.valid and not fallback[1]):
-                fallback = (relaxed, per.valid)
-        return fallback[0]
+        order = [sorted(c, key=lambda b: -b[0]) for c in candidates]
+        chosen: list[tuple[Atoms, int] | None] = [None] * len(order)  # (molecule, quality 0/1/2)
+        for rnd in range(self.particles):
+            todo = [k for k in range(len(order)) if (chosen[k] is None or chosen[k][1] < 2) and rnd < len(order[k])]
+            if not todo:
+                break
+            picks = [order[k][rnd] for k in todo]
+            feasible = [i for i, p in enumerate(picks) if p[2]]
+            relaxed = [p[1] for p in picks]
+            if feasible:
+                for i, mol in zip(feasible, self._relax_batch([picks[i][1] for i in feasible])):
+                    relaxed[i] = mol
+            for k, (score, _mol, _ok), mol in zip(todo, picks, relaxed):
+                per = perceive(mol)
+                quality = 2 if per.valid and per.connected else int(per.valid)
+                mol.info["simgen_score"] = float(score)
+                if chosen[k] is None or quality > chosen[k][1]:
+                    chosen[k] = (mol, quality)
+        return [c[0] for c in chosen]
 
-    def _relax(self, atoms: Atoms) -> Atoms:
-        from ase.constraints import FixAtoms
-        from ase.optimize import BFGS
-
+    def _relax_batch(self, molecules: list[Atoms]) -> list[Atoms]:
+        """Relax all ``molecules`` together with FIRE (one batched energies-and-forces call per step; the
+        fragment's atoms stay fixed). Molecules whose evaluation fails are returned unrelaxed."""
         from molgym.potentials.base import PotentialError
 
-        if self.relax_steps == 0:
-            return atoms
+        if self.relax_steps == 0 or not molecules:
+            return molecules
         pot = self.potential()
-        work = atoms.copy()
-        if self.fragment is not None:
-            work.set_constraint(FixAtoms(indices=list(range(len(self.fragment)))))
-        work.calc = pot.as_calculator()
-        self.relaxations += 1
+        self.relaxations += len(molecules)
+        n_fixed = 0 if self.fragment is None else len(self.fragment)
         try:
-            BFGS(work, logfile=None).run(fmax=self.relax_fmax, steps=self.relax_steps)
-            energy = float(work.get_potential_energy())
+            relaxed, energies = fire_relax(pot, molecules, steps=self.relax_steps, fmax=self.relax_fmax,
+                                           n_fixed=n_fixed)
         except (PotentialError, ValueError):
-            return atoms
-        out = Atoms(numbers=work.numbers, positions=work.positions)
-        out.info["energy"] = energy
-        return out
+            if len(molecules) == 1:
+                return molecules
+            return [m for chunk in ([x] for x in molecules) for m in self._relax_batch(chunk)]
+        for mol, e in zip(relaxed, energies):
+            mol.info["energy"] = float(e)
+        return relaxed
 
     def metadata(self) -> dict:
         meta = super().metadata()
@@ -565,6 +570,57 @@ class SiMGen(Generator):
 
 
 _KNOWN = {1, 5, 6, 7, 8, 9, 15, 16, 17, 35, 53}
+
+
+def fire_relax(potential: Potential, molecules: list[Atoms], steps: int = 60, fmax: float = 0.05,
+               n_fixed: int = 0, max_move: float = 0.2) -> tuple[list[Atoms], np.ndarray]:
+    """FIRE (Bitzek et al. 2006) on many molecules at once: one ``energies_and_forces`` call per step for all
+    molecules not yet converged (max force below ``fmax`` eV/Å). The first ``n_fixed`` atoms of each stay put.
+
+    Returns the relaxed molecules (new ``ase.Atoms``) and their final energies (eV).
+    """
+    pos = [m.positions.copy() for m in molecules]
+    vel = [np.zeros_like(p) for p in pos]
+    dt = np.full(len(molecules), 0.1)
+    alpha = np.full(len(molecules), 0.1)
+    since_negative = np.zeros(len(molecules), dtype=int)
+    energies = np.full(len(molecules), np.nan)
+    active = list(range(len(molecules)))
+    for _step in range(steps + 1):
+        if not active:
+            break
+        batch = [Atoms(numbers=molecules[i].numbers, positions=pos[i]) for i in active]
+        e, forces = potential.energies_and_forces(batch)
+        still = []
+        for k, i in enumerate(active):
+            f = forces[k].copy()
+            f[:n_fixed] = 0.0
+            energies[i] = e[k]
+            if np.abs(f).max(initial=0.0) < fmax or _step == steps or not np.all(np.isfinite(f)):
+                continue
+            still.append(i)
+            power = float(np.sum(f * vel[i]))
+            fn = np.linalg.norm(f)
+            vn = np.linalg.norm(vel[i])
+            vel[i] = (1 - alpha[i]) * vel[i] + alpha[i] * (f / max(fn, 1e-12)) * vn
+            if power > 0:
+                since_negative[i] += 1
+                if since_negative[i] > 5:
+                    dt[i] = min(dt[i] * 1.1, 1.0)
+                    alpha[i] *= 0.99
+            else:
+                since_negative[i] = 0
+                dt[i] *= 0.5
+                alpha[i] = 0.1
+                vel[i][:] = 0.0
+            vel[i] = vel[i] + dt[i] * f
+            move = dt[i] * vel[i]
+            norm = np.linalg.norm(move, axis=1, keepdims=True)
+            move = move * np.minimum(1.0, max_move / np.maximum(norm, 1e-12))
+            move[:n_fixed] = 0.0
+            pos[i] = pos[i] + move
+        active = still
+    return [Atoms(numbers=m.numbers.copy(), positions=p) for m, p in zip(molecules, pos)], energies
 
 
 def _check_pair(name: str, value, strictly_positive: bool) -> None:
