@@ -5,7 +5,7 @@ Workload: environments building C7H8N2O2 (19 atoms) with random *valid* placemen
 inside ``step`` is timed (drawing the random actions is not). Side by side in one run:
 
   (a) one ``MolGymVectorEnv`` of N envs with the default MACE model: ONE batched ``potential.energies`` call per
-      step for all N envs;
+      step for all N envs (``--rounds`` episodes each: it is fast, and a longer measurement averages out noise);
   (b) N single envs with the same MACE potential, stepped one after another (one call per step each);
   (c) single envs with GFN2-xTB (tblite), one after another;
   (d) a MolGym-style loop: PM6 via SCINE Sparrow, E(canvas) and E(canvas + atom) both computed every step (two
@@ -82,25 +82,26 @@ def mace_potential(device: str | None, dtype: str | None, fallback_arch: str = "
                 f"untrained MACE {fallback_arch!r}")
 
 
-def run_vector(potential, n_envs: int, seed: int) -> tuple[int, float, float, int]:
-    """(a): steps, step seconds, seconds inside the potential, potential calls."""
+def run_vector(potential, n_envs: int, seed: int, rounds: int = 1) -> tuple[int, float, float, int]:
+    """(a): steps, step seconds, seconds inside the potential, potential calls (``rounds`` full episodes)."""
     from molgym.envs import random_valid_action
     from molgym.envs.vector import SingleBagVectorEnv
 
     timed = TimedPotential(potential).potential
     venv = SingleBagVectorEnv(num_envs=n_envs, formula=FORMULA, potential=timed, autoreset_mode="same_step")
-    venv.reset(seed=seed)
-    rngs = [np.random.default_rng(seed + 1000 + i) for i in range(n_envs)]
-    finished = np.zeros(n_envs, dtype=bool)
     steps, elapsed = 0, 0.0
     timed.seconds, timed.calls = 0.0, 0
-    while not finished.all():
-        actions = np.stack([random_valid_action(env, rngs[i]) for i, env in enumerate(venv.envs)])
-        start = time.perf_counter()
-        _, _, terminated, truncated, _ = venv.step(actions)
-        elapsed += time.perf_counter() - start
-        steps += n_envs  # every sub-env step is a placement (same-step autoreset: no idle reset steps)
-        finished |= terminated | truncated
+    for r in range(rounds):
+        venv.reset(seed=seed + r * n_envs)
+        rngs = [np.random.default_rng(seed + 1000 + r * n_envs + i) for i in range(n_envs)]
+        finished = np.zeros(n_envs, dtype=bool)
+        while not finished.all():
+            actions = np.stack([random_valid_action(env, rngs[i]) for i, env in enumerate(venv.envs)])
+            start = time.perf_counter()
+            _, _, terminated, truncated, _ = venv.step(actions)
+            elapsed += time.perf_counter() - start
+            steps += n_envs  # every sub-env step is a placement (same-step autoreset: no idle reset steps)
+            finished |= terminated | truncated
     return steps, elapsed, timed.seconds, timed.calls
 
 
@@ -147,12 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serial-envs", type=int, default=8, help="envs run one after another in (c), (d)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="MACE device (default: GPU if present, else CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a shared 2-core machine two threads were measured "
+                             "5-20x slower for every method, as OpenMP threads fight the other jobs; 0 = torch's own)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                         help="MACE evaluation dtype for (a) and (b) (default float32, the usual choice for speed)")
     parser.add_argument("--fallback-arch", default="small",
                         help="MACE preset (molgym.potentials.mace_arch) used untrained when the default model is "
                              "not installed (default 'small')")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="full episodes per env timed in (a) (it is fast; more rounds average out noise)")
     parser.add_argument("--skip-xtb", action="store_true")
     parser.add_argument("--skip-pm6", action="store_true")
     args = parser.parse_args(argv)
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     potential.energies([Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]])] * 4)  # warm-up (lazy set-up, allocator)
     results: dict[str, float] = {}
 
-    steps, elapsed, in_potential, calls = run_vector(potential, args.n_envs, args.seed)
+    steps, elapsed, in_potential, calls = run_vector(potential, args.n_envs, args.seed, args.rounds)
     results["a"] = steps / elapsed
     fraction = in_potential / elapsed
     print(f"(a) vector env, {args.n_envs} envs, {label}: {steps} steps in {elapsed:.2f} s = {results['a']:.1f} steps/s "
