@@ -85,15 +85,16 @@ class DenseGraph:
 class InvariantInteraction(nn.Module):
     """Continuous-filter convolution (SchNet-like): ``h_i += MLP(sum_j W(r_ij) * Lin(h_j))``; invariant."""
 
-    def __init__(self, channels: int, num_radial: int):
+    def __init__(self, channels: int, num_radial: int, avg_neighbours: float = 4.0):
         super().__init__()
+        self.avg_neighbours = float(avg_neighbours)
         self.filter = mlp([num_radial, channels, channels])
         self.lin_in = nn.Linear(channels, channels)
         self.update = mlp([channels, channels, channels])
 
     def forward(self, h: torch.Tensor, graph: DenseGraph) -> torch.Tensor:
         w = self.filter(graph.radial) * graph.weights.unsqueeze(-1)  # (B, N, N, C)
-        message = torch.einsum("bijc,bjc->bic", w, self.lin_in(h))
+        message = torch.einsum("bijc,bjc->bic", w, self.lin_in(h)) / self.avg_neighbours
         return h + self.update(message)
 
 

@@ -96,6 +96,14 @@ class PlacementDistribution:
         position = torch.where(empty.unsqueeze(-1), origin, position)
         return self._assemble(element, position)
 
+    def sample_n(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` independent actions per canvas, (n, B, 4), encoding each canvas once."""
+        b = self.canvas.mask.shape[0]
+        canvas = Canvas(*(_repeat(getattr(self.canvas, k), n) for k in ("positions", "numbers", "mask", "bag")))
+        enc = Encoded(**{k: _repeat(v, n) for k, v in vars(self.encoded).items()})
+        actions = PlacementDistribution(self.model, canvas, enc).sample(generator)
+        return actions.reshape(b, n, 4).transpose(0, 1)
+
     def mode(self) -> torch.Tensor:
         """A greedy action per canvas: the most likely focus, then element, then the heads' greedy positions."""
         enc, canvas = self.encoded, self.canvas
@@ -107,6 +115,17 @@ class PlacementDistribution:
         element = torch.where(empty, enc.first_element_log_probs.argmax(-1), element_later)
         position = torch.where(empty.unsqueeze(-1), torch.zeros_like(position), position)
         return self._assemble(element, position)
+
+
+def _repeat(obj: Any, n: int) -> Any:
+    """Repeat every tensor in ``obj`` (nested dicts/lists) ``n`` times along its leading (batch) axis."""
+    if torch.is_tensor(obj):
+        return obj.repeat_interleave(n, 0)
+    if isinstance(obj, dict):
+        return {k: _repeat(v, n) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_repeat(v, n) for v in obj)
+    return obj
 
 
 class PlacementPolicy(ActorCriticPolicy):

@@ -223,7 +223,11 @@ class SiMGen(Generator):
         return self._reference
 
     def _allowed_elements(self, model) -> tuple[int, ...]:
-        syms = self.elements or tuple(s for s in DEFAULT_ELEMENTS if atomic_number(s) in model.species)
+        if self.elements is None:  # the defaults that both the model and the reference have
+            present = set(self.reference().numbers.tolist()) & set(model.species)
+            syms = tuple(s for s in DEFAULT_ELEMENTS if atomic_number(s) in present)
+        else:
+            syms = self.elements
         numbers = tuple(atomic_number(s) for s in syms)
         missing = [symbol(z) for z in numbers if z not in model.species]
         if missing:

@@ -58,7 +58,7 @@ class Prior(ABC):
     (times SiMGen's ``prior_strength``)."""
 
     kind: str = "prior"
-    rate: float = 0.15
+    rate: float = 0.3
 
     @abstractmethod
     def n_atoms(self) -> int | None:

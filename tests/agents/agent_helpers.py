@@ -38,10 +38,16 @@ def make_policy(agent: str, max_atoms: int = 8, seed: int = 0) -> torch.nn.Modul
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         policy = POLICIES[agent](obs_space, act_space, lambda _: 1e-3, seed=seed)
-        # perturb the zero-initialised heads so that every factor of the density is non-trivial
+        # the heads' last layers start at zero (uniform categoricals, default widths): perturb them so that every
+        # factor of the density depends on the canvas, at a scale that keeps the densities resolvable by the
+        # numerical integrals of the tests
         with torch.no_grad():
-            for p in policy.parameters():
-                p.add_(0.3 * torch.randn_like(p))
+            for name, p in policy.named_parameters():
+                if name.split(".")[1].endswith(("_net", "_head")) and p.abs().max() == 0:
+                    p.add_(0.2 * torch.randn_like(p))
+            if agent == "covariant":  # equivariant features are small at initialisation: sharpen the directions
+                policy.model.direction_head[-1].weight.mul_(40.0)
+                policy.model.direction_head[-1].bias.mul_(40.0)
     return policy.double()
 
 

@@ -1,0 +1,291 @@
+"""SiMGen: priors, hydrogens, relaxation, determinism, conditioning, errors, registry and CLI.
+
+The descriptor model here is the tiny *untrained* MACE of tests/conftest.py: it exercises the real code path
+(autograd through MACE's descriptors, batching, caching) but its chemistry is meaningless, so these tests check
+mechanics and contracts; the chemistry figures come from the trained model (docs/simgen.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from molgym.agents.simgen import (
+    GaussianPrior,
+    LinePrior,
+    PointCloudPrior,
+    RingPrior,
+    SiMGen,
+    parse_prior,
+)
+from molgym.agents.simgen import hydrogens
+from molgym.agents.simgen.generator import fire_relax
+from molgym.agents.simgen.reference import REFERENCE_FILE, load_reference_molecules, skeleton
+
+
+@pytest.fixture(scope="module")
+def small_reference(tmp_path_factory):
+    """The first 24 molecules of the shipped reference file (keeps descriptor computation fast)."""
+    from molgym.io import write_xyz
+
+    path = tmp_path_factory.mktemp("ref") / "ref.xyz"
+    write_xyz(path, load_reference_molecules()[:24])
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOLGYM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _gen(tiny_mace, small_reference, **kw) -> SiMGen:
+    options = dict(model=tiny_mace, potential=tiny_mace, reference=small_reference, particles=1, steps=4,
+                   relax_steps=3, n_atoms=4)
+    options.update(kw)
+    return SiMGen(**options)
+
+
+# --- priors ---------------------------------------------------------------------------------------------------
+def test_parse_prior_specs():
+    assert isinstance(parse_prior("gaussian"), GaussianPrior)
+    assert np.allclose(parse_prior("gaussian:sigma=1.5").widths(), 1.5)
+    assert np.allclose(parse_prior("gaussian:sigmas=3,1,0.5").widths(), [3, 1, 0.5])
+    ring = parse_prior("ring:radius=3")
+    assert isinstance(ring, RingPrior) and ring.radius == 3.0
+    assert ring.n_atoms() == round(2 * np.pi * 3 / 1.4)
+    line = parse_prior("line:length=5.6")
+    assert isinstance(line, LinePrior) and line.n_atoms() == 5
+
+
+def test_point_cloud_prior_from_file(tmp_path):
+    from molgym.io import write_xyz
+
+    mol = load_reference_molecules()[0]
+    write_xyz(tmp_path / "shape.xyz", [mol])
+    prior = parse_prior(f"points:{tmp_path / 'shape.xyz'}")
+    assert isinstance(prior, PointCloudPrior)
+    assert prior.n_atoms() == int((mol.numbers > 1).sum())
+    assert np.allclose(prior.points(), mol.positions[mol.numbers > 1])
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("ring:radius=-1", ["radius", "-1", "positive"]),
+    ("ring:radius=0", ["radius", "positive"]),
+    ("line:length=abc", ["length", "abc"]),
+    ("gaussian:sigmas=1,2", ["sigmas", "3"]),
+    ("blob", ["blob", "gaussian", "ring"]),
+    ("ring:diameter=3", ["diameter", "radius"]),
+    ("points:/no/such/file.xyz", ["/no/such/file.xyz", "does not exist"]),
+])
+def test_bad_prior_specs_name_the_value(spec, words):
+    with pytest.raises(ValueError) as err:
+        parse_prior(spec)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_empty_point_cloud_is_rejected():
+    with pytest.raises(ValueError, match=r"non-empty \(m, 3\)"):
+        PointCloudPrior(np.zeros((0, 3)))
+
+
+def test_prior_energies_vanish_on_the_shape():
+    import torch
+
+    phi = np.linspace(0, 2 * np.pi, 7)[:-1]
+    on_ring = np.stack([2.0 * np.cos(phi), 2.0 * np.sin(phi), np.zeros(6)], axis=1)
+    assert float(RingPrior(radius=2.0).energy(torch.tensor(on_ring[None]))) < 1e-10
+    off = on_ring * 1.5
+    assert float(RingPrior(radius=2.0).energy(torch.tensor(off[None]))) == pytest.approx(0.5 * 6 * 1.0**2)
+    on_line = np.array([[-2.0, 0, 0], [0.0, 0, 0], [2.0, 0, 0]])
+    assert float(LinePrior(length=4.0).energy(torch.tensor(on_line[None]))) < 1e-10
+    cloud = PointCloudPrior(on_ring, width=0.05)
+    assert float(cloud.energy(torch.tensor(on_ring[None]))) < 0.01
+
+
+# --- hydrogens --------------------------------------------------------------------------------------------------
+def test_hydrogens_rebuild_reference_molecules():
+    """Strip the hydrogens of real QM9 molecules, rebuild them from the skeleton: valid, mostly the same."""
+    from molgym.metrics.chemistry import perceive
+
+    molecules = load_reference_molecules()[:40]
+    valid = same = 0
+    for mol in molecules:
+        skel = skeleton(mol)
+        orders = hydrogens.assign_bond_orders(skel.numbers, skel.positions)
+        assert orders is not None
+        full = hydrogens.add_hydrogens(skel, hydrogens.hydrogen_counts(skel.numbers, orders))
+        p = perceive(full)
+        valid += p.valid
+        same += p.valid and p.smiles == perceive(mol).smiles
+    assert valid == len(molecules)
+    assert same >= 0.85 * len(molecules)
+
+
+def test_bond_orders_respect_a_hydrogen_target():
+    # benzene's carbons: a ring of 6 at 1.39 Å takes 3 double bonds for 6 hydrogens
+    phi = np.arange(6) * np.pi / 3
+    ring = np.stack([1.39 * np.cos(phi), 1.39 * np.sin(phi), np.zeros(6)], axis=1)
+    orders = hydrogens.assign_bond_orders(np.full(6, 6), ring, n_hydrogens=6)
+    assert orders is not None and sorted(orders.values()) == [1, 1, 1, 2, 2, 2]
+    assert hydrogens.hydrogen_counts(np.full(6, 6), orders).tolist() == [1] * 6
+    # an over-bonded carbon (5 neighbours at bonding distance) has no assignment
+    star = np.array([[0, 0, 0], [1.5, 0, 0], [-1.5, 0, 0], [0, 1.5, 0], [0, -1.5, 0], [0, 0, 1.5]], dtype=float)
+    assert hydrogens.assign_bond_orders(np.full(6, 6), star) is None
+
+
+# --- relaxation ----------------------------------------------------------------------------------------------
+def test_fire_relax_lowers_the_energy_and_keeps_fixed_atoms(tiny_mace):
+    mol = load_reference_molecules()[1].copy()
+    mol.positions += np.random.default_rng(0).normal(scale=0.1, size=mol.positions.shape)
+    e0 = tiny_mace.energies([mol])[0]
+    relaxed, energies = fire_relax(tiny_mace, [mol], steps=15, fmax=1e-3, n_fixed=2)
+    assert energies[0] < e0
+    assert np.allclose(relaxed[0].positions[:2], mol.positions[:2])
+    assert not np.allclose(relaxed[0].positions[2:], mol.positions[2:])
+
+
+# --- the generator -------------------------------------------------------------------------------------------
+def test_deterministic_for_a_seed(tiny_mace, small_reference):
+    a = _gen(tiny_mace, small_reference).generate_molecules(2, seed=3)
+    b = _gen(tiny_mace, small_reference).generate_molecules(2, seed=3)
+    c = _gen(tiny_mace, small_reference).generate_molecules(2, seed=4)
+    assert len(a) == 2
+    for x, y in zip(a, b):
+        assert np.array_equal(x.numbers, y.numbers)
+        assert np.array_equal(x.positions, y.positions)
+    assert not all(np.allclose(x.positions[:4], z.positions[:4]) for x, z in zip(a, c))
+    for mol in a:
+        assert int((mol.numbers > 1).sum()) == 4
+        assert set(mol.numbers.tolist()) <= {1, 6, 7, 8, 9}
+        assert "simgen_score" in mol.info
+
+
+def test_elements_are_restricted(tiny_mace, small_reference):
+    mols = _gen(tiny_mace, small_reference, elements=["C", "O"], n_atoms=5).generate_molecules(2, seed=0)
+    for mol in mols:
+        assert set(mol.numbers[mol.numbers > 1].tolist()) <= {6, 8}
+
+
+def test_fragment_stays_fixed(tiny_mace, small_reference):
+    frag = Atoms("CCO", positions=[[0, 0, 0], [1.52, 0, 0], [2.1, 1.2, 0]])
+    gen = _gen(tiny_mace, small_reference, fragment=frag, n_atoms=3, relax_steps=5)
+    centred = frag.positions - frag.positions.mean(axis=0)
+    for mol in gen.generate_molecules(2, seed=1):
+        assert mol.numbers[:3].tolist() == [6, 6, 8]
+        assert np.allclose(mol.positions[:3], centred)
+        assert int((mol.numbers > 1).sum()) == 6
+
+
+def test_ring_prior_places_heavy_atoms_on_the_ring(tiny_mace, small_reference):
+    gen = _gen(tiny_mace, small_reference, prior="ring:radius=2.5", n_atoms=None, relax_steps=0, steps=8)
+    prior = RingPrior(radius=2.5)
+    assert gen.prior.n_atoms() == prior.n_atoms()
+    for mol in gen.generate_molecules(2, seed=0):
+        heavy = mol.positions[mol.numbers > 1]
+        assert len(heavy) == prior.n_atoms()
+        rho = np.linalg.norm(heavy[:, :2], axis=1)
+        distance = np.sqrt((rho - 2.5) ** 2 + heavy[:, 2] ** 2)
+        assert distance.mean() <= 0.5
+
+
+def test_registry_and_formula_task(tiny_mace, small_reference):
+    from molgym.benchmark import get_generator, get_task
+
+    gen = get_generator("simgen", model=tiny_mace, potential=tiny_mace, reference=small_reference, particles=1,
+                        steps=3, relax_steps=2)
+    assert isinstance(gen, SiMGen)
+    (mol,) = gen.generate(get_task("C3H8O"), 1, seed=0)
+    heavy = sorted(mol.numbers[mol.numbers > 1].tolist())
+    assert heavy == [6, 6, 6, 8]
+    meta = gen.metadata()
+    assert meta["name"] == "simgen" and meta["descriptor_calls"] > 0
+
+
+def test_reference_descriptors_cached_on_disk(tiny_mace, small_reference, tmp_path):
+    from molgym.agents.simgen import reference as ref_mod
+
+    ref_mod._MEMORY.clear()  # earlier tests computed them in memory
+    first = ref_mod.reference_descriptors(tiny_mace, small_reference, cache=True)
+    files = list((tmp_path / "cache" / "simgen").glob("reference_*.npz"))
+    assert len(files) == 1
+    ref_mod._MEMORY.clear()
+    again = ref_mod.reference_descriptors(tiny_mace, small_reference, cache=True)
+    assert np.array_equal(first.blind, again.blind)
+    assert first.blind.shape[0] == sum(int((m.numbers > 1).sum()) for m in load_reference_molecules(small_reference))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(elements=["C", "Xx"]), ["Xx", "not an element"]),
+    (dict(elements=["C", "Cl"]), ["Cl", "covers"]),
+    (dict(elements=[]), ["elements", "empty"]),
+    (dict(n_atoms=65), ["65", "1..64"]),
+    (dict(n_atoms=0), ["n_atoms", "0"]),
+    (dict(particles=0), ["particles", "0"]),
+    (dict(prior="ring:radius=-2"), ["radius", "-2"]),
+    (dict(noise=(-1.0, 0.1)), ["noise", "non-negative"]),
+])
+def test_bad_options_raise_clear_errors(tiny_mace, small_reference, kwargs, words):
+    with pytest.raises(ValueError) as err:
+        _gen(tiny_mace, small_reference, **kwargs).generate_molecules(1, seed=0)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_more_atoms_than_the_potential_handles(tiny_mace_model, small_reference):
+    from molgym.potentials.mace import MACEPotential
+
+    small = MACEPotential(tiny_mace_model, device="cpu", max_atoms_per_batch=30)
+    with pytest.raises(ValueError, match=r"max_atoms_per_batch=30"):
+        SiMGen(model=small, potential=small, reference=small_reference, n_atoms=9).generate_molecules(1, seed=0)
+
+
+def test_descriptor_model_must_be_mace():
+    with pytest.raises(ValueError, match="MACE"):
+        SiMGen(model="xtb").descriptor_model()
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------------
+def test_cli_generate_simgen(tiny_mace_file, small_reference, tmp_path, capsys):
+    import ase.io
+
+    from molgym.cli import main
+
+    out = tmp_path / "mols.xyz"
+    rc = main(["generate", "simgen", "-n", "2", "--atoms", "3", "--model", str(tiny_mace_file), "--reference",
+               str(small_reference), "--steps", "2", "--relax-steps", "2", "--particles", "1", "--prior",
+               "ring:radius=1.5", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    frames = ase.io.read(out, index=":")
+    assert len(frames) == 2 and all(int((f.numbers > 1).sum()) == 3 for f in frames)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["n"] == 2 and summary["generator"]["settings"]["prior"] == "ring:radius=1.5"
+    assert "wrote 2 molecules" in capsys.readouterr().out
+
+
+def test_cli_bad_prior_is_one_line_error(tmp_path, capsys):
+    from molgym.cli import main
+
+    rc = main(["generate", "simgen", "-n", "1", "--prior", "ring:radius=-3", "--out", str(tmp_path / "x.xyz")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "radius" in err and "-3" in err and "Traceback" not in err
+
+
+def test_cli_help_lists_simgen(capsys):
+    from molgym.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--help"])
+    assert exit_.value.code == 0
+    assert "simgen" in capsys.readouterr().out
+
+
+def test_shipped_reference_file_is_qm9():
+    mols = load_reference_molecules(REFERENCE_FILE)
+    assert len(mols) >= 100
+    assert all("qm9_id" in m.info for m in mols)
+    assert set(np.concatenate([m.numbers for m in mols]).tolist()) <= {1, 6, 7, 8, 9}
