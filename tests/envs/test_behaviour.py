@@ -277,3 +277,60 @@ def test_compute_best_known_from_qm9_and_candidates(tmp_path, tiny_potential):
     update_table([entry], tmp_path / "t.json")
     assert best_known("CH4O", tiny_potential, path=tmp_path / "t.json").value == entry["return"]
     assert bag_from_numbers([6, 1, 1, 1, 1, 8]) == {"C": 1, "H": 4, "O": 1}
+
+
+class _FlakyPotential:
+    """Wraps a potential: an SCF failure for any structure of exactly ``fail_size`` atoms, NaN for ``nan_size``."""
+
+    def __new__(cls, inner, fail_size: int, nan_size: int):
+        from molgym.potentials.base import Potential, SCFConvergenceError
+
+        class Flaky(Potential):
+            name = "flaky"
+            species = inner.species
+
+            def energies(self, structures):
+                structures = list(structures)
+                for i, s in enumerate(structures):
+                    if len(s) == fail_size:
+                        raise SCFConvergenceError(f"SCF did not converge for structure {i}", index=i)
+                out = inner.energies(structures)
+                out[[len(s) == nan_size for s in structures]] = np.nan
+                return out
+
+            def energies_and_forces(self, structures):
+                return inner.energies_and_forces(structures)
+
+        return Flaky()
+
+
+def test_failed_evaluations_end_only_the_affected_episode(tiny_potential):
+    from molgym.envs.vector import MolGymVectorEnv
+
+    flaky = _FlakyPotential(tiny_potential, fail_size=3, nan_size=4)
+    env = SingleBagEnv(formula="CH4O", potential=flaky)
+    env.reset(seed=0)
+    env.step(np.array([2, 0.0, 0.0, 0.0]))
+    env.step(np.array([0, 1.4, 0.0, 0.0]))
+    _, reward, terminated, _, info = env.step(np.array([1, -0.9, 0.3, 0.0]))  # 3 atoms: SCF failure
+    assert terminated and reward == -1.0 and "potential evaluation failed" in info["invalid_reason"]
+    assert "SCF" in info["invalid_reason"]
+
+    # In a vector env the failing structure is isolated: the other sub-environments get their rewards.
+    venv = MolGymVectorEnv(num_envs=2, env_class=SingleBagEnv, formula="CH4O", potential=flaky)
+    venv.reset(seed=0)
+    venv.step(np.array([[2, 0, 0, 0], [2, 0, 0, 0]], dtype=np.float32))
+    venv.step(np.array([[0, 1.4, 0, 0], [0, 1.4, 0, 0]], dtype=np.float32))
+    venv.envs[1]._numbers = venv.envs[1]._numbers[:1]  # make env 1's next structure 2 atoms (valid)
+    venv.envs[1]._positions = venv.envs[1]._positions[:1]
+    venv.envs[1]._bag["C"] = 1
+    venv.envs[1]._energy = isolated_atom_energies(tiny_potential, [8])[8]
+    _, rewards, terminated, _, info = venv.step(np.array([[1, -0.9, 0.3, 0], [0, 1.4, 0, 0]], dtype=np.float32))
+    assert terminated[0] and rewards[0] == -1.0 and not terminated[1] and not info["invalid"][1]
+    # a non-finite energy is invalid too
+    env = SingleBagEnv(formula="CH4O", potential=_FlakyPotential(tiny_potential, fail_size=99, nan_size=3))
+    env.reset(seed=0)
+    env.step(np.array([2, 0.0, 0.0, 0.0]))
+    env.step(np.array([0, 1.4, 0.0, 0.0]))
+    _, reward, terminated, _, info = env.step(np.array([1, -0.9, 0.3, 0.0]))
+    assert terminated and reward == -1.0 and "energy nan" in info["invalid_reason"]
