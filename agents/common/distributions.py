@@ -198,6 +198,7 @@ class VonMisesMixture:
 def real_spherical_harmonics(lmax: int, u: torch.Tensor) -> torch.Tensor:
     """e3nn's real spherical harmonics ``Y_1 .. Y_lmax`` of unit vectors ``u`` (..., 3), 'norm' normalisation
     (``|Y_l(u)| = 1`` for every l), concatenated: (..., (lmax+1)^2 - 1). ``Y_0`` (a constant) is left out."""
+    import mace  # noqa: F401  (before e3nn: its constants load with torch.load, see DESIGN.md)
     from e3nn import o3
 
     return o3.spherical_harmonics(list(range(1, lmax + 1)), u, normalize=False, normalization="norm")

@@ -25,6 +25,7 @@ def e3nn_without_torchscript():
     policies' graphs are tiny and change shape with the batch, so plain fx code is faster end to end. Only the
     modules built inside the block are affected (MACE potentials keep e3nn's defaults).
     """
+    import mace  # noqa: F401  (before e3nn: its constants load with torch.load, see DESIGN.md)
     import e3nn
 
     saved = e3nn.get_optimization_defaults()
@@ -109,6 +110,7 @@ class EquivariantInteraction(nn.Module):
     def __init__(self, irreps_in: str, irreps_out: str, lmax_sh: int, num_radial: int, radial_hidden: int = 32,
                  avg_neighbours: float = 4.0):
         super().__init__()
+        import mace  # noqa: F401  (before e3nn: its constants load with torch.load, see DESIGN.md)
         from e3nn import o3
         from e3nn.nn import Gate
 

@@ -92,6 +92,7 @@ class CovariantModel(PlacementModel):
 
     # --------------------------------------------------------------------------------------- encoder
     def node_features(self, canvas: Canvas, h0: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        import mace  # noqa: F401  (before e3nn: its constants load with torch.load, see DESIGN.md)
         from e3nn import o3
 
         graph = DenseGraph(canvas.positions, canvas.mask, self.cutoff, self.num_radial)

@@ -17,6 +17,7 @@ import molgym
 #: (module, help) of each command group, in the order ``molgym --help`` lists them.
 GROUPS: list[tuple[str, str]] = [
     ("molgym.cli.potential", "inspect, evaluate, build data for and train potentials"),
+    ("molgym.cli.train", "train a covariant or internal actor-critic agent with PPO"),
     ("molgym.cli.generate", "generate molecules with a generator (simgen, ...)"),
     ("molgym.cli.bench", "run a benchmark suite (generators x tasks x seeds)"),
     ("molgym.cli.report", "write the Markdown/HTML report of a benchmark run"),

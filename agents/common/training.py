@@ -1,0 +1,354 @@
+"""Training runs of the actor-critic agents with Stable-Baselines3 PPO (what ``molgym train`` runs).
+
+A run directory holds::
+
+    config.json            the run's settings (a resumed run must match them)
+    progress.csv           SB3's training log (+ TensorBoard events under tb/ when tensorboard is installed)
+    eval.csv               periodic greedy evaluations: step, mean return, validity, fraction of the optimum
+    checkpoints/           step_<N>.zip and latest.zip (SB3 PPO archives, written atomically)
+    model.zip              the final policy
+    molecules.xyz          the final greedy molecules (extended XYZ; return, validity in ``info``)
+    summary.json           return, validity and fraction of the optimum at the end, speed figures
+
+Validity of an episode: it placed every atom of the bag without an invalid placement (the environment's rules).
+Fraction of the optimum: episode return / best-known return of the formula under the same potential (``None``
+when the environment knows no best-known return for it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TrainConfig", "AGENTS", "validate_config", "train", "greedy_episodes"]
+
+#: agent name -> policy class path
+AGENTS: dict[str, str] = {
+    "covariant": "molgym.agents.covariant:CovariantPolicy",
+    "internal": "molgym.agents.internal:InternalPolicy",
+}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (see ``molgym train --help`` for each)."""
+
+    out: str
+    agent: str = "covariant"
+    env_id: str = "MolGym/SingleBag-v0"
+    formula: str | None = "CH4O"
+    potential: str = "default"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    steps: int = 10_000
+    n_envs: int = 4
+    seed: int = 0
+    device: str = "cpu"
+    n_steps: int = 64
+    batch_size: int = 64
+    epochs: int = 4
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = 2_000
+    eval_episodes: int = 4
+    checkpoint_every: int = 5_000
+    final_molecules: int = 8
+    threads: int = 1
+
+    def env_arguments(self) -> dict[str, Any]:
+        kwargs = dict(self.env_kwargs)
+        if self.formula is not None:
+            kwargs["formula"] = self.formula
+        kwargs["potential"] = self.potential
+        if self.device not in ("cpu", "auto"):
+            kwargs.setdefault("device", self.device)
+        return kwargs
+
+    def matters_for_resume(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the original (everything but length and bookkeeping)."""
+        d = asdict(self)
+        for key in ("out", "steps", "device", "eval_every", "eval_episodes", "checkpoint_every", "final_molecules",
+                    "threads"):
+            d.pop(key)
+        return d
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the bad setting (cheap checks only; nothing is loaded)."""
+    if cfg.agent not in AGENTS:
+        raise ValueError(f"unknown agent {cfg.agent!r}; choose one of {', '.join(AGENTS)}")
+    for name in ("steps", "n_envs", "n_steps", "batch_size", "epochs", "eval_episodes", "threads"):
+        _positive_int(name, getattr(cfg, name))
+    for name in ("eval_every", "checkpoint_every", "final_molecules"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer (0 turns it off), got {value!r}")
+    if cfg.batch_size > cfg.n_steps * cfg.n_envs:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} exceeds the rollout size n_steps x n_envs = {cfg.n_steps * cfg.n_envs}"
+        )
+    for name, lo, hi in (("gamma", 0.0, 1.0), ("gae_lambda", 0.0, 1.0)):
+        value = getattr(cfg, name)
+        if not lo <= value <= hi:
+            raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    for name in ("learning_rate", "clip_range", "max_grad_norm"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.ent_coef < 0 or cfg.vf_coef < 0:
+        raise ValueError("ent_coef and vf_coef must be non-negative")
+    import gymnasium as gym
+
+    import molgym  # noqa: F401  (registers the MolGym/* ids)
+
+    if cfg.env_id not in gym.registry:
+        ids = sorted(k for k in gym.registry if k.startswith("MolGym/"))
+        raise ValueError(f"unknown environment {cfg.env_id!r}; molgym's environments: {', '.join(ids)}")
+    if cfg.formula is not None:
+        from molgym.chem import parse_formula
+
+        parse_formula(cfg.formula)
+    device = str(cfg.device)
+    if device not in ("cpu", "auto") and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but torch sees no CUDA device; use --device cpu")
+
+
+def _policy_class(agent: str):
+    import importlib
+
+    module, name = AGENTS[agent].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _make_env(cfg: TrainConfig):
+    import gymnasium as gym
+
+    return gym.make(cfg.env_id, **cfg.env_arguments())
+
+
+def greedy_episodes(policy, env, n: int, seed: int, deterministic: bool = True) -> list[dict[str, Any]]:
+    """Run ``n`` episodes of ``policy`` on ``env``; one record per episode with the final molecule."""
+    records = []
+    for i in range(n):
+        obs, info = env.reset(seed=seed + i)
+        best = info.get("best_known_return")
+        done, ret, last = False, 0.0, {}
+        while not done:
+            batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+            action, _ = policy.predict(batch, deterministic=deterministic)
+            obs, reward, terminated, truncated, last = env.step(action[0])
+            ret += float(reward)
+            done = terminated or truncated
+        atoms = env.unwrapped.canvas
+        valid = not last.get("invalid", False) and not env.unwrapped.bag
+        best = last.get("best_known_return", best)
+        frac = ret / best if (best is not None and np.isfinite(best) and best != 0) else None
+        atoms.info.update(episode_return=ret, valid=bool(valid), invalid_reason=last.get("invalid_reason", ""),
+                          fraction_of_optimum=np.nan if frac is None else frac)
+        records.append({"return": ret, "valid": bool(valid), "fraction_of_optimum": frac, "atoms": atoms,
+                        "best_known_return": best})
+    return records
+
+
+def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    fracs = [r["fraction_of_optimum"] for r in records if r["fraction_of_optimum"] is not None]
+    best = next((r["best_known_return"] for r in records if r["best_known_return"] is not None), None)
+    return {
+        "episodes": len(records),
+        "mean_return": float(np.mean([r["return"] for r in records])) if records else math.nan,
+        "best_return": float(np.max([r["return"] for r in records])) if records else math.nan,
+        "validity": float(np.mean([r["valid"] for r in records])) if records else math.nan,
+        "mean_fraction_of_optimum": float(np.mean(fracs)) if fracs else None,
+        "best_known_return": best,
+    }
+
+
+def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Run(BaseCallback):
+        """Progress bar, periodic greedy evaluation (eval.csv) and checkpoints (atomic)."""
+
+        def __init__(self):
+            super().__init__()
+            self.bar = None
+            self.next_eval = None
+            self.next_ckpt = None
+            self.train_returns: list[float] = []
+
+        def _on_training_start(self) -> None:
+            n = self.model.num_timesteps
+            self.next_eval = (n // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
+            self.next_ckpt = (n // cfg.checkpoint_every + 1) * cfg.checkpoint_every if cfg.checkpoint_every else None
+            if progress:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=cfg.steps, initial=n, unit="step", dynamic_ncols=True, desc=cfg.agent, mininterval=1.0)
+
+        def _on_step(self) -> bool:
+            for info in self.locals.get("infos", []):
+                if "episode_return" in info:
+                    self.train_returns.append(float(info["episode_return"]))
+            n = self.model.num_timesteps
+            if self.bar is not None:
+                self.bar.update(n - self.bar.n)
+                if self.train_returns:
+                    self.bar.set_postfix(ret=f"{np.mean(self.train_returns[-50:]):.2f}")
+            if self.next_eval is not None and n >= self.next_eval:
+                self.evaluate(n)
+                self.next_eval += cfg.eval_every
+            if self.next_ckpt is not None and n >= self.next_ckpt:
+                save_checkpoint(self.model, out, n)
+                self.next_ckpt += cfg.checkpoint_every
+            return True
+
+        def evaluate(self, n: int) -> None:
+            records = greedy_episodes(self.model.policy, eval_env, cfg.eval_episodes, seed=cfg.seed + 10_000)
+            s = _summarise(records)
+            for key in ("mean_return", "validity", "mean_fraction_of_optimum"):
+                if s[key] is not None:
+                    self.logger.record(f"eval/{key}", s[key])
+            path = out / "eval.csv"
+            new = not path.exists()
+            with open(path, "a", newline="") as fh:
+                w = csv.writer(fh)
+                if new:
+                    w.writerow(["step", "mean_return", "best_return", "validity", "mean_fraction_of_optimum"])
+                w.writerow([n, s["mean_return"], s["best_return"], s["validity"], s["mean_fraction_of_optimum"]])
+
+        def _on_training_end(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    return Run()
+
+
+def save_checkpoint(model, out: Path, step: int) -> Path:
+    """Write ``checkpoints/step_<step>.zip`` and ``checkpoints/latest.zip`` atomically."""
+    from molgym.io import atomic_path
+
+    ckpt_dir = out / "checkpoints"
+    target = ckpt_dir / f"step_{step}.zip"
+    with atomic_path(target) as tmp:
+        model.save(str(tmp.with_suffix(".zip")))
+        os.replace(tmp.with_suffix(".zip"), tmp)
+    with atomic_path(ckpt_dir / "latest.zip") as tmp:
+        shutil.copyfile(target, tmp)
+    return target
+
+
+def _tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the summary (also written to ``summary.json``)."""
+    validate_config(cfg)
+    out = Path(cfg.out)
+    latest = out / "checkpoints" / "latest.zip"
+    config_path = out / "config.json"
+    if resume:
+        if not latest.exists() or not config_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume in {out} (looked for {latest})")
+        saved = TrainConfig(**json.loads(config_path.read_text()))
+        if saved.matters_for_resume() != cfg.matters_for_resume():
+            diff = {k: (v, cfg.matters_for_resume()[k]) for k, v in saved.matters_for_resume().items()
+                    if cfg.matters_for_resume()[k] != v}
+            raise ValueError(f"--resume: settings differ from the run in {out} (saved, given): {diff}")
+    elif latest.exists() or (out / "model.zip").exists():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from molgym.envs.sb3 import make_sb3_vec_env
+    from molgym.io import write_json, write_xyz
+
+    torch.set_num_threads(cfg.threads)
+    env_kwargs = cfg.env_arguments()
+    venv = VecMonitor(make_sb3_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=cfg.seed, **env_kwargs))  # loads potential
+    eval_env = _make_env(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, asdict(cfg))
+
+    policy_class = _policy_class(cfg.agent)
+    if resume:
+        model = PPO.load(str(latest), env=venv, device=cfg.device)
+        model.policy.generator.manual_seed(cfg.seed + model.num_timesteps)  # a fresh stream after resuming
+        log(f"resuming {out} at step {model.num_timesteps}")
+    else:
+        model = PPO(
+            policy_class, venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
+            learning_rate=cfg.learning_rate, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
+            ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
+            device=cfg.device, policy_kwargs={"seed": cfg.seed, "model_kwargs": dict(cfg.model_kwargs)}, verbose=0,
+        )
+    formats = ["csv"] + (["tensorboard"] if _tensorboard_available() else [])
+    model.set_logger(configure(str(out), formats))
+    if "tensorboard" in formats:
+        log(f"TensorBoard logs in {out} (tensorboard --logdir {out})")
+
+    start_step = model.num_timesteps
+    remaining = cfg.steps - start_step
+    callback = _callbacks(cfg, out, eval_env, progress)
+    t0 = time.perf_counter()
+    if remaining > 0:
+        model.learn(total_timesteps=remaining, callback=callback, reset_num_timesteps=False,
+                    progress_bar=False)
+    wall = time.perf_counter() - t0
+    trained = model.num_timesteps - start_step
+    save_checkpoint(model, out, model.num_timesteps)
+    from molgym.io import atomic_path
+
+    with atomic_path(out / "model.zip") as tmp:
+        shutil.copyfile(out / "checkpoints" / "latest.zip", tmp)
+
+    records = greedy_episodes(model.policy, eval_env, cfg.final_molecules, seed=cfg.seed + 20_000) \
+        if cfg.final_molecules else []
+    if records:
+        write_xyz(out / "molecules.xyz", [r["atoms"] for r in records])
+    final = _summarise(records)
+    summary = {
+        "agent": cfg.agent, "env_id": cfg.env_id, "formula": cfg.formula, "potential": cfg.potential,
+        "seed": cfg.seed, "n_envs": cfg.n_envs, "steps": int(model.num_timesteps), "trained_this_session": trained,
+        "wall_s": wall,
+        "env_steps_per_s": trained / wall if trained and wall > 0 else None,
+        "s_per_10k_steps": wall / trained * 10_000 if trained else None,
+        "train_episodes_this_session": len(callback.train_returns),
+        "train_mean_return_last_50": float(np.mean(callback.train_returns[-50:])) if callback.train_returns else None,
+        "final_greedy": final,
+        "tensorboard": "tensorboard" in formats,
+    }
+    write_json(out / "summary.json", summary)
+    venv.close()
+    eval_env.close()
+    return summary

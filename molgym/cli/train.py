@@ -1,0 +1,107 @@
+"""``molgym train``: train a covariant or internal actor-critic agent with Stable-Baselines3 PPO.
+
+    molgym train --agent covariant --env MolGym/SingleBag-v0 --formula CH4O --potential xtb \\
+        --steps 20000 --n-envs 4 --seed 0 --out runs/ch4o-covariant
+
+Writes config.json, progress.csv (and TensorBoard events if tensorboard is installed), eval.csv, checkpoints/,
+model.zip, molecules.xyz and summary.json under ``--out`` (see :mod:`molgym.agents.common.training`).
+``--resume`` continues the run in ``--out`` from its latest checkpoint up to ``--steps`` in total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+AGENT_CHOICES = ("covariant", "internal")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a covariant or internal actor-critic agent with PPO",
+        description="Train a covariant (Simm et al. 2021) or internal (Simm et al. 2020) actor-critic agent with "
+        "Stable-Baselines3 PPO on a molgym environment; logs, checkpoints, final molecules and a summary go "
+        "under --out.",
+    )
+    task = p.add_argument_group("task")
+    task.add_argument("--env", default="MolGym/SingleBag-v0", help="environment id (default MolGym/SingleBag-v0)")
+    task.add_argument("--formula", default="CH4O", help="the bag's formula (default CH4O); 'none' to omit it")
+    task.add_argument("--potential", default="default",
+                      help="reward potential: 'default', 'xtb', 'pm6' or a MACE model file (default 'default')")
+    task.add_argument("--env-kwargs", default="{}", help="more environment arguments as JSON, e.g. '{\"workspace\": 6}'")
+    run = p.add_argument_group("run")
+    run.add_argument("--agent", choices=AGENT_CHOICES, default="covariant", help="which agent (default covariant)")
+    run.add_argument("--steps", type=int, default=10_000, help="total environment steps (default 10000)")
+    run.add_argument("--n-envs", type=int, default=4, help="parallel environments, one batched potential call "
+                     "per step (default 4)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the environments, weights and sampling")
+    run.add_argument("--device", default="cpu", help="torch device for the policy: cpu, cuda, cuda:N, auto")
+    run.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    run.add_argument("--out", required=True, help="run directory")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ppo = p.add_argument_group("PPO")
+    ppo.add_argument("--n-steps", type=int, default=64, help="rollout steps per environment per update (default 64)")
+    ppo.add_argument("--batch-size", type=int, default=64, help="minibatch size (default 64)")
+    ppo.add_argument("--epochs", type=int, default=4, help="epochs per update (default 4)")
+    ppo.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
+    ppo.add_argument("--gamma", type=float, default=0.99)
+    ppo.add_argument("--gae-lambda", type=float, default=0.95)
+    ppo.add_argument("--clip-range", type=float, default=0.2)
+    ppo.add_argument("--ent-coef", type=float, default=0.0)
+    ppo.add_argument("--vf-coef", type=float, default=0.5)
+    ppo.add_argument("--max-grad-norm", type=float, default=0.5)
+    ppo.add_argument("--model-kwargs", default="{}", help="agent model options as JSON, e.g. '{\"channels\": 16}'")
+    ev = p.add_argument_group("evaluation and outputs")
+    ev.add_argument("--eval-every", type=int, default=2_000, help="greedy evaluation every N steps (0: off)")
+    ev.add_argument("--eval-episodes", type=int, default=4, help="episodes per evaluation (default 4)")
+    ev.add_argument("--checkpoint-every", type=int, default=5_000, help="checkpoint every N steps (0: only at the end)")
+    ev.add_argument("--final-molecules", type=int, default=8, help="greedy molecules written at the end (default 8)")
+    p.set_defaults(func=cmd_train)
+
+
+def _json_arg(name: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} is not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {text!r}")
+    return value
+
+
+def config_from_args(args: argparse.Namespace):
+    from molgym.agents.common.training import TrainConfig
+
+    formula = None if str(args.formula).lower() == "none" else args.formula
+    return TrainConfig(
+        out=str(Path(args.out)), agent=args.agent, env_id=args.env, formula=formula, potential=args.potential,
+        env_kwargs=_json_arg("--env-kwargs", args.env_kwargs), steps=args.steps, n_envs=args.n_envs, seed=args.seed,
+        device=args.device, n_steps=args.n_steps, batch_size=args.batch_size, epochs=args.epochs,
+        learning_rate=args.lr, gamma=args.gamma, gae_lambda=args.gae_lambda, clip_range=args.clip_range,
+        ent_coef=args.ent_coef, vf_coef=args.vf_coef, max_grad_norm=args.max_grad_norm,
+        model_kwargs=_json_arg("--model-kwargs", args.model_kwargs), eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
+        final_molecules=args.final_molecules, threads=args.threads,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from molgym.agents.common.training import train, validate_config
+
+    cfg = config_from_args(args)
+    validate_config(cfg)  # bad settings fail here, before any model or potential loads
+    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    g = summary["final_greedy"]
+    frac = g.get("mean_fraction_of_optimum")
+    print(f"trained {summary['agent']} on {summary['env_id']} {summary['formula'] or ''} for {summary['steps']} steps "
+          f"({summary['trained_this_session']} this session, {summary['wall_s']:.0f} s"
+          + (f", {summary['env_steps_per_s']:.1f} env steps/s" if summary["env_steps_per_s"] else "") + ")")
+    if g["episodes"]:
+        print(f"final greedy molecules ({g['episodes']}): mean return {g['mean_return']:.3f} eV, "
+              f"validity {g['validity']:.0%}, fraction of optimum "
+              + ("n/a (no best-known return for this potential)" if frac is None else f"{frac:.3f}"))
+    print(f"wrote {Path(args.out) / 'summary.json'}")
+    return 0
