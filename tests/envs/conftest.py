@@ -10,7 +10,7 @@ import molgym  # noqa: F401  (registers the environments)
 from molgym.potentials.base import Potential
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
     """One intra-op thread: the tiny model's calls are ~10x faster on a shared 2-core machine than with two
     threads fighting other jobs (tests only; the library never changes torch's global settings)."""
