@@ -1,0 +1,83 @@
+"""``molgym train`` end to end on a tiny MACE potential (tiny runs: plumbing, not learning)."""
+
+from __future__ import annotations
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+
+from molgym.cli import main
+
+TINY = '{"channels": 8, "vector_channels": 2, "num_interactions": 1}'
+TINY_INTERNAL = '{"channels": 8, "num_interactions": 1}'
+
+
+def _args(out, potential, agent, steps, *extra):
+    return ["train", "--agent", agent, "--formula", "CH2O", "--potential", str(potential), "--steps", str(steps),
+            "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--epochs", "1", "--seed", "3",
+            "--eval-every", "16", "--eval-episodes", "1", "--checkpoint-every", "16", "--final-molecules", "2",
+            "--model-kwargs", TINY if agent == "covariant" else TINY_INTERNAL, "--no-progress", "--out", str(out),
+            *extra]
+
+
+@pytest.mark.parametrize("agent", ["covariant", "internal"])
+def test_train_run_writes_every_output(agent, tmp_path, tiny_mace_file, capsys):
+    out = tmp_path / agent
+    assert main(_args(out, tiny_mace_file, agent, 32)) == 0
+    assert "final greedy molecules" in capsys.readouterr().out
+    for name in ("config.json", "progress.csv", "eval.csv", "model.zip", "molecules.xyz", "summary.json",
+                 "checkpoints/latest.zip", "checkpoints/step_16.zip", "checkpoints/step_32.zip"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 32 and summary["agent"] == agent
+    assert summary["env_steps_per_s"] > 0
+    g = summary["final_greedy"]
+    assert g["episodes"] == 2 and 0.0 <= g["validity"] <= 1.0 and np.isfinite(g["mean_return"])
+    molecules = ase.io.read(out / "molecules.xyz", index=":")
+    assert len(molecules) == 2
+    assert all("episode_return" in m.info and "valid" in m.info for m in molecules)
+    rows = (out / "eval.csv").read_text().splitlines()
+    assert rows[0].startswith("step,mean_return") and len(rows) == 3  # steps 16 and 32
+
+
+def test_resume_continues_to_the_total(tmp_path, tiny_mace_file):
+    out = tmp_path / "run"
+    assert main(_args(out, tiny_mace_file, "internal", 16)) == 0
+    assert main(_args(out, tiny_mace_file, "internal", 16)) == 2  # refuses to overwrite a run
+    assert main(_args(out, tiny_mace_file, "internal", 32, "--resume")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 32 and summary["trained_this_session"] == 16
+    # a resumed run must keep its settings
+    assert main(_args(out, tiny_mace_file, "internal", 48, "--resume", "--lr", "1e-2")) == 2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--agent", "nope"], None),  # argparse choices: exit status 2 via SystemExit
+        (["--steps", "0"], "steps must be a positive integer"),
+        (["--formula", "c2h6"], "malformed formula"),
+        (["--env", "MolGym/Nope-v0"], "unknown environment"),
+        (["--batch-size", "999"], "exceeds the rollout size"),
+        (["--device", "tpu"], "device must be"),
+        (["--model-kwargs", "{oops"], "not valid JSON"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(change, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    argv = _args(out, "xtb", "covariant", 16) + change
+    if message is None:
+        with pytest.raises(SystemExit) as err:
+            main(argv)
+        assert err.value.code == 2
+    else:
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_resume_without_a_run_is_an_error(tmp_path, capsys):
+    assert main(_args(tmp_path / "empty", "xtb", "covariant", 16, "--resume")) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err
