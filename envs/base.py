@@ -199,7 +199,6 @@ class MolecularEnv(gym.Env):
             )
         self._numbers, self._positions = numbers, positions
         self._bag = hill_order(bag)
-        self._start_size = len(numbers)
         self._energy = self._structure_energy(numbers, positions)
         self._return = 0.0
         self._rewards = [0.0] * len(numbers)
