@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -112,6 +113,7 @@ class SiMGen(Generator):
         prior_strength: multiplies the prior's restoring rate.
         repulsion: ``(distance Å, rate)`` of the short-range repulsion between heavy atoms.
         assignment_width: kernel width used to assign elements (same units, on the typed descriptors).
+        assignment_rounds: rounds of the greedy element search.
         relax_steps, relax_fmax: BFGS relaxation with the potential (0 steps: no relaxation).
         batch_size: molecules whose trajectories go through MACE together.
         device: device of the descriptor model.
@@ -140,6 +142,7 @@ class SiMGen(Generator):
         prior_strength: float = 1.0,
         repulsion: tuple[float, float] = (1.2, 0.5),
         assignment_width: float = 1.0,
+        assignment_rounds: int = 4,
         relax_steps: int = 60,
         relax_fmax: float = 0.05,
         batch_size: int = 16,
@@ -162,7 +165,8 @@ class SiMGen(Generator):
         _check_pair("noise", noise, strictly_positive=False)
         _check_pair("repulsion", repulsion, strictly_positive=False)
         for name_, value, lo, hi in (("particles", particles, 1, 256), ("steps", steps, 1, 10000),
-                                     ("batch_size", batch_size, 1, 100000), ("relax_steps", relax_steps, 0, 100000)):
+                                     ("batch_size", batch_size, 1, 100000), ("relax_steps", relax_steps, 0, 100000),
+                                     ("assignment_rounds", assignment_rounds, 0, 1000)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
                 raise ValueError(f"{name_} must be an integer in {lo}..{hi}, got {value!r}")
         for name_, value in (("step_size", step_size), ("max_step", max_step), ("assignment_width", assignment_width),
@@ -182,7 +186,7 @@ class SiMGen(Generator):
                                                     else fragment.get_chemical_formula()),
             particles=particles, steps=steps, kernel_width=list(kernel_width), noise=list(noise), quench=quench,
             step_size=step_size, max_step=max_step, prior_strength=prior_strength, repulsion=list(repulsion),
-            assignment_width=assignment_width, relax_steps=relax_steps, relax_fmax=relax_fmax,
+            assignment_width=assignment_width, assignment_rounds=assignment_rounds, relax_steps=relax_steps, relax_fmax=relax_fmax,
         )
         self.model_spec = model
         self.reference_path = reference
@@ -195,6 +199,7 @@ class SiMGen(Generator):
         self.prior_strength = float(prior_strength)
         self.repulsion = (float(repulsion[0]), float(repulsion[1]))
         self.assignment_width = float(assignment_width)
+        self.assignment_rounds = int(assignment_rounds)
         self.relax_steps, self.relax_fmax = int(relax_steps), float(relax_fmax)
         self.batch_size = int(batch_size)
         self.device = device
@@ -202,6 +207,7 @@ class SiMGen(Generator):
         self._reference: ReferenceDescriptors | None = None
         self.descriptor_calls = 0
         self.relaxations = 0
+        self.timings: dict[str, float] = {}
 
     # --- set-up ---------------------------------------------------------------------------------------------
     def descriptor_model(self):
@@ -329,16 +335,26 @@ class SiMGen(Generator):
         if isinstance(prior, GaussianPrior) and prior.sigma is None and prior.sigmas is None:
             prior = GaussianPrior(sigma=float(prior.widths(n_free + n_fixed)[0]))  # sized to the molecule
         starts = np.stack([prior.sample(n_free, rng) for _ in range(n_traj)])  # (T, n_free, 3)
+        clock = time.perf_counter()
         positions = self._diffuse(starts, prior, rng)
         # element assignment for every trajectory, then hydrogens, relaxation and the choice per molecule
         particle_jobs = [job for job in jobs for _ in range(self.particles)]
+        clock = self._tick("diffusion", clock)
         numbers, scores = self._assign_elements(positions, particle_jobs, rng)
+        clock = self._tick("elements", clock)
         candidates = [
             [self._build(scores[t], numbers[t], positions[t], job)
              for t in range(k * self.particles, (k + 1) * self.particles)]
             for k, job in enumerate(jobs)
         ]
-        return self._choose(candidates)
+        chosen = self._choose(candidates)
+        self._tick("hydrogens_relaxation", clock)
+        return chosen
+
+    def _tick(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - since
+        return now
 
     def _full(self, free_positions: np.ndarray, free_numbers: np.ndarray) -> Atoms:
         if self.fragment is None:
@@ -449,60 +465,75 @@ class SiMGen(Generator):
         return float(per_atom.sum()) - 100.0 * over
 
     def _assign_elements(self, positions: np.ndarray, jobs: list[_Job], rng: np.random.Generator):
-        """Greedy search over the free atoms' elements of every trajectory; returns (numbers, scores)."""
+        """Greedy search over the free atoms' elements of every trajectory; returns (numbers, scores).
+
+        Each round scores the current assignment and every single change (one atom to another allowed element;
+        for a fixed multiset of elements, one swap of two atoms) in one batched descriptor call, then applies
+        the improving changes: with free elements, the best change of each atom whose bonded neighbours are not
+        changing in the same round; with a multiset, the best swap. At most ``assignment_rounds`` rounds.
+        """
         T, n_free, _ = positions.shape
         n_fixed = 0 if self.fragment is None else len(self.fragment)
         current = []
-        for t, job in enumerate(jobs):
+        for job in jobs:
             if job.multiset is not None:
                 current.append(rng.permutation(np.array(job.multiset, dtype=int)))
             else:
                 current.append(np.full(n_free, 6 if 6 in job.elements else job.elements[0], dtype=int))
         scores = np.full(T, -np.inf)
+        close = [np.linalg.norm(p[:, None] - p[None], axis=-1) < 1.8 for p in positions]
         active = list(range(T))
-        for _round in range(2 * n_free + 2):
-            cand_struct, cand_meta = [], []
+        for _round in range(self.assignment_rounds + 1):
+            structs, meta = [], []  # meta: (trajectory, atoms changed, new elements)
             for t in active:
-                job = jobs[t]
-                base = current[t]
-                if not np.isfinite(scores[t]):
-                    cand_struct.append(self._full(positions[t], base))
-                    cand_meta.append((t, base))
-                moves = []
+                job, base = jobs[t], current[t]
+                structs.append(self._full(positions[t], base))
+                meta.append((t, (), base))
+                if _round == self.assignment_rounds:
+                    continue  # last pass only scores the final assignment
                 if job.multiset is not None:
                     for i in range(n_free):
                         for j in range(i + 1, n_free):
                             if base[i] != base[j]:
                                 m = base.copy()
                                 m[i], m[j] = m[j], m[i]
-                                moves.append(m)
+                                structs.append(self._full(positions[t], m))
+                                meta.append((t, (i, j), m))
                 else:
                     for i in range(n_free):
                         for z in job.elements:
                             if z != base[i]:
                                 m = base.copy()
                                 m[i] = z
-                                moves.append(m)
-                for m in moves:
-                    cand_struct.append(self._full(positions[t], m))
-                    cand_meta.append((t, m))
-            if not cand_struct:
+                                structs.append(self._full(positions[t], m))
+                                meta.append((t, (i,), m))
+            if not structs:
                 break
-            per_atom = self._typed_scores(cand_struct)
-            improved = set()
-            best: dict[int, tuple[float, np.ndarray]] = {}
-            for (t, m), atoms, pa in zip(cand_meta, cand_struct, per_atom):
-                s = self._score(atoms, pa)
-                if np.array_equal(m, current[t]) and not np.isfinite(scores[t]):
-                    scores[t] = s
+            per_atom = self._typed_scores(structs)
+            moves: dict[int, list[tuple[float, tuple, np.ndarray]]] = {}
+            for (t, changed, m), atoms, pa in zip(meta, structs, per_atom):
+                value = self._score(atoms, pa)
+                if not changed:
+                    scores[t] = value
+                else:
+                    moves.setdefault(t, []).append((value, changed, m))
+            improved = []
+            for t, options in moves.items():
+                better = sorted((o for o in options if o[0] > scores[t] + 1e-9), key=lambda o: -o[0])
+                if not better:
                     continue
-                if t not in best or s > best[t][0]:
-                    best[t] = (s, m)
-            for t, (s, m) in best.items():
-                if s > scores[t] + 1e-9:
-                    scores[t], current[t] = s, m
-                    improved.add(t)
-            active = sorted(improved)
+                if jobs[t].multiset is not None:
+                    current[t] = better[0][2]
+                else:
+                    new, taken = current[t].copy(), []
+                    for _value, (i,), m in better:
+                        if i in taken or any(close[t][i, k] for k in taken):
+                            continue
+                        new[i] = m[i]
+                        taken.append(i)
+                    current[t] = new
+                improved.append(t)
+            active = improved
             if not active:
                 break
         return current, scores
@@ -570,6 +601,7 @@ class SiMGen(Generator):
         meta["descriptor_model"] = None if self._model is None else self._model.name
         meta["descriptor_calls"] = self.descriptor_calls
         meta["relaxations"] = self.relaxations
+        meta["seconds"] = {k: round(v, 2) for k, v in self.timings.items()}
         return meta
 
 
