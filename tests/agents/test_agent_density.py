@@ -59,7 +59,8 @@ def _canvas(kind: str, seed: int):
 def test_density_integrates_to_one(agent, kind):
     policy = make_policy(agent)
     pos, obs = _canvas(kind, KINDS.index(kind))
-    x, log_q = _proposal(pos, 2**16, seed=1, first_scale=policy.model.first_atom_scale)
+    m = 2**14 if kind == "empty" else 2**16  # the empty canvas's Gaussian proposal is nearly the density itself
+    x, log_q = _proposal(pos, m, seed=1, first_scale=policy.model.first_atom_scale)
     total = _weights(policy, obs, x, log_q).sum(0).mean()
     assert abs(total - 1.0) < 0.02, total
 
@@ -77,8 +78,11 @@ def _bins(actions: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return ((e * len(centres) + near) * 5 + band) * 2 + up
 
 
-@pytest.mark.parametrize("agent", ["covariant", "internal"])
-@pytest.mark.parametrize("kind", ["empty", "two", "many"])
+@pytest.mark.parametrize(
+    "agent, kind",
+    # the empty canvas's first atom is drawn by code shared by both agents: once is enough
+    [("covariant", "empty"), ("covariant", "two"), ("covariant", "many"), ("internal", "two"), ("internal", "many")],
+)
 def test_sampler_matches_density(agent, kind):
     """Chi-square of 4000 sampled actions over bins against the bins' probabilities under the density."""
     policy = make_policy(agent)
