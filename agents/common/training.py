@@ -7,7 +7,8 @@ A run directory holds::
     eval.csv               periodic greedy evaluations: step, mean return, validity, fraction of the optimum
     checkpoints/           step_<N>.zip and latest.zip (SB3 PPO archives, written atomically)
     model.zip              the final policy
-    molecules.xyz          the final greedy molecules (extended XYZ; return, validity in ``info``)
+    molecules.xyz          final molecules, greedy and sampled (extended XYZ; ``info``: mode, return, validity,
+                           fraction of the optimum, why an invalid episode ended)
     summary.json           return, validity and fraction of the optimum at the end, speed figures
 
 Validity of an episode: it placed every atom of the bag without an invalid placement (the environment's rules).
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TrainConfig", "AGENTS", "validate_config", "train", "greedy_episodes"]
+__all__ = ["TrainConfig", "AGENTS", "validate_config", "train", "greedy_episodes", "save_checkpoint"]
 
 #: agent name -> policy class path
 AGENTS: dict[str, str] = {
@@ -150,7 +151,8 @@ def _make_env(cfg: TrainConfig):
 
 
 def greedy_episodes(policy, env, n: int, seed: int, deterministic: bool = True) -> list[dict[str, Any]]:
-    """Run ``n`` episodes of ``policy`` on ``env``; one record per episode with the final molecule."""
+    """Run ``n`` episodes of ``policy`` on ``env`` (greedy, or sampled with ``deterministic=False``); one record
+    per episode with the final molecule."""
     records = []
     for i in range(n):
         obs, info = env.reset(seed=seed + i)
@@ -332,11 +334,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     with atomic_path(out / "model.zip") as tmp:
         shutil.copyfile(out / "checkpoints" / "latest.zip", tmp)
 
-    records = greedy_episodes(model.policy, eval_env, cfg.final_molecules, seed=cfg.seed + 20_000) \
-        if cfg.final_molecules else []
-    if records:
-        write_xyz(out / "molecules.xyz", [r["atoms"] for r in records])
-    final = _summarise(records)
+    # final molecules: greedy episodes (identical on a fixed-bag task) and episodes sampled from the policy
+    greedy = greedy_episodes(model.policy, eval_env, cfg.eval_episodes, seed=cfg.seed + 20_000)
+    sampled = greedy_episodes(model.policy, eval_env, cfg.final_molecules, seed=cfg.seed + 30_000,
+                              deterministic=False) if cfg.final_molecules else []
+    for mode, records in (("greedy", greedy), ("sampled", sampled)):
+        for r in records:
+            r["atoms"].info["mode"] = mode
+    write_xyz(out / "molecules.xyz", [r["atoms"] for r in greedy + sampled])
     summary = {
         "agent": cfg.agent, "env_id": cfg.env_id, "formula": cfg.formula, "potential": cfg.potential,
         "seed": cfg.seed, "n_envs": cfg.n_envs, "steps": int(model.num_timesteps), "trained_this_session": trained,
@@ -345,7 +350,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         "s_per_10k_steps": wall / trained * 10_000 if trained else None,
         "train_episodes_this_session": len(callback.train_returns),
         "train_mean_return_last_50": float(np.mean(callback.train_returns[-50:])) if callback.train_returns else None,
-        "final_greedy": final,
+        "final_greedy": _summarise(greedy),
+        "final_sampled": _summarise(sampled) if sampled else None,
         "tensorboard": "tensorboard" in formats,
     }
     write_json(out / "summary.json", summary)

@@ -58,7 +58,8 @@ def register(subparsers) -> None:
     ev.add_argument("--eval-every", type=int, default=2_000, help="greedy evaluation every N steps (0: off)")
     ev.add_argument("--eval-episodes", type=int, default=4, help="episodes per evaluation (default 4)")
     ev.add_argument("--checkpoint-every", type=int, default=5_000, help="checkpoint every N steps (0: only at the end)")
-    ev.add_argument("--final-molecules", type=int, default=8, help="greedy molecules written at the end (default 8)")
+    ev.add_argument("--final-molecules", type=int, default=8,
+                    help="molecules sampled from the final policy, written with the greedy ones (default 8)")
     p.set_defaults(func=cmd_train)
 
 
@@ -94,14 +95,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     validate_config(cfg)  # bad settings fail here, before any model or potential loads
     summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    g = summary["final_greedy"]
-    frac = g.get("mean_fraction_of_optimum")
     print(f"trained {summary['agent']} on {summary['env_id']} {summary['formula'] or ''} for {summary['steps']} steps "
           f"({summary['trained_this_session']} this session, {summary['wall_s']:.0f} s"
           + (f", {summary['env_steps_per_s']:.1f} env steps/s" if summary["env_steps_per_s"] else "") + ")")
-    if g["episodes"]:
-        print(f"final greedy molecules ({g['episodes']}): mean return {g['mean_return']:.3f} eV, "
-              f"validity {g['validity']:.0%}, fraction of optimum "
-              + ("n/a (no best-known return for this potential)" if frac is None else f"{frac:.3f}"))
+    for label, g in (("greedy", summary["final_greedy"]), ("sampled", summary["final_sampled"])):
+        if g and g["episodes"]:
+            frac = g.get("mean_fraction_of_optimum")
+            print(f"final {label} molecules ({g['episodes']}): mean return {g['mean_return']:.3f} eV "
+                  f"(best {g['best_return']:.3f}), validity {g['validity']:.0%}, fraction of optimum "
+                  + ("n/a (no best-known return for this potential)" if frac is None else f"{frac:.3f}"))
     print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

@@ -33,10 +33,11 @@ def test_train_run_writes_every_output(agent, tmp_path, tiny_mace_file, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 32 and summary["agent"] == agent
     assert summary["env_steps_per_s"] > 0
-    g = summary["final_greedy"]
-    assert g["episodes"] == 2 and 0.0 <= g["validity"] <= 1.0 and np.isfinite(g["mean_return"])
+    g, s = summary["final_greedy"], summary["final_sampled"]
+    assert g["episodes"] == 1 and s["episodes"] == 2
+    assert 0.0 <= s["validity"] <= 1.0 and np.isfinite(s["mean_return"])
     molecules = ase.io.read(out / "molecules.xyz", index=":")
-    assert len(molecules) == 2
+    assert [m.info["mode"] for m in molecules] == ["greedy", "sampled", "sampled"]
     assert all("episode_return" in m.info and "valid" in m.info for m in molecules)
     rows = (out / "eval.csv").read_text().splitlines()
     assert rows[0].startswith("step,mean_return") and len(rows) == 3  # steps 16 and 32
