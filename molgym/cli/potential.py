@@ -89,6 +89,7 @@ def register(subparsers) -> None:
     cd.add_argument("--out", default=None, help="directory for the card (default: molgym's shipped models)")
     cd.add_argument("--name", default="default")
     cd.add_argument("--device", default="cpu")
+    cd.add_argument("--note", action="append", default=[], help="a note for the card (repeatable)")
     cd.set_defaults(func=cmd_card)
 
 
@@ -226,7 +227,7 @@ def cmd_card(args: argparse.Namespace) -> int:
     from molgym.potentials.card import write_model_card
 
     paths = write_model_card(args.model, args.data, train_dir=args.train_dir, out=args.out, name=args.name,
-                             device=args.device)
+                             device=args.device, notes=args.note)
     for p in paths:
         print(f"wrote {p}")
     return 0

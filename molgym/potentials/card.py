@@ -55,14 +55,18 @@ def _training_info(train_dir: Path | None) -> dict:
         info["runs"] = runs
         info["mace_arguments"] = s.get("mace_arguments")
     logs = sorted((train_dir / "logs").glob("*.log")) if (train_dir / "logs").is_dir() else []
-    epochs = []
+    epochs: dict[int, str] = {}
     for log in logs:
         for line in log.read_text(errors="replace").splitlines():
             if "Epoch " in line and "MAE_E_per_atom" in line:
-                epochs.append(line.split("INFO: ", 1)[-1])
+                text = line.split("INFO: ", 1)[-1]
+                try:
+                    epochs[int(text.split("Epoch ", 1)[1].split(":", 1)[0])] = text
+                except ValueError:
+                    continue
     if epochs:
-        info["epochs_logged"] = len(epochs)
-        info["last_validation"] = epochs[-1]
+        info["epochs_trained"] = max(epochs) + 1
+        info["validation_by_epoch"] = [epochs[k] for k in sorted(epochs)]
     return info
 
 
@@ -78,6 +82,7 @@ def write_model_card(
     name: str = "default",
     device: str = "cpu",
     reproduce: str | None = None,
+    notes: list[str] | None = None,
 ) -> list[Path]:
     """Evaluate ``model`` on ``data``'s test files and write ``OUT/NAME.model``, ``NAME.json``, ``NAME.md``."""
     from molgym.potentials.evaluation import evaluate_dataset, format_dataset_result
@@ -151,6 +156,7 @@ def write_model_card(
         "summary": summary,
         "evaluation": result,
         "reproduce": reproduce,
+        "notes": list(notes or []),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     json_path, md_path = out / f"{name}.json", out / f"{name}.md"
@@ -179,7 +185,7 @@ def _markdown(card: dict, report: str) -> str:
         f"- file: `{card['file']}` (sha256 `{card['sha256']}`)",
         f"- data: QM9 ({card['data']['license']}; {card['data']['source'].get('citation') if card['data']['source'] else ''})",
         f"- training: {_fmt(t.get('wall_seconds'), '.0f')} s wall on {t.get('hardware')}; "
-        f"{t.get('epochs_logged', '?')} epochs logged; architecture `{t.get('architecture')}` "
+        f"{t.get('epochs_trained', '?')} epochs; architecture `{t.get('architecture')}` "
         f"{t.get('architecture_settings')}",
         f"- reproduce: `{card['reproduce']}`",
         "",
@@ -229,6 +235,12 @@ def _markdown(card: dict, report: str) -> str:
                  f"{'met' if mono.split('/')[0] == mono.split('/')[1] else '**not met**'} |")
     lines.append(f"| C7H10O2 isomer energy Spearman | {_fmt(s['isomer_spearman'], '.3f')} | ≥ {tg['isomer_spearman']} | "
                  f"{mark(s['isomer_spearman'], tg['isomer_spearman'], True)} |")
+    ref = (card["evaluation"]["sets"].get("test", {}).get("diatomics_reference") or {})
+    if ref:
+        lines.append(f"\nFor comparison, GFN2-xTB itself rises monotonically for {ref.get('monotonic_pairs')}/"
+                     f"{ref.get('total_pairs')} pairs on the same grid.")
+    if card.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in card["notes"]]
     lines += [
         "",
         "## Full evaluation report",
