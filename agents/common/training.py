@@ -12,6 +12,8 @@ A run directory holds::
     summary.json           return, validity and fraction of the optimum at the end, speed figures
 
 Validity of an episode: it placed every atom of the bag without an invalid placement (the environment's rules).
+Stability of a valid molecule: every atom's perceived bond-order sum is an allowed valence
+(:func:`molgym.metrics.bonds.is_stable`).
 Fraction of the optimum: episode return / best-known return of the formula under the same potential (``None``
 when the environment knows no best-known return for it).
 """
@@ -168,11 +170,20 @@ def greedy_episodes(policy, env, n: int, seed: int, deterministic: bool = True) 
         valid = not last.get("invalid", False) and not env.unwrapped.bag
         best = last.get("best_known_return", best)
         frac = ret / best if (best is not None and np.isfinite(best) and best != 0) else None
-        atoms.info.update(episode_return=ret, valid=bool(valid), invalid_reason=last.get("invalid_reason", ""),
+        stable = bool(valid and _is_stable(atoms))
+        atoms.info.update(episode_return=ret, valid=bool(valid), stable=stable,
+                          invalid_reason=last.get("invalid_reason", ""),
                           fraction_of_optimum=np.nan if frac is None else frac)
-        records.append({"return": ret, "valid": bool(valid), "fraction_of_optimum": frac, "atoms": atoms,
-                        "best_known_return": best})
+        records.append({"return": ret, "valid": bool(valid), "stable": stable, "fraction_of_optimum": frac,
+                        "atoms": atoms, "best_known_return": best})
     return records
+
+
+def _is_stable(atoms) -> bool:
+    """Every atom's bond-order sum is an allowed valence (EDM-style stability, :mod:`molgym.metrics.bonds`)."""
+    from molgym.metrics.bonds import is_stable
+
+    return is_stable(atoms)
 
 
 def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -183,6 +194,7 @@ def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_return": float(np.mean([r["return"] for r in records])) if records else math.nan,
         "best_return": float(np.max([r["return"] for r in records])) if records else math.nan,
         "validity": float(np.mean([r["valid"] for r in records])) if records else math.nan,
+        "stability": float(np.mean([r["stable"] for r in records])) if records else math.nan,
         "mean_fraction_of_optimum": float(np.mean(fracs)) if fracs else None,
         "best_known_return": best,
     }
