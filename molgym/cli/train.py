@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     validate_config(cfg)  # bad settings fail here, before any model or potential loads
     summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"trained {summary['agent']} on {summary['env_id']} {summary['formula'] or ''} for {summary['steps']} steps "
+    print(f"trained {summary['agent']} on {summary['env_id']}{' ' + summary['formula'] if summary['formula'] else ''} for {summary['steps']} steps "
           f"({summary['trained_this_session']} this session, {summary['wall_s']:.0f} s"
           + (f", {summary['env_steps_per_s']:.1f} env steps/s" if summary["env_steps_per_s"] else "") + ")")
     for label, g in (("greedy", summary["final_greedy"]), ("sampled", summary["final_sampled"])):
