@@ -51,7 +51,7 @@ def _training_info(train_dir: Path | None) -> dict:
         info["architecture"] = s.get("architecture")
         info["architecture_settings"] = s.get("architecture_settings")
         info["dtype"] = s.get("dtype")
-        info["wall_seconds"] = round(sum(r.get("seconds", 0) for r in runs), 1)
+        info["wall_seconds_recorded_runs"] = round(sum(r.get("seconds") or 0 for r in runs), 1)
         info["runs"] = runs
         info["mace_arguments"] = s.get("mace_arguments")
     logs = sorted((train_dir / "logs").glob("*.log")) if (train_dir / "logs").is_dir() else []
@@ -65,6 +65,20 @@ def _training_info(train_dir: Path | None) -> dict:
                 except ValueError:
                     continue
     if epochs:
+        from datetime import datetime
+
+        def stamp(text: str):
+            try:
+                return datetime.strptime(text[:23], "%Y-%m-%d %H:%M:%S.%f")
+            except ValueError:
+                return None
+
+        all_lines = [line for log in logs for line in log.read_text(errors="replace").splitlines()]
+        starts = [stamp(line) for line in all_lines if "Initial:" in line]
+        ends = [stamp(line) for line in all_lines if "Epoch " in line and "MAE_E_per_atom" in line]
+        starts, ends = [t for t in starts if t], [t for t in ends if t]
+        if starts and ends:
+            info["wall_seconds"] = round((max(ends) - min(starts)).total_seconds(), 1)
         info["epochs_trained"] = max(epochs) + 1
         info["validation_by_epoch"] = [epochs[k] for k in sorted(epochs)]
     return info

@@ -163,22 +163,27 @@ def train_mace(
     settings_path = out / "train_settings.json"
     history = json.loads(settings_path.read_text()).get("runs", []) if settings_path.is_file() else []
     start = time.time()
+    arch = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
+    record = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)), "seconds": None,
+              "epochs": epochs, "torch_threads": torch.get_num_threads()}
+
+    def save_settings() -> None:  # written before training too, so an interrupted run is still described
+        write_json(settings_path, {
+            "mace_arguments": argv,
+            "architecture": architecture if isinstance(architecture, str) else "custom",
+            "architecture_settings": arch.as_dict(),
+            "dtype": dtype,
+            "runs": history + [record],
+        })
+
+    save_settings()
     previous_dtype = torch.get_default_dtype()
     try:
         run(args)  # mace sets torch's default dtype; restored below
     finally:
         torch.set_default_dtype(previous_dtype)
-    history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
-                    "seconds": round(time.time() - start, 1), "epochs": epochs,
-                    "torch_threads": torch.get_num_threads()})
-    arch = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
-    write_json(settings_path, {
-        "mace_arguments": argv,
-        "architecture": architecture if isinstance(architecture, str) else "custom",
-        "architecture_settings": arch.as_dict(),
-        "dtype": dtype,
-        "runs": history,
-    })
+    record["seconds"] = round(time.time() - start, 1)
+    save_settings()
     model = out / f"{name}.model"
     if not model.is_file():
         raise RuntimeError(f"mace's trainer finished without writing {model}; see {out / 'logs'}")
