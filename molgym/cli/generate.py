@@ -73,6 +73,8 @@ def register_simgen(commands) -> None:
     p.add_argument("--relax-steps", type=int, default=None, help="FIRE relaxation steps (0: none)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="molecules per batch")
     p.add_argument("--device", default=None, help="device of the descriptor model (default: GPU if present)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is often fastest on a busy shared machine)")
     p.set_defaults(func=cmd_simgen)
 
 
@@ -167,7 +169,7 @@ def cmd_simgen(args) -> int:
     generator = SiMGen(
         model=args.model, potential=args.potential, reference=args.reference, prior=args.prior,
         n_atoms=args.atoms, elements=elements, fragment=args.fragment, particles=args.particles,
-        steps=args.steps, device=args.device, **options,
+        steps=args.steps, device=args.device, threads=args.threads, **options,
     )
     command = "molgym generate simgen " + json.dumps({k: v for k, v in vars(args).items()
                                                       if k not in ("func", "group_parser")}, default=str)
