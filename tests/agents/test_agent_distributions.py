@@ -88,7 +88,7 @@ def test_spherical_sampler_matches_density(total):
         ph = torch.remainder(torch.atan2(v[..., 1], v[..., 0]), 2 * math.pi)
         return (th / math.pi * 8).long().clamp(max=7) * 16 + (ph / (2 * math.pi) * 16).long().clamp(max=15)
 
-    fine = SphericalGrid(2, 200, 400)
+    fine = SphericalGrid(2, 128, 256)
     p_nodes = torch.exp(SphericalHarmonicDensity(a, fine).log_prob(fine.nodes) + fine.log_weights)
     expected = torch.zeros(128, dtype=D).index_add_(0, cell(fine.nodes), p_nodes)
     assert abs(expected.sum().item() - 1) < 1e-9
