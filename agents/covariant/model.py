@@ -143,7 +143,10 @@ class CovariantModel(PlacementModel):
         u = delta / d.unsqueeze(-1)
         dist = LogNormalMixture(*(select_element(heads[key], element) for key in ("logits", "loc", "scale")))
         a = select_element(heads["coefficients"], element)  # (S, B, N, D)
-        log_z = select_element(self._log_normaliser(enc), element)
+        if element.shape[0] < self.n_elements:  # few actions per canvas (PPO: one): normalise only those
+            log_z = SphericalHarmonicDensity(a, self.grid).log_normaliser
+        else:  # many actions per canvas: normalise every (focus, element) once
+            log_z = select_element(self._log_normaliser(enc), element)
         log_dir = (real_spherical_harmonics(self.lmax, u) * a).sum(-1) - log_z
         return dist.log_prob(d) + log_dir - 2.0 * torch.log(d)
 
