@@ -572,7 +572,7 @@ class SiMGen(Generator):
         """For each molecule, relax its candidates best-score first (one batched relaxation per round, over every
         molecule still without a valid, connected, uncharged candidate) and keep the first valid, connected one
         without formal charges; failing that the first valid and connected one, then the first valid one, then the
-        best-scored one."""
+        best-scored one. A candidate whose relaxation made it worse by that order is kept unrelaxed."""
         from molgym.metrics.chemistry import perceive
 
         order = [sorted(c, key=lambda b: -b[0]) for c in candidates]
@@ -587,11 +587,17 @@ class SiMGen(Generator):
             if feasible:
                 for i, mol in zip(feasible, self._relax_batch([picks[i][1] for i in feasible])):
                     relaxed[i] = mol
-            for k, (score, _mol, _ok), mol in zip(todo, picks, relaxed):
-                per = perceive(mol)
-                quality = int(per.valid) + int(per.valid and per.connected)
-                if quality == 2 and not any(a.GetFormalCharge() for a in per.mol.GetAtoms()):
-                    quality = 3  # no charge-separated (zwitterionic) form needed
+            for k, (score, unrelaxed, _ok), mol in zip(todo, picks, relaxed):
+                quality = _quality(perceive(mol))
+                if mol is not unrelaxed:
+                    # the potential may disagree with the bonding found by the kernel (an under-trained model can
+                    # break or form bonds): keep the unrelaxed molecule when it is the better one
+                    before = _quality(perceive(unrelaxed))
+                    if before > quality:
+                        mol, quality = unrelaxed, before
+                        mol.info["relaxed"] = False
+                    else:
+                        mol.info["relaxed"] = True
                 mol.info["simgen_score"] = float(score)
                 if chosen[k] is None or quality > chosen[k][1]:
                     chosen[k] = (mol, quality)
@@ -628,6 +634,14 @@ class SiMGen(Generator):
 
 
 _KNOWN = {1, 5, 6, 7, 8, 9, 15, 16, 17, 35, 53}
+
+
+def _quality(perception) -> int:
+    """0 invalid, 1 valid, 2 valid and connected, 3 valid, connected and without formal charges."""
+    quality = int(perception.valid) + int(perception.valid and perception.connected)
+    if quality == 2 and not any(a.GetFormalCharge() for a in perception.mol.GetAtoms()):
+        quality = 3
+    return quality
 
 
 def fire_relax(potential: Potential, molecules: list[Atoms], steps: int = 60, fmax: float = 0.05,
