@@ -82,3 +82,12 @@ def test_bad_arguments_fail_before_any_work(change, message, tmp_path, capsys):
 def test_resume_without_a_run_is_an_error(tmp_path, capsys):
     assert main(_args(tmp_path / "empty", "xtb", "covariant", 16, "--resume")) == 2
     assert "no checkpoint to resume" in capsys.readouterr().err
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["train", "--help"])
+    assert err.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--agent", "--formula", "--steps", "--n-envs", "--seed", "--device", "--resume", "--eval-every"):
+        assert option in out
