@@ -31,6 +31,7 @@ __all__ = [
     "VonMisesMixture",
     "SphericalGrid",
     "spherical_grid",
+    "quadrature_error",
     "SphericalHarmonicDensity",
     "real_spherical_harmonics",
     "isotropic_gaussian_log_prob",
@@ -261,6 +262,32 @@ class SphericalGrid:
 def spherical_grid(lmax: int, n_theta: int = 32, n_phi: int = 64) -> SphericalGrid:
     """A shared :class:`SphericalGrid` (read-only after construction; building one takes a moment)."""
     return SphericalGrid(lmax, n_theta, n_phi)
+
+
+def _product_rule(n_theta: int, n_phi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t, w = np.polynomial.legendre.leggauss(n_theta)
+    phi = 2.0 * np.pi * np.arange(n_phi) / n_phi
+    tt, pp = np.meshgrid(t, phi, indexing="ij")
+    st = np.sqrt(1.0 - tt**2)
+    nodes = np.stack([st * np.cos(pp), st * np.sin(pp), tt], -1).reshape(-1, 3)
+    weights = np.repeat(w, n_phi) * (2.0 * np.pi / n_phi)
+    return torch.as_tensor(nodes), torch.log(torch.as_tensor(weights))
+
+
+@functools.lru_cache(maxsize=16)
+def quadrature_error(lmax: int, bound: float, n_theta: int, n_phi: int, trials: int = 32, seed: int = 0) -> float:
+    """Largest ``|log Z|`` error of the ``n_theta x n_phi`` product rule against one twice as fine, over
+    ``trials`` seeded random coefficient vectors with ``sum_l |a_l| = bound`` (the worst case a policy allows)."""
+    rng = np.random.default_rng(seed)
+    a = torch.as_tensor(rng.normal(size=(trials, (lmax + 1) ** 2 - 1)))
+    split = torch.as_tensor(rng.dirichlet(np.ones(lmax), size=trials))
+    for i, s in enumerate(_l_slices(lmax)):
+        a[:, s] *= bound * split[:, i:i + 1] / a[:, s].norm(dim=-1, keepdim=True)
+    errors = []
+    for n_t, n_p in ((n_theta, n_phi), (2 * n_theta, 2 * n_phi)):
+        nodes, log_w = _product_rule(n_t, n_p)
+        errors.append(torch.logsumexp(a @ real_spherical_harmonics(lmax, nodes).T + log_w, -1))
+    return float((errors[0] - errors[1]).abs().max())
 
 
 def _l_slices(lmax: int) -> list[slice]:

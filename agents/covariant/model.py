@@ -31,6 +31,7 @@ import torch
 from molgym.agents.common.distributions import (
     LogNormalMixture,
     SphericalHarmonicDensity,
+    quadrature_error,
     real_spherical_harmonics,
     spherical_grid,
 )
@@ -88,6 +89,13 @@ class CovariantModel(PlacementModel):
         with torch.no_grad():  # start with components spread over 0.9 .. 1.9 Å, width 0.1 (log Å)
             self.distance_head[-1].bias[k:2 * k] = torch.linspace(-1.5, 1.5, k)
         self.direction_head = mlp([head_in, channels, lmax * vector_channels])
+        error = quadrature_error(self.lmax, self.max_concentration, *quadrature)
+        if error > 1e-6:
+            raise ValueError(
+                f"quadrature={tuple(quadrature)} normalises the direction density only to {error:.1e} at "
+                f"max_concentration={self.max_concentration:g} (lmax={self.lmax}); use a finer quadrature "
+                "(e.g. (40, 80) up to 30) or a lower max_concentration"
+            )
         self.grid = spherical_grid(lmax, *quadrature)
 
     # --------------------------------------------------------------------------------------- encoder

@@ -140,3 +140,11 @@ def test_von_mises_mixture(kmax):
     logits, loc, _ = _params(rng, 3, -math.pi, math.pi, 0.1, 1.0)
     conc = torch.as_tensor(rng.uniform(0.01, kmax, size=3), dtype=D)
     _check_1d(VonMisesMixture(logits, loc, conc), -math.pi, math.pi, seed=3)
+
+
+def test_covariant_model_refuses_a_quadrature_too_coarse_for_its_concentration():
+    from molgym.agents.covariant import CovariantModel
+
+    with pytest.raises(ValueError, match="finer quadrature"):
+        CovariantModel(3, channels=4, vector_channels=2, num_interactions=1, max_concentration=200.0,
+                       quadrature=(8, 16))
