@@ -34,9 +34,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/molgym potential info xtb
-	$(BIN)/molgym potential evaluate --potential gfn1-xtb --reference xtb --data qm9:24 --seed 0 --out $(RUN_OUT)
-	@echo "make run: results written to $(RUN_OUT)/"
+	$(BIN)/molgym bench --suite quick --out $(RUN_OUT)
+	@echo "make run: report at $(RUN_OUT)/report.html (Markdown: $(RUN_OUT)/report.md)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
