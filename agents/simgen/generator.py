@@ -142,7 +142,7 @@ class SiMGen(Generator):
         step_size: float = 0.1,
         max_step: float = 0.25,
         prior_strength: float = 1.0,
-        repulsion: tuple[float, float] = (1.2, 0.5),
+        repulsion: tuple[float, float] = (1.35, 0.5),
         assignment_width: float = 1.0,
         assignment_rounds: int = 4,
         relax_steps: int = 60,

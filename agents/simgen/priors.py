@@ -80,6 +80,10 @@ class Prior(ABC):
         """The target point cloud (Å) for point-cloud priors, else ``None``."""
         return None
 
+    def distances(self, x: np.ndarray) -> np.ndarray | None:
+        """Distance (Å) of each position ``(n, 3)`` from the shape; ``None`` for priors without one (Gaussians)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec()}>"
 
@@ -158,6 +162,11 @@ class LinePrior(Prior):
         d2 = over**2 + x[..., 1] ** 2 + x[..., 2] ** 2
         return 0.5 * d2.sum(dim=1)
 
+    def distances(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        over = np.maximum(np.abs(x[:, 0]) - self.length / 2, 0.0)
+        return np.sqrt(over**2 + x[:, 1] ** 2 + x[:, 2] ** 2)
+
     def spec(self) -> str:
         return f"line:length={self.length:g}"
 
@@ -188,6 +197,11 @@ class RingPrior(Prior):
         rho = (x[..., 0] ** 2 + x[..., 1] ** 2 + 1e-12).sqrt()
         d2 = (rho - self.radius) ** 2 + x[..., 2] ** 2
         return 0.5 * d2.sum(dim=1)
+
+    def distances(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        rho = np.hypot(x[:, 0], x[:, 1])
+        return np.hypot(rho - self.radius, x[:, 2])
 
     def spec(self) -> str:
         return f"ring:radius={self.radius:g}"
@@ -220,6 +234,10 @@ class PointCloudPrior(Prior):
 
     def points(self) -> np.ndarray:
         return self._points.copy()
+
+    def distances(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return np.linalg.norm(x[:, None] - self._points[None], axis=-1).min(axis=1)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         idx = rng.permutation(np.resize(np.arange(len(self._points)), n))

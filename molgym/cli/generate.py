@@ -21,6 +21,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True,
                         help="output file (.xyz, extended XYZ); a directory gets molecules.xyz. A JSON summary "
                              "(settings, timing, validity) is written next to it")
+    parser.add_argument("--task", default=None,
+                        help="a benchmark task (molgym.benchmark.get_task: a formula, qm9-unconditional, shape-ring, "
+                             "shape-line, shape:FILE.xyz, ...) instead of the free settings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -100,14 +103,22 @@ def _output_path(out: str) -> Path:
     return path
 
 
-def run_generation(generator, n: int, seed: int, out: str, progress: bool, command: str) -> int:
+def run_generation(generator, n: int, seed: int, out: str, progress: bool, command: str,
+                   task: str | None = None) -> int:
     """Generate ``n`` molecules with ``generator.generate_molecules`` (progress bar), write them and a summary."""
+    import numpy as np
+
     from molgym.cli import CLIError
     from molgym.io import write_json, write_xyz
 
     if n < 1:
         raise CLIError(f"-n must be at least 1, got {n}")
     path = _output_path(out)
+    task_obj = None
+    if task is not None:
+        from molgym.benchmark import get_task
+
+        task_obj = get_task(task)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -122,7 +133,7 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
 
     start = time.perf_counter()
     try:
-        molecules = generator.generate_molecules(n, seed, progress=tick)
+        molecules = generator.generate_molecules(n, seed, task=task_obj, progress=tick)
     finally:
         if bar is not None:
             bar.close()
@@ -137,6 +148,20 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
             m.info["smiles"] = p.smiles
     write_xyz(path, molecules)
     valid = sum(p.valid for p in perceptions)
+    from molgym.metrics.chemistry import novelty
+
+    prior = getattr(generator, "prior", None)
+    shape_distance = None
+    if task_obj is not None and task_obj.kind == "shape":
+        from molgym.agents.simgen import PointCloudPrior
+        from molgym.metrics.shape import shape_distance as chamfer_after_alignment
+
+        prior = PointCloudPrior(task_obj.target_array)
+        shape_distance = float(np.mean([chamfer_after_alignment(m, task_obj.target_array) for m in molecules]))
+    prior_distance = None
+    if prior is not None and prior.distances(np.zeros((1, 3))) is not None:
+        # mean distance (Å) of the heavy atoms from the prior's shape, averaged over molecules
+        prior_distance = float(np.mean([prior.distances(m.positions[m.numbers > 1]).mean() for m in molecules]))
     summary = {
         "command": command,
         "n": len(molecules),
@@ -145,13 +170,18 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
         "valid": valid,
         "valid_connected": sum(p.valid and p.connected for p in perceptions),
         "unique_valid": len({p.smiles for p in perceptions if p.valid}),
+        "novelty": novelty([p.smiles for p in perceptions]),
+        "prior_distance": prior_distance,
+        "shape_distance": shape_distance,
+        "task": task,
         "valid_per_minute": round(60 * valid / elapsed, 2) if elapsed > 0 else None,
         "generator": generator.metadata(),
         "molecules": str(path),
     }
     write_json(path.with_suffix(".json"), summary)
-    print(f"wrote {len(molecules)} molecules to {path} ({valid} valid, "
-          f"{summary['unique_valid']} unique valid, {elapsed:.1f} s); summary: {path.with_suffix('.json')}")
+    shape = "" if prior_distance is None else f", heavy atoms {prior_distance:.2f} Å from the prior"
+    print(f"wrote {len(molecules)} molecules to {path} ({valid} valid, {summary['unique_valid']} unique valid, "
+          f"{elapsed:.1f} s, {summary['valid_per_minute']} valid/min{shape}); summary: {path.with_suffix('.json')}")
     return 0
 
 
@@ -173,4 +203,4 @@ def cmd_simgen(args) -> int:
     )
     command = "molgym generate simgen " + json.dumps({k: v for k, v in vars(args).items()
                                                       if k not in ("func", "group_parser")}, default=str)
-    return run_generation(generator, args.num, args.seed, args.out, not args.no_progress, command)
+    return run_generation(generator, args.num, args.seed, args.out, not args.no_progress, command, task=args.task)
