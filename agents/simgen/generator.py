@@ -134,7 +134,7 @@ class SiMGen(Generator):
         elements: Sequence[str] | None = None,
         fragment: Atoms | str | os.PathLike | None = None,
         center_fragment: bool = True,
-        particles: int = 4,
+        particles: int = 8,
         steps: int = 40,
         kernel_width: tuple[float, float] = (8.0, 1.0),
         noise: tuple[float, float] = (0.3, 0.02),

@@ -68,7 +68,7 @@ def register_simgen(commands) -> None:
     p.add_argument("--elements", default=None, help="allowed heavy elements, comma separated (default C,N,O,F)")
     p.add_argument("--fragment", default=None, help="structure file whose heavy atoms stay fixed and are grown from")
     p.add_argument("--reference", default=None, help="reference molecules (extended XYZ; default: shipped QM9 sample)")
-    p.add_argument("--particles", type=_positive_int, default=4, help="trajectories per molecule; the best is kept")
+    p.add_argument("--particles", type=_positive_int, default=8, help="trajectories per molecule; the best is kept")
     p.add_argument("--steps", type=_positive_int, default=40, help="integration steps")
     p.add_argument("--kernel-width", type=_pair, default=None, help="START,END kernel width (reference NN units)")
     p.add_argument("--noise", type=_pair, default=None, help="START,END noise per step (Å)")
