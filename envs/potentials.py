@@ -19,11 +19,9 @@ _LOCK = threading.Lock()
 
 
 def _key(spec: str | os.PathLike, device: str | None) -> tuple[str, str | None]:
-    text = str(spec).strip()
-    named = text.lower()
-    if named in ("default", "xtb", "gfn2-xtb", "gfn1-xtb", "ipea1-xtb", "pm6"):
-        return (named if named != "gfn2-xtb" else "xtb"), device
-    return os.path.realpath(os.path.expanduser(text)), device
+    from molgym.potentials.registry import canonical_spec
+
+    return canonical_spec(spec), device
 
 
 def shared_potential(spec: str | os.PathLike | Potential = "default", device: str | None = None) -> Potential:

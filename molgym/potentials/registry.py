@@ -23,6 +23,7 @@ from molgym.potentials.base import Potential
 MODELS_DIR = Path(__file__).parent / "models"
 SHIPPED_MODELS = ("default",)
 _NAMED = ("default", "xtb", "gfn2-xtb", "gfn1-xtb", "ipea1-xtb", "pm6")
+_ALIASES = {"gfn2-xtb": "xtb"}
 
 
 class ModelNotAvailableError(FileNotFoundError):
@@ -62,6 +63,16 @@ def shipped_model_path(name: str = "default") -> Path:
             "refusing to unpickle it. Reinstall molgym."
         )
     return path
+
+
+def canonical_spec(spec: str | os.PathLike) -> str:
+    """One key per distinct potential: named specs lower-cased with aliases folded (``"GFN2-xTB"`` -> ``"xtb"``),
+    file paths made absolute and resolved. Used to share one loaded potential between callers."""
+    text = str(spec).strip()
+    lower = text.lower()
+    if lower in _NAMED:
+        return _ALIASES.get(lower, lower)
+    return os.path.realpath(os.path.expanduser(text))
 
 
 def load_potential(spec: str | os.PathLike | Potential = "default", device: str | None = None, **options) -> Potential:
