@@ -289,3 +289,19 @@ def test_shipped_reference_file_is_qm9():
     assert len(mols) >= 100
     assert all("qm9_id" in m.info for m in mols)
     assert set(np.concatenate([m.numbers for m in mols]).tolist()) <= {1, 6, 7, 8, 9}
+
+
+def test_cli_task_option_uses_the_task_bag(tiny_mace_file, small_reference, tmp_path):
+    import ase.io
+
+    from molgym.cli import main
+
+    out = tmp_path / "task.xyz"
+    rc = main(["generate", "simgen", "-n", "1", "--task", "C2H6O", "--model", str(tiny_mace_file), "--reference",
+               str(small_reference), "--steps", "2", "--relax-steps", "0", "--particles", "1", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    (mol,) = ase.io.read(out, index=":")
+    assert sorted(mol.numbers[mol.numbers > 1].tolist()) == [6, 6, 8]
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["task"] == "C2H6O" and "novelty" in summary
