@@ -1,6 +1,7 @@
 """Time the potentials on the same QM9 molecules, side by side in one run.
 
-    python benchmarks/potential_speed.py [--n 64] [--potential default|PATH] [--architecture small] [--repeats 3]
+    python benchmarks/potential_speed.py [--n 64] [--potential default|PATH] [--architecture cpu] [--repeats 3]
+                                         [--threads 1]
 
 Rows: one batched MACE call for all N structures; N single MACE calls; N GFN2-xTB calls; N PM6 calls (if the
 pm6 extra is installed). Each timing is the median of ``--repeats`` rounds, taken after a warm-up round, with the
@@ -52,12 +53,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-pm6", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: torch's choice). On a busy machine use 1: more threads than free cores makes "
+        "every small call wait on thread synchronisation and inflates the single-call rows",
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
     import torch
 
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     from molgym.data.qm9 import load_qm9
     from molgym.potentials import load_potential
 
