@@ -114,6 +114,8 @@ class SiMGen(Generator):
         repulsion: ``(distance Å, rate)`` of the short-range repulsion between heavy atoms.
         assignment_width: kernel width used to assign elements (same units, on the typed descriptors).
         assignment_rounds: rounds of the greedy element search.
+        element_prior: ``"reference"`` (an element's share of the reference atoms is its prior probability) or
+            ``"uniform"`` (every allowed element equally likely before the kernel speaks).
         relax_steps, relax_fmax: BFGS relaxation with the potential (0 steps: no relaxation).
         batch_size: molecules whose trajectories go through MACE together.
         device: device of the descriptor model.
@@ -145,6 +147,7 @@ class SiMGen(Generator):
         repulsion: tuple[float, float] = (1.35, 0.5),
         assignment_width: float = 1.0,
         assignment_rounds: int = 4,
+        element_prior: str = "uniform",
         relax_steps: int = 60,
         relax_fmax: float = 0.05,
         batch_size: int = 16,
@@ -179,6 +182,8 @@ class SiMGen(Generator):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if element_prior not in ("reference", "uniform"):
+            raise ValueError(f"element_prior must be 'reference' or 'uniform', got {element_prior!r}")
         if not (0 <= quench < 1):
             raise ValueError(f"quench must be in [0, 1), got {quench!r}")
         if not (isinstance(prior_strength, (int, float)) and prior_strength >= 0):
@@ -192,7 +197,7 @@ class SiMGen(Generator):
                                                     else fragment.get_chemical_formula()),
             particles=particles, steps=steps, kernel_width=list(kernel_width), noise=list(noise), quench=quench,
             step_size=step_size, max_step=max_step, prior_strength=prior_strength, repulsion=list(repulsion),
-            assignment_width=assignment_width, assignment_rounds=assignment_rounds, relax_steps=relax_steps, relax_fmax=relax_fmax,
+            assignment_width=assignment_width, assignment_rounds=assignment_rounds, element_prior=element_prior, relax_steps=relax_steps, relax_fmax=relax_fmax,
         )
         self.model_spec = model
         self.reference_path = reference
@@ -206,6 +211,7 @@ class SiMGen(Generator):
         self.repulsion = (float(repulsion[0]), float(repulsion[1]))
         self.assignment_width = float(assignment_width)
         self.assignment_rounds = int(assignment_rounds)
+        self.element_prior = element_prior
         self.relax_steps, self.relax_fmax = int(relax_steps), float(relax_fmax)
         self.batch_size = int(batch_size)
         self.device = device
@@ -467,7 +473,10 @@ class SiMGen(Generator):
                 out[rows] = -np.inf
                 continue
             d2 = torch.cdist(zt[rows], refs).pow(2) / ref.n_features
-            out[rows] = (torch.logsumexp(-d2 / (2 * h * h), dim=1) - math.log(len(ref.numbers))).numpy()
+            # "reference": sum over the element's reference atoms (its frequency acts as a prior);
+            # "uniform": mean over them (every allowed element equally likely a priori)
+            norm = len(ref.numbers) if self.element_prior == "reference" else len(refs)
+            out[rows] = (torch.logsumexp(-d2 / (2 * h * h), dim=1) - math.log(norm)).numpy()
         ptr = np.cumsum([0] + [len(s) for s in structures])
         return [out[ptr[i]:ptr[i + 1]] for i in range(len(structures))]
 
