@@ -5,7 +5,7 @@
 2. **Bond orders** (:func:`assign_bond_orders`): each bond gets an order 1..3 (only where the element pair has
    such a bond in molgym's tables), chosen by a small exhaustive search that keeps every atom within its valence
    and prefers orders whose standard length is closest to the bond's length (a multiple bond costs more the
-   longer it is). With ``n_hydrogens`` given (formula tasks), only assignments leaving exactly that many
+   longer it is, and an atom with two multiple bonds costs extra unless it is linear). With ``n_hydrogens`` given (formula tasks), only assignments leaving exactly that many
    hydrogens are accepted.
 3. **Hydrogens** (:func:`add_hydrogens`): each heavy atom gets ``valence - sum of bond orders`` hydrogens at its
    X-H bond length, in the directions a VSEPR picture gives (tetrahedral, trigonal or linear from the atom's
@@ -28,6 +28,29 @@ _XH = {"C": 1.09, "N": 1.01, "O": 0.96, "F": 0.92, "S": 1.34, "P": 1.42, "Cl": 1
        "B": 1.19}
 #: Search at most this many bonds exhaustively for multiple-bond orders (the rest stay single).
 MAX_SEARCH_BONDS = 12
+#: Cost (Å^2) of an atom with two or more extra bond orders (C=C=C, C#C-...) that is not linear: bonds of
+#: aromatic length (1.39-1.40 Å) sit closer to a double than a single bond, and without this every such ring would
+#: become a cumulene instead of alternating single and double bonds.
+CUMULENE_PENALTY = 0.03
+
+
+def _linear_atoms(positions: np.ndarray, bonds: list[tuple[int, int, float]], n: int,
+                  min_angle: float = 150.0) -> np.ndarray:
+    """Atoms with exactly two bonded neighbours at an angle of at least ``min_angle`` degrees (sp centres)."""
+    neighbours: list[list[int]] = [[] for _ in range(n)]
+    for i, j, _ in bonds:
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+    out = np.zeros(n, dtype=bool)
+    for a, nb in enumerate(neighbours):
+        if len(nb) == 1:
+            out[a] = True  # a terminal atom (C#N, C=O) carries at most one multiple bond anyway
+        elif len(nb) == 2:
+            u = positions[nb[0]] - positions[a]
+            v = positions[nb[1]] - positions[a]
+            cos = np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12)
+            out[a] = cos <= math.cos(math.radians(min_angle))
+    return out
 
 
 def heavy_bonds(numbers: np.ndarray, positions: np.ndarray) -> list[tuple[int, int, float]]:
@@ -87,6 +110,7 @@ def assign_bond_orders(numbers: np.ndarray, positions: np.ndarray, bonds: list[t
 
     best: tuple[float, tuple] | None = None
     spare0 = cap - degree
+    linear = _linear_atoms(positions, bonds, len(numbers))
     # lower bound of the cost still to come, for pruning (relative costs can be negative)
     bound = np.zeros(len(cands) + 1)
     for k in range(len(cands) - 1, -1, -1):
@@ -104,7 +128,10 @@ def assign_bond_orders(numbers: np.ndarray, positions: np.ndarray, bonds: list[t
         if k == len(cands):
             if n_hydrogens is not None and total_h(used) != n_hydrogens:
                 return
-            best = (cost, tuple(extra))
+            # cumulated multiple bonds (allene-like centres) only where the atom is linear
+            total = cost + CUMULENE_PENALTY * sum(1 for a in np.nonzero(used >= 2)[0] if not linear[a])
+            if best is None or total < best[0]:
+                best = (total, tuple(extra))
             return
         i, j, _ = cands[k]
         for add, c in options[k]:
