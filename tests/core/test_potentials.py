@@ -292,3 +292,22 @@ def test_torch_descriptors_match_numpy_and_have_gradients(tiny_mace):
     assert grad[2, 1].item() == pytest.approx((plus - minus) / (2 * h), rel=1e-4, abs=1e-7)
     with pytest.raises(ValueError, match="positions has shape"):
         tiny_mace.torch_descriptors(mols, positions=positions[:3])
+
+
+def test_provisional_shipped_model_warns(tmp_path, monkeypatch, tiny_mace_file):
+    from molgym.potentials.registry import ProvisionalModelWarning
+
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path)
+    (tmp_path / "default.model").write_bytes(tiny_mace_file.read_bytes())
+    card = {"file": "default.model", "sha256": registry.sha256_of(tiny_mace_file), "status": "provisional",
+            "status_reason": "test errors above targets"}
+    (tmp_path / "default.json").write_text(json.dumps(card))
+    with pytest.warns(ProvisionalModelWarning, match="provisional: test errors above targets"):
+        load_potential("default", device="cpu")
+    card["status"] = "release"
+    (tmp_path / "default.json").write_text(json.dumps(card))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProvisionalModelWarning)
+        load_potential("default", device="cpu")
