@@ -132,6 +132,12 @@ def test_bond_orders_respect_a_hydrogen_target():
     orders = hydrogens.assign_bond_orders(np.full(6, 6), ring, n_hydrogens=6)
     assert orders is not None and sorted(orders.values()) == [1, 1, 1, 2, 2, 2]
     assert hydrogens.hydrogen_counts(np.full(6, 6), orders).tolist() == [1] * 6
+    # without a target, aromatic-length bonds alternate rather than becoming a cumulene ring (C1=C=C=C=C=C1)
+    free = hydrogens.assign_bond_orders(np.full(6, 6), ring)
+    assert sorted(free.values()) == [1, 1, 1, 2, 2, 2]
+    # a linear C-C-C with short bonds may carry two double bonds (allene)
+    allene = np.array([[-1.31, 0, 0], [0, 0, 0], [1.31, 0, 0]])
+    assert sorted(hydrogens.assign_bond_orders(np.full(3, 6), allene).values()) == [2, 2]
     # an over-bonded carbon (5 neighbours at bonding distance) has no assignment
     star = np.array([[0, 0, 0], [1.5, 0, 0], [-1.5, 0, 0], [0, 1.5, 0], [0, -1.5, 0], [0, 0, 1.5]], dtype=float)
     assert hydrogens.assign_bond_orders(np.full(6, 6), star) is None
