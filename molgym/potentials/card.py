@@ -140,6 +140,8 @@ def write_model_card(
         "alternatives_spearman_mean": test.get("alternatives", {}).get("spearman_mean"),
         "diatomics_monotonic": f"{test.get('diatomics', {}).get('monotonic_pairs')}/"
                                f"{test.get('diatomics', {}).get('total_pairs')}",
+        "diatomics_repulsive_wall_monotonic": f"{test.get('diatomics_repulsive_wall', {}).get('monotonic_pairs')}/"
+                                              f"{test.get('diatomics_repulsive_wall', {}).get('total_pairs')}",
         "isomer_spearman": isomers.get("isomers", {}).get("spearman"),
     }
     reproduce = reproduce or (
@@ -247,12 +249,18 @@ def _markdown(card: dict, report: str) -> str:
     mono = s["diatomics_monotonic"]
     lines.append(f"| diatomics rising monotonically 1.0→0.5 Å | {mono} | all | "
                  f"{'met' if mono.split('/')[0] == mono.split('/')[1] else '**not met**'} |")
+    wall = s.get("diatomics_repulsive_wall_monotonic", "-/-")
+    lines.append(f"| diatomics rising monotonically from xTB's minimum (≤ 1.0 Å) to 0.5 Å | {wall} | all | "
+                 f"{'met' if wall.split('/')[0] == wall.split('/')[1] else '**not met**'} |")
     lines.append(f"| C7H10O2 isomer energy Spearman | {_fmt(s['isomer_spearman'], '.3f')} | ≥ {tg['isomer_spearman']} | "
                  f"{mark(s['isomer_spearman'], tg['isomer_spearman'], True)} |")
     ref = (card["evaluation"]["sets"].get("test", {}).get("diatomics_reference") or {})
     if ref:
-        lines.append(f"\nFor comparison, GFN2-xTB itself rises monotonically for {ref.get('monotonic_pairs')}/"
-                     f"{ref.get('total_pairs')} pairs on the same grid.")
+        lines.append(f"\nFor comparison, GFN2-xTB itself rises monotonically from 1.0 to 0.5 Å for "
+                     f"{ref.get('monotonic_pairs')}/{ref.get('total_pairs')} pairs on the same grid"
+                     + (f" (not: {', '.join(ref.get('not_monotonic', []))}, whose bond lengths are under 1 Å, so "
+                        "their energy falls to the minimum before the wall)" if ref.get("not_monotonic") else "")
+                     + "; the second diatomic row starts each pair at xTB's minimum.")
     if card.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in card["notes"]]
     lines += [

@@ -277,3 +277,18 @@ def test_cli_dataset_rejects_unknown_size(capsys):
 
     assert main(["potential", "dataset", "--out", "/tmp/never", "--size", "huge"]) == 2
     assert "unknown dataset size 'huge'" in capsys.readouterr().err
+
+
+def test_repulsive_wall_check_starts_at_the_reference_minimum():
+    from molgym.potentials.evaluation import diatomic_monotonicity
+
+    grid = np.linspace(0.5, 1.0, 11)
+    structures = []
+    for r in grid:
+        a = Atoms("H2", positions=[[0, 0, 0], [0, 0, r]])
+        a.info.update(category="diatomic", distance=r, pair="H2")
+        structures.append(a)
+    morse = (1 - np.exp(-2.0 * (grid - 0.75))) ** 2  # minimum at 0.75 Å, inside the window
+    assert diatomic_monotonicity(structures, morse)["monotonic_pairs"] == 0
+    wall = diatomic_monotonicity(structures, morse, reference_energies=morse)
+    assert wall["monotonic_pairs"] == 1 and wall["pairs"]["H2"]["points"] == 6
