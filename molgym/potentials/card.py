@@ -144,6 +144,7 @@ def write_model_card(
                                               f"{test.get('diatomics_repulsive_wall', {}).get('total_pairs')}",
         "isomer_spearman": isomers.get("isomers", {}).get("spearman"),
     }
+    unmet = unmet_targets(summary)
     reproduce = reproduce or (
         "molgym potential dataset --out runs/data-default --size default --seed 0 && "
         f"molgym potential train --data runs/data-default --out runs/train-default "
@@ -156,6 +157,10 @@ def write_model_card(
         "name": name,
         "file": target.name,
         "sha256": sha256_of(target),
+        # the registry warns on load when a shipped model is not 'release' (ProvisionalModelWarning)
+        "status": "release" if not unmet else "provisional",
+        "status_reason": "meets every accuracy target of its card" if not unmet else
+                         "below the accuracy targets of its card: " + "; ".join(unmet),
         "format": "mace-torch model (torch.save of ScaleShiftMACE); load with molgym.potentials.load_potential",
         "reference_method": manifest.get("reference_method"),
         "data": {
@@ -181,6 +186,35 @@ def write_model_card(
     return [target, json_path, md_path]
 
 
+def unmet_targets(summary: dict) -> list[str]:
+    """The accuracy targets (:data:`TARGETS`) a card's summary misses, as short readable strings."""
+    unmet = []
+    for label, values, limit, unit in [
+        ("QM9 test energy MAE", {k: summary["qm9_test_energy_mae_meV"].get(k) for k in ("equilibrium", "thermal")},
+         TARGETS["energy_mae_meV"], "meV"),
+        ("QM9 test force MAE", {k: summary["qm9_test_force_mae_meV_per_A"].get(k) for k in ("equilibrium", "thermal")},
+         TARGETS["force_mae_meV_per_A"], "meV/Å"),
+        ("non-QM9 energy MAE", summary["nonqm9_energy_mae_meV"], TARGETS["energy_mae_meV"], "meV"),
+        ("non-QM9 force MAE", summary["nonqm9_force_mae_meV_per_A"], TARGETS["force_mae_meV_per_A"], "meV/Å"),
+    ]:
+        bad = {k: v for k, v in values.items() if v is not None and v > limit}
+        if bad:
+            unmet.append(f"{label} " + ", ".join(f"{k} {v:.0f}" for k, v in bad.items()) + f" {unit} (target {limit:g})")
+    reward = summary.get("build_reward_mae_meV")
+    if reward is not None and reward > TARGETS["reward_mae_meV"]:
+        unmet.append(f"build reward MAE {reward:.0f} meV (target {TARGETS['reward_mae_meV']:g})")
+    rho = summary.get("alternatives_spearman_mean")
+    if rho is not None and rho < TARGETS["alternatives_spearman"]:
+        unmet.append(f"alternative-placement Spearman {rho:.3f} (target {TARGETS['alternatives_spearman']})")
+    rho = summary.get("isomer_spearman")
+    if rho is not None and rho < TARGETS["isomer_spearman"]:
+        unmet.append(f"isomer Spearman {rho:.3f} (target {TARGETS['isomer_spearman']})")
+    wall = summary.get("diatomics_repulsive_wall_monotonic", "")
+    if "/" in wall and wall.split("/")[0] != wall.split("/")[1]:
+        unmet.append(f"diatomic repulsive wall monotonic for {wall} pairs")
+    return unmet
+
+
 def _fmt(x, spec=".1f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -198,6 +232,7 @@ def _markdown(card: dict, report: str) -> str:
         "environments: r = -[E(canvas + atom) - E(canvas) - E(atom)]. Its isolated-atom energies are the xTB ones "
         "(E0s), so E(atom) is xTB's exactly.",
         "",
+        f"- status: **{card['status']}** — {card['status_reason']}",
         f"- file: `{card['file']}` (sha256 `{card['sha256']}`)",
         f"- data: QM9 ({card['data']['license']}; {card['data']['source'].get('citation') if card['data']['source'] else ''})",
         f"- training: {_fmt(t.get('wall_seconds'), '.0f')} s wall on {t.get('hardware')}; "
