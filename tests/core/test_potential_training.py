@@ -292,3 +292,25 @@ def test_repulsive_wall_check_starts_at_the_reference_minimum():
     assert diatomic_monotonicity(structures, morse)["monotonic_pairs"] == 0
     wall = diatomic_monotonicity(structures, morse, reference_energies=morse)
     assert wall["monotonic_pairs"] == 1 and wall["pairs"]["H2"]["points"] == 6
+
+
+def test_model_card_from_evaluation(tmp_path, tiny_dataset):
+    """The card's file/sha256 are what the registry checks, and its status says 'provisional' with reasons when
+    the targets are missed (an untrained model misses them all)."""
+    import torch
+
+    from molgym.potentials.card import write_model_card
+    from molgym.potentials.mace_arch import build_untrained_mace
+    from molgym.potentials.registry import sha256_of
+
+    data, _ = tiny_dataset
+    model = tmp_path / "untrained.model"
+    torch.save(build_untrained_mace("tiny", dtype="float64"), model)
+    paths = write_model_card(model, data, out=tmp_path / "card", name="trial", notes=["a test card"])
+    card = json.loads((tmp_path / "card" / "trial.json").read_text())
+    assert card["file"] == "trial.model" and card["sha256"] == sha256_of(paths[0])
+    assert card["status"] == "provisional" and "QM9 test energy MAE" in card["status_reason"]
+    assert card["data"]["license"] == "CC BY 4.0"
+    assert set(card["evaluation"]["sets"]) == {"test", "nonqm9", "isomers"}
+    text = (tmp_path / "card" / "trial.md").read_text()
+    assert "a test card" in text and "**not met**" in text
