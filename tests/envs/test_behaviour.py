@@ -104,11 +104,25 @@ def test_bad_arguments_raise_clear_errors(make, match, tiny_potential):
         make(tiny_potential)
 
 
-def test_default_potential_missing_says_so():
-    from molgym.potentials import ModelNotAvailableError
+def test_default_potential_missing_says_so(tmp_path, monkeypatch):
+    """An installation without the shipped model (simulated: an empty models folder) gets a clear error."""
+    from molgym.envs.potentials import clear_potential_cache
+    from molgym.potentials import ModelNotAvailableError, registry
 
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path)
+    clear_potential_cache()
     with pytest.raises(ModelNotAvailableError, match="default"):
         gym.make("MolGym/SingleBag-v0", formula="CH4O")
+    clear_potential_cache()
+
+
+def test_default_potential_loads_the_shipped_model():
+    from molgym.potentials import shipped_model_card
+
+    env = gym.make("MolGym/SingleBag-v0", formula="CH4O")
+    assert env.unwrapped.potential.name == "MACE(default)"
+    assert env.unwrapped.potential.species == frozenset({1, 6, 7, 8, 9})
+    assert shipped_model_card("default")["file"] == "default.model"
 
 
 def test_envs_share_one_loaded_potential(tiny_model_path):
