@@ -479,6 +479,15 @@ class _CanvasView:
         return len(self.numbers)
 
 
+def check_reset_options(options: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming any ``reset(options=...)`` key the environment does not understand."""
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown reset option(s) {sorted(unknown)}; allowed: {', '.join(repr(a) for a in allowed)}"
+        )
+
+
 def _evaluate_one(potential: Potential, structure: Atoms) -> tuple[float | None, str]:
     """Energy of one structure, or ``(None, reason)`` when the potential cannot evaluate it."""
     try:

@@ -9,7 +9,7 @@ from typing import Any
 from ase import Atoms
 
 from molgym.chem import bag_size, format_formula, hill_order
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv
+from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
 from molgym.envs.single_bag import parse_task_formula
 from molgym.potentials.base import Potential
 
@@ -91,9 +91,7 @@ class MultiBagEnv(MolecularEnv):
         )
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
-        unknown = set(options) - {"canvas", "formula"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'canvas', 'formula'")
+        check_reset_options(options, ("canvas", "formula"))
         if "formula" in options:
             wanted = format_formula(parse_task_formula(options["formula"], "options['formula']"))
             if wanted not in self.formulas:

@@ -9,7 +9,7 @@ from typing import Any
 from ase import Atoms
 
 from molgym.chem import bag_size, format_formula, parse_formula
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv
+from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
 from molgym.potentials.base import Potential
 
 __all__ = ["SingleBagEnv", "parse_task_formula"]
@@ -126,7 +126,5 @@ class SingleBagEnv(MolecularEnv):
         )
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
-        unknown = set(options) - {"canvas"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'canvas'")
+        check_reset_options(options, ("canvas",))
         return dict(self.formula_bag), Atoms()

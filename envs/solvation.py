@@ -11,7 +11,7 @@ from ase import Atoms
 
 from molgym.chem import bag_from_numbers, bag_size, format_formula, hill_order
 from molgym.envs.bags import bag_contains, bag_subtract
-from molgym.envs.base import DEFAULT_INVALID_REWARD, MolecularEnv
+from molgym.envs.base import DEFAULT_INVALID_REWARD, MolecularEnv, check_reset_options
 from molgym.envs.single_bag import parse_task_formula
 from molgym.potentials.base import Potential
 
@@ -146,9 +146,7 @@ class SolvationEnv(MolecularEnv):
         self._solute_energy: float | None = None
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
-        unknown = set(options) - {"canvas"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'canvas'")
+        check_reset_options(options, ("canvas",))
         self._molecules_left = self.n_solvent - 1
         return dict(self.solvent_bag), self.solute.copy()
 

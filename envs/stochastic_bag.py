@@ -11,7 +11,7 @@ from ase import Atoms
 
 from molgym.chem import bag_from_numbers, format_formula
 from molgym.envs.bags import bag_contains, is_closed_shell_feasible, sample_bag
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv
+from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
 from molgym.envs.single_bag import parse_task_formula
 from molgym.potentials.base import Potential
 
@@ -109,9 +109,7 @@ class StochasticBagEnv(MolecularEnv):
         )
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
-        unknown = set(options) - {"canvas"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: 'canvas'")
+        check_reset_options(options, ("canvas",))
         canvas = options.get("canvas")
         part = bag_from_numbers(canvas.numbers) if isinstance(canvas, Atoms) and len(canvas) else {}
         for _ in range(_MAX_TRIES):
