@@ -76,9 +76,8 @@ def _warn_if_provisional(name: str) -> None:
         import warnings
 
         warnings.warn(
-            f"the shipped '{name}' MACE model is {status}: {card.get('status_reason', 'see its model card')}. "
-            f"Its rewards are a MACE fit of GFN2-xTB with the errors listed in molgym/potentials/models/{name}.md; "
-            "for reference-quality rewards use potential='xtb'.",
+            f"the shipped '{name}' MACE model is {status}: its test errors exceed molgym's accuracy targets "
+            f"(figures in molgym/potentials/models/{name}.md); for reference-quality rewards use potential='xtb'",
             ProvisionalModelWarning,
             stacklevel=3,
         )

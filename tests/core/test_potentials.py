@@ -302,7 +302,7 @@ def test_provisional_shipped_model_warns(tmp_path, monkeypatch, tiny_mace_file):
     card = {"file": "default.model", "sha256": registry.sha256_of(tiny_mace_file), "status": "provisional",
             "status_reason": "test errors above targets"}
     (tmp_path / "default.json").write_text(json.dumps(card))
-    with pytest.warns(ProvisionalModelWarning, match="provisional: test errors above targets"):
+    with pytest.warns(ProvisionalModelWarning, match="is provisional: its test errors exceed"):
         load_potential("default", device="cpu")
     card["status"] = "release"
     (tmp_path / "default.json").write_text(json.dumps(card))
