@@ -40,18 +40,16 @@ def interaction_reward(e_after: float | np.ndarray, e_before: float | np.ndarray
     return -(np.asarray(e_after) - np.asarray(e_before) - np.asarray(e_atom))
 
 
-def build_rewards(potential: Potential, structure: Atoms) -> np.ndarray:
-    """Per-step rewards for building ``structure`` atom by atom in its stored order (one batched call).
+def prefix_rewards(prefix_energies: np.ndarray, atom_energies: np.ndarray) -> np.ndarray:
+    """Per-step rewards of building a molecule atom by atom, from the energies of its prefixes.
 
-    Step ``k`` places atom ``k`` on the canvas of atoms ``0..k-1``; the rewards sum to the atomisation energy
-    ``sum E(atom) - E(molecule)``.
+    ``prefix_energies[k]`` is ``E`` of the first ``k + 1`` atoms and ``atom_energies[k]`` the isolated energy of
+    atom ``k``; step ``k`` places atom ``k`` on the prefix before it (an empty canvas has E = 0). The rewards sum
+    to the atomisation energy ``sum E(atom) - E(molecule)``.
     """
-    prefixes = [structure[: k + 1] for k in range(len(structure))]
-    energies = potential.energies(prefixes)
+    energies = np.asarray(prefix_energies, dtype=float)
     before = np.concatenate([[0.0], energies[:-1]])
-    atom = isolated_atom_energies(potential, structure.numbers)
-    e_atom = np.array([atom[int(z)] for z in structure.numbers])
-    return interaction_reward(energies, before, e_atom)
+    return interaction_reward(energies, before, np.asarray(atom_energies, dtype=float))
 
 
 def placement_problem(canvas: Atoms, number: int, position: np.ndarray) -> str | None:

@@ -162,11 +162,11 @@ def build_reward_errors(
     """Per-step reward errors along full build trajectories (``category == "build"`` with ``info["trajectory"]``).
 
     Step ``k`` of a trajectory places atom ``k`` on the prefix of ``k - 1`` atoms; its reward is
-    :func:`molgym.reward.interaction_reward` of the prefix energies and the isolated-atom energy, computed once
+    :func:`molgym.reward.prefix_rewards` of the prefix energies and the isolated-atom energies, computed once
     with the predicted energies (and the potential's own atom energies) and once with the reference. Incomplete
     trajectories (a failed label) are left out. Figures in meV.
     """
-    from molgym.reward import interaction_reward
+    from molgym.reward import prefix_rewards
 
     trajectories: dict[str, dict[int, int]] = {}
     for i, atoms in enumerate(structures):
@@ -183,12 +183,8 @@ def build_reward_errors(
         full = structures[idx[-1]]
         numbers = [int(full.numbers[k]) for k in range(n)]
         # prefix k is the first k atoms of the final structure, so atom k's element is full.numbers[k-1]
-        e_pred = predicted_energies[idx]
-        e_ref = reference_energies[idx]
-        before_pred = np.concatenate([[0.0], e_pred[:-1]])
-        before_ref = np.concatenate([[0.0], e_ref[:-1]])
-        r_pred = interaction_reward(e_pred, before_pred, np.array([predicted_atom_energies[z] for z in numbers]))
-        r_ref = interaction_reward(e_ref, before_ref, np.array([reference_atom_energies[z] for z in numbers]))
+        r_pred = prefix_rewards(predicted_energies[idx], [predicted_atom_energies[z] for z in numbers])
+        r_ref = prefix_rewards(reference_energies[idx], [reference_atom_energies[z] for z in numbers])
         diffs.append(r_pred - r_ref)
         ref_all.append(r_ref)
     if not diffs:
