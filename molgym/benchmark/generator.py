@@ -136,7 +136,6 @@ GENERATORS: dict[str, str] = {
     "qm9": "molgym.benchmark.reference:QM9Reference",
     "rl_policy": "molgym.benchmark.rl_policy:RLPolicy",
     "simgen": "molgym.agents.simgen:SiMGen",
-    "simgen": "molgym.agents.simgen:SiMGen",
 }
 
 
