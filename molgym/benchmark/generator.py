@@ -136,6 +136,7 @@ GENERATORS: dict[str, str] = {
     "qm9": "molgym.benchmark.reference:QM9Reference",
     "rl_policy": "molgym.benchmark.rl_policy:RLPolicy",
     "simgen": "molgym.agents.simgen:SiMGen",
+    "diffusion": "molgym.agents.diffusion:DiffusionSampler",
 }
 
 

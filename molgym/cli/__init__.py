@@ -21,6 +21,7 @@ GROUPS: list[tuple[str, str]] = [
     ("molgym.cli.generate", "generate molecules with a generator (simgen, ...)"),
     ("molgym.cli.bench", "run a benchmark suite (generators x tasks x seeds)"),
     ("molgym.cli.report", "write the Markdown/HTML report of a benchmark run"),
+    ("molgym.cli.diffusion", "train and analyse the energy-based diffusion model (QM9)"),
 ]
 
 

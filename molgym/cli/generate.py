@@ -84,6 +84,7 @@ def register_simgen(commands) -> None:
 #: Generation methods: name -> register function. Add a method by writing ``register_<name>`` and a line here.
 METHODS: dict[str, Callable] = {
     "simgen": register_simgen,
+    "diffusion": lambda commands: __import__("molgym.cli.diffusion", fromlist=["_"]).register_generate(commands),
 }
 
 

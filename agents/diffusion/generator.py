@@ -1,0 +1,162 @@
+"""``DiffusionSampler``: the energy-based diffusion model as a molgym generator (``get_generator("diffusion")``).
+
+What it generates for each kind of benchmark task:
+
+- ``unconditional`` (``qm9-unconditional``) and no task: the number of atoms of each molecule is drawn (seeded)
+  from QM9's training-split distribution stored in the checkpoint, or fixed by ``n_atoms``; elements and
+  positions are sampled jointly (EDM's unconditional QM9 setting).
+- ``formula``, ``bag`` and ``shape``: the task's bag fixes the elements (replacement conditioning of the element
+  channels, see :func:`~molgym.agents.diffusion.sampler.heun_sample`) and only positions are sampled. A shape
+  task's target points are not used (the model has no shape conditioning); its formula is.
+
+Elements outside H, C, N, O, F raise a ``ValueError`` naming the task, before any sampling.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+from ase import Atoms
+
+from molgym.benchmark.generator import Generator
+from molgym.chem import atomic_number
+
+__all__ = ["DiffusionSampler", "MAX_ATOMS"]
+
+#: Largest molecule (atoms, hydrogens included) the sampler accepts: the graph is fully connected.
+MAX_ATOMS = 64
+
+
+class DiffusionSampler(Generator):
+    """Energy-based diffusion sampler (EDM preconditioning, stochastic Heun), trained on QM9.
+
+    Args:
+        model: checkpoint path, or ``"default"`` for the shipped QM9 model (``agents/diffusion/models/qm9.pt``).
+        steps: Heun steps (each costs two network evaluations except the last).
+        churn: EDM's ``S_churn`` (0: deterministic probability-flow ODE given the initial noise).
+        sigma_max, sigma_min, rho: noise schedule (Å).
+        n_atoms: atoms per molecule (hydrogens included) for unconditional generation; default: drawn from QM9.
+        batch_size: molecules integrated together.
+        ema: use the exponential-moving-average weights (default) rather than the raw ones.
+        threads: torch CPU threads while sampling (default: torch's).
+    """
+
+    name = "diffusion"
+    version = "1"
+
+    def __init__(self, model: str = "default", steps: int = 40, churn: float = 0.0, sigma_max: float = 10.0,
+                 sigma_min: float = 0.002, rho: float = 7.0, n_atoms: int | None = None, batch_size: int = 128,
+                 ema: bool = True, threads: int | None = None, potential=None):
+        from molgym.agents.diffusion.sampler import SamplerSettings
+
+        self.sampler_settings = SamplerSettings(steps=int(steps), sigma_min=float(sigma_min),
+                                                sigma_max=float(sigma_max), rho=float(rho), s_churn=float(churn))
+        self.sampler_settings.check()
+        if n_atoms is not None and not 1 <= int(n_atoms) <= MAX_ATOMS:
+            raise ValueError(f"n_atoms must be between 1 and {MAX_ATOMS}, got {n_atoms}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if str(model) != "default" and not os.path.isfile(str(model)):
+            raise FileNotFoundError(f"diffusion model file {str(model)!r} does not exist (or use 'default')")
+        super().__init__(potential=potential, model=str(model), steps=int(steps), churn=float(churn),
+                         sigma_max=float(sigma_max), sigma_min=float(sigma_min), rho=float(rho),
+                         n_atoms=None if n_atoms is None else int(n_atoms), batch_size=int(batch_size),
+                         ema=bool(ema), threads=threads)
+        self.model_spec = str(model)
+        self.n_atoms = None if n_atoms is None else int(n_atoms)
+        self.batch_size = int(batch_size)
+        self.ema = bool(ema)
+        self.threads = None if threads is None else int(threads)
+        self._model = None
+        self._sizes: np.ndarray | None = None
+
+    def _load(self):
+        if self._model is None:
+            from molgym.agents.diffusion.checkpoint import denoiser_from_checkpoint, load_checkpoint
+
+            state = load_checkpoint(self.model_spec)
+            self._model = denoiser_from_checkpoint(state, ema=self.ema)
+            self._sizes = np.asarray(state["size_distribution"], dtype=float)
+        return self._model
+
+    def _jobs(self, task, n: int, seed: int) -> list[list[int] | int]:
+        """Per molecule: a list of atomic numbers (elements fixed) or an atom count (elements sampled)."""
+        rng = np.random.default_rng([int(seed), 0xD1FF])
+        kind = getattr(task, "kind", None)
+        if task is None or kind == "unconditional":
+            if self.n_atoms is not None:
+                return [self.n_atoms] * n
+            if task is not None:  # the task's own seeded QM9 draw fixes the sizes, as for every generator
+                return [sum(bag.values()) for bag in task.bags(n, seed)]
+            self._load()
+            return rng.choice(len(self._sizes), size=n, p=self._sizes).astype(int).tolist()
+        jobs = []
+        for bag in task.bags(n, seed):
+            numbers = [atomic_number(sym) for sym, count in sorted(bag.items()) for _ in range(count)]
+            bad = sorted({sym for sym in bag if atomic_number(sym) not in (1, 6, 7, 8, 9)})
+            if bad:
+                raise ValueError(f"task {task.name!r} needs elements {bad}; the diffusion model supports only "
+                                 "H, C, N, O and F")
+            if len(numbers) > MAX_ATOMS:
+                raise ValueError(f"task {task.name!r} asks for {len(numbers)} atoms; the diffusion sampler "
+                                 f"supports at most {MAX_ATOMS}")
+            jobs.append(numbers)
+        return jobs
+
+    def generate(self, task, n: int, seed: int) -> list[Atoms]:
+        """``n`` molecules for a benchmark ``task`` (see the module docstring), deterministic in ``seed``."""
+        return self.generate_molecules(n, seed, task=task)
+
+    def generate_molecules(self, n: int, seed: int, task=None,
+                           progress: Callable[[int], None] | None = None) -> list[Atoms]:
+        """``n`` molecules (task optional); ``progress(k)`` is called after each batch with the molecules done."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"number of molecules must be a non-negative integer, got {n!r}")
+        if n == 0:
+            return []
+        jobs = self._jobs(task, int(n), int(seed))
+        model = self._load()
+        import torch
+
+        previous = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._sample(model, jobs, int(seed), progress)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _sample(self, model, jobs, seed: int, progress) -> list[Atoms]:
+        import torch
+
+        from molgym.agents.diffusion.data import encode_elements
+        from molgym.agents.diffusion.sampler import heun_sample
+
+        out: list[Atoms] = []
+        for b, lo in enumerate(range(0, len(jobs), self.batch_size)):
+            chunk = jobs[lo:lo + self.batch_size]
+            sizes = [len(j) if isinstance(j, list) else int(j) for j in chunk]
+            fixed = None
+            if all(isinstance(j, list) for j in chunk):
+                fixed = encode_elements(np.concatenate([np.asarray(j) for j in chunk]))
+            elif any(isinstance(j, list) for j in chunk):
+                raise AssertionError("a batch mixes fixed and free elements")  # _jobs never does this
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, b]).generate_state(1)[0]))
+            t0 = time.perf_counter()
+            x, numbers, batch = heun_sample(model, sizes, gen, self.sampler_settings, fixed_h=fixed)
+            per_molecule = (time.perf_counter() - t0) / len(chunk)
+            x, numbers, batch = x.numpy().astype(float), numbers.numpy(), batch.numpy()
+            for i in range(len(chunk)):
+                mask = batch == i
+                atoms = Atoms(numbers=numbers[mask], positions=x[mask])
+                atoms.info["generator"] = self.name
+                atoms.info["sample_seconds"] = round(per_molecule, 4)
+                out.append(atoms)
+            if progress is not None:
+                progress(len(out))
+        return out
