@@ -68,9 +68,20 @@ class Potential(ABC):
         """Per-atom invariant features, one ``(n_atoms, n_features)`` array per structure."""
         raise NotImplementedError(f"{self.name} does not provide descriptors")
 
+    #: Whether :meth:`uncertainties` (and ``committee_energies``) work for this potential.
+    provides_uncertainty: bool = False
+
     def uncertainties(self, structures: Sequence[Atoms]) -> np.ndarray:
-        """Predicted energy uncertainty in eV, one per structure."""
-        raise NotImplementedError(f"{self.name} does not provide uncertainties")
+        """Predicted energy uncertainty in eV, one per structure (calibrated against the reference).
+
+        Implemented by committee potentials (:class:`molgym.potentials.committee.CommitteeMACEPotential`, which
+        ``load_potential("default")`` returns when the default model's committee ships).
+        """
+        raise NotImplementedError(
+            f"{self.name} does not provide uncertainties: use load_potential('default') with its shipped committee "
+            "(molgym/potentials/models/default-committee.npz), or load_potential(model_path, committee=heads.npz) "
+            "with heads from `molgym potential committee`"
+        )
 
     def check_species(self, structures: Sequence[Atoms]) -> None:
         """Raise :class:`UnsupportedElementError` if any structure has an element outside :attr:`species`.

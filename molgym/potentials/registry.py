@@ -3,7 +3,8 @@
 Specs:
 
 - ``"default"``: the MACE model molgym ships (``molgym/potentials/models/default.model``), checked against the
-  sha256 in its model card before it is unpickled;
+  sha256 in its model card before it is unpickled; with its committee (``default-committee.npz``, also
+  sha256-checked) when that ships, so ``uncertainties()`` works (:mod:`molgym.potentials.committee`);
 - ``"xtb"`` / ``"gfn2-xtb"``, ``"gfn1-xtb"``, ``"ipea1-xtb"``: tblite;
 - ``"pm6"``: SCINE Sparrow (the ``pm6`` extra);
 - a path to any MACE model file.
@@ -48,6 +49,21 @@ def shipped_model_card(name: str = "default") -> dict:
             "Until the trained default MACE model ships, use 'xtb', 'pm6' or the path of a MACE model file."
         )
     return json.loads(card.read_text())
+
+
+def shipped_committee_path(name: str = "default") -> Path | None:
+    """Path of the committee heads shipped for model ``name`` (sha256-checked), or ``None`` if none ships."""
+    card_path = MODELS_DIR / f"{name}-committee.json"
+    if not card_path.is_file():
+        return None
+    card = json.loads(card_path.read_text())
+    path = MODELS_DIR / card["file"]
+    if not path.is_file():
+        raise ModelNotAvailableError(f"the committee card for {name!r} names {path}, which is missing")
+    actual = sha256_of(path)
+    if actual != card["sha256"]:
+        raise ValueError(f"shipped committee {path} does not match its card (sha256 {actual} != {card['sha256']})")
+    return path
 
 
 def shipped_model_path(name: str = "default") -> Path:
@@ -97,7 +113,8 @@ def load_potential(spec: str | os.PathLike | Potential = "default", device: str 
     """Load a potential by spec (see module docstring). A ``Potential`` passes through unchanged.
 
     ``device`` applies to MACE models; ``options`` go to the backend's constructor (e.g. ``dtype="float64"``
-    for MACE, ``accuracy=0.1`` for xTB).
+    for MACE, ``accuracy=0.1`` for xTB). For MACE, ``committee=`` the path of committee heads (``.npz``) adds
+    uncertainties; for ``"default"`` the shipped committee is attached unless ``committee=False``.
     """
     if isinstance(spec, Potential):
         return spec
@@ -110,7 +127,10 @@ def load_potential(spec: str | os.PathLike | Potential = "default", device: str 
 
         path = shipped_model_path("default")
         _warn_if_provisional("default")
-        return MACEPotential(path, device=device, name="MACE(default)", **options)
+        committee = options.pop("committee", True)
+        if committee is True:
+            committee = shipped_committee_path("default")
+        return _mace(path, device, committee or None, name="MACE(default)", **options)
     if lower in ("xtb", "gfn2-xtb", "gfn1-xtb", "ipea1-xtb"):
         from molgym.potentials.xtb import XTB_METHODS, XTBPotential
 
@@ -121,10 +141,19 @@ def load_potential(spec: str | os.PathLike | Potential = "default", device: str 
         return PM6Potential(**options)
     path = Path(key).expanduser()
     if path.exists() or path.suffix in (".model", ".pt", ".pth") or os.sep in key:
-        from molgym.potentials.mace import MACEPotential
-
-        return MACEPotential(path, device=device, **options)
+        return _mace(path, device, options.pop("committee", None), **options)
     raise ValueError(
         f"unknown potential {key!r}: expected one of {', '.join(repr(s) for s in _NAMED)} "
         "or the path of a MACE model file"
     )
+
+
+def _mace(path, device, committee, **options) -> Potential:
+    """A MACE potential, with a last-layer committee when ``committee`` (heads or their ``.npz`` path) is given."""
+    if committee is None:
+        from molgym.potentials.mace import MACEPotential
+
+        return MACEPotential(path, device=device, **options)
+    from molgym.potentials.committee import CommitteeMACEPotential
+
+    return CommitteeMACEPotential(path, committee, device=device, **options)
