@@ -7,6 +7,11 @@ exactly one potential evaluation. A step is split in two halves, :meth:`Molecula
 action, return the structure to evaluate) and :meth:`MolecularEnv._finish_step` (turn its energy into a reward),
 so that :mod:`molgym.envs.vector` can evaluate the structures of all sub-environments in one batched call.
 
+When the potential provides uncertainties (a committee, :mod:`molgym.potentials.committee`), the same call also
+returns the committee members' energies; the uncertainty of a step is the calibrated spread of the members'
+rewards for that step, reported as ``info["uncertainty"]``, optionally subtracted from the reward
+(``uncertainty_penalty``) or used to end the episode (``uncertainty_threshold``).
+
 Subclasses choose the bag of each episode (:meth:`_new_episode`) and may add reward terms (:meth:`_extra_terms`)
 or refill the bag (:meth:`_on_bag_empty`).
 """
@@ -61,6 +66,10 @@ class MolecularEnv(gym.Env):
         device: device for a MACE potential given by spec.
         extra_numbers: atomic numbers that appear on the canvas without being placed (a solute), checked
             against the potential's species and included in the observation's bounds.
+        uncertainty_penalty: eV of reward removed per eV of step uncertainty (>= 0; needs a potential with
+            uncertainties, e.g. the default MACE model with its committee).
+        uncertainty_threshold: end the episode (``info["terminated_by"] == "uncertainty"``) after a step whose
+            uncertainty exceeds this many eV (> 0, or ``None`` for never).
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
@@ -76,6 +85,8 @@ class MolecularEnv(gym.Env):
         render_mode: str | None = None,
         device: str | None = None,
         extra_numbers: Sequence[int] = (),
+        uncertainty_penalty: float = 0.0,
+        uncertainty_threshold: float | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
@@ -93,11 +104,22 @@ class MolecularEnv(gym.Env):
         self.invalid_reward = float(invalid_reward)
         self.render_mode = render_mode
         self.device = device
+        self.uncertainty_penalty, self.uncertainty_threshold = check_uncertainty_options(
+            uncertainty_penalty, uncertainty_threshold
+        )
 
         self._potential_spec = potential if isinstance(potential, Potential) else str(potential)
         self.potential = shared_potential(potential, device=device)
         self._check_species(set(self.element_numbers.tolist()) | {int(z) for z in extra_numbers})
         self._atom_energy = isolated_atom_energies(self.potential, self.element_numbers.tolist())
+        #: whether each evaluation also gives committee energies (then ``info["uncertainty"]`` is reported)
+        self.reports_uncertainty = bool(getattr(self.potential, "provides_uncertainty", False))
+        if (self.uncertainty_penalty > 0 or self.uncertainty_threshold is not None) and not self.reports_uncertainty:
+            raise ValueError(
+                f"uncertainty_penalty={self.uncertainty_penalty} / uncertainty_threshold={self.uncertainty_threshold} "
+                f"need a potential with uncertainties, and {self.potential.name} has none (use potential='default' "
+                "with its shipped committee, or a CommitteeMACEPotential)"
+            )
 
         max_z = int(max([*self.element_numbers.tolist(), *[int(z) for z in extra_numbers]]))
         w = np.float32(self.workspace)
@@ -118,6 +140,7 @@ class MolecularEnv(gym.Env):
         self._rewards: list[float] = []
         self._bag: dict[str, int] = {}
         self._energy = 0.0
+        self._canvas_dev: np.ndarray | None = None  # committee members' E(canvas) minus E(canvas)
         self._return = 0.0
         self._done = True
         self._pending: _Pending | None = None
@@ -199,7 +222,7 @@ class MolecularEnv(gym.Env):
             )
         self._numbers, self._positions = numbers, positions
         self._bag = hill_order(bag)
-        self._energy = self._structure_energy(numbers, positions)
+        self._energy, self._canvas_dev = self._structure_energy(numbers, positions)
         self._return = 0.0
         self._rewards = [0.0] * len(numbers)
         self._done = False
@@ -207,7 +230,7 @@ class MolecularEnv(gym.Env):
         self._frames = [self._frame(step=0, reward=0.0)]
         self._task_formula = self._formula_of_task()
         self.best_known = self._lookup_best_known()
-        info = self._info(invalid_reason="", terms={})
+        info = self._info(invalid_reason="", terms={}, uncertainty=0.0)
         info.update(self._task_info())
         info["task_formula"] = self._task_formula or ""
         info["best_known_return"] = None if self.best_known is None else self.best_known.value
@@ -217,10 +240,9 @@ class MolecularEnv(gym.Env):
     def step(self, action):
         """Place one atom; see the class docstring for the reward and the invalid placements."""
         structure = self._begin_step(action)
-        energy, error = None, ""
-        if structure is not None:
-            energy, error = _evaluate_one(self.potential, structure)
-        return self._finish_step(energy, error)
+        if structure is None:
+            return self._finish_step(None, "")
+        return self._finish_step(*_evaluate_one(self.potential, structure, self.reports_uncertainty))
 
     def action_masks(self) -> np.ndarray:
         """Boolean mask over :attr:`elements`: which elements are still in the bag (SB3-contrib convention)."""
@@ -310,8 +332,9 @@ class MolecularEnv(gym.Env):
             numbers=np.append(self._numbers, number), positions=np.vstack([self._positions, position[None, :]])
         )
 
-    def _finish_step(self, energy: float | None, error: str = ""):
-        """Complete the step started by :meth:`_begin_step` with the energy of its structure."""
+    def _finish_step(self, energy: float | None, error: str = "", members: np.ndarray | None = None):
+        """Complete the step started by :meth:`_begin_step` with the energy of its structure (and, for a
+        potential with uncertainties, its committee members' energies)."""
         pending, self._pending = self._pending, None
         if pending is None:
             raise RuntimeError("_finish_step() without _begin_step()")
@@ -322,32 +345,40 @@ class MolecularEnv(gym.Env):
             self._done = True
             reward = self.invalid_reward
             self._return += reward
-            info = self._info(invalid_reason=reason, terms={"interaction": 0.0, "invalid": reward})
+            info = self._info(invalid_reason=reason, terms={"interaction": 0.0, "invalid": reward}, uncertainty=0.0)
             info.update(self._end_info())
+            info["terminated_by"] = "invalid"
             return self._observation(), float(reward), True, False, info
 
         e_atom = self._atom_energy[pending.number]
         e_after = float(energy) if pending.needs_energy else e_atom
         interaction = float(interaction_reward(e_after, self._energy, e_atom))
         extra = self._extra_terms(pending.number, pending.position)
+        dev_after, sigma = self._step_uncertainty(energy, members, pending.needs_energy)
+        if self.uncertainty_penalty > 0:
+            extra = {**extra, "uncertainty": -self.uncertainty_penalty * sigma}
         reward = interaction + float(sum(extra.values()))
         self._numbers = np.append(self._numbers, pending.number)
         self._positions = np.vstack([self._positions, pending.position[None, :]])
         self._rewards.append(reward)
         self._energy = e_after
+        self._canvas_dev = dev_after
         self._return += reward
         sym = symbol(pending.number)
         self._bag[sym] -= 1
         if self._bag[sym] == 0:
             del self._bag[sym]
         self._frames.append(self._frame(step=len(self._frames), reward=reward, element=sym))
-        terminated = not self._bag and not self._on_bag_empty()
+        bag_empty = not self._bag and not self._on_bag_empty()
+        too_uncertain = self.uncertainty_threshold is not None and sigma > self.uncertainty_threshold
+        terminated = bag_empty or too_uncertain
         if terminated:
             self._done = True
         terms = {"interaction": interaction, "invalid": 0.0, **extra}
-        info = self._info(invalid_reason="", terms=terms)
+        info = self._info(invalid_reason="", terms=terms, uncertainty=sigma)
         if terminated:
             info.update(self._end_info())
+            info["terminated_by"] = "bag_empty" if bag_empty else "uncertainty"
         return self._observation(), float(reward), bool(terminated), False, info
 
     def _parse_action(self, action) -> tuple[int, np.ndarray] | str:
@@ -393,15 +424,39 @@ class MolecularEnv(gym.Env):
                 f"{', '.join(self.elements)}"
             )
 
-    def _structure_energy(self, numbers: np.ndarray, positions: np.ndarray) -> float:
-        if len(numbers) == 0:
-            return 0.0
-        if len(numbers) == 1:
-            return isolated_atom_energies(self.potential, [int(numbers[0])])[int(numbers[0])]
-        energy, error = _evaluate_one(self.potential, Atoms(numbers=numbers, positions=positions))
+    def _structure_energy(self, numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray | None]:
+        """``E`` of a start structure and its committee deviations (``None`` without uncertainties; zeros for an
+        empty canvas or a lone atom, whose energies are exact)."""
+        if len(numbers) <= 1:
+            energy = 0.0 if len(numbers) == 0 else isolated_atom_energies(self.potential, [int(numbers[0])])[
+                int(numbers[0])]
+            return energy, (self._zero_dev() if self.reports_uncertainty else None)
+        energy, error, members = _evaluate_one(self.potential, Atoms(numbers=numbers, positions=positions),
+                                               self.reports_uncertainty)
         if energy is None or not np.isfinite(energy):
             raise ValueError(f"the start structure could not be evaluated with {self.potential.name}: {error}")
-        return float(energy)
+        return float(energy), (None if members is None else np.asarray(members, dtype=float) - energy)
+
+    def _zero_dev(self) -> np.ndarray:
+        return np.zeros(int(self.potential.heads.members))
+
+    def _step_uncertainty(
+        self, energy: float | None, members: np.ndarray | None, evaluated: bool
+    ) -> tuple[np.ndarray | None, float]:
+        """The committee deviations of the new canvas and the step's uncertainty (eV).
+
+        The step's reward under member k is ``-(E_k(after) - E_k(before) - E(atom))``; its uncertainty is the
+        calibrated standard deviation of that over the members. A step that places the first atom is exact (0).
+        """
+        if not self.reports_uncertainty:
+            return None, 0.0
+        if not evaluated:
+            return self._zero_dev(), 0.0
+        if members is None:
+            raise RuntimeError(f"{self.potential.name} provides uncertainties but returned no committee energies")
+        dev_after = np.asarray(members, dtype=float) - float(energy)
+        sigma = float(self.potential.uncertainty_scale * np.std(dev_after - self._canvas_dev))
+        return dev_after, sigma
 
     def _formula_of_task(self) -> str | None:
         """The formula whose best-known return applies (canvas + bag at reset); ``None`` for other tasks."""
@@ -441,7 +496,7 @@ class MolecularEnv(gym.Env):
         bag = np.array([self._bag.get(s, 0) for s in self.elements], dtype=np.int64)
         return {"positions": positions, "atomic_numbers": numbers, "mask": mask, "bag": bag}
 
-    def _info(self, invalid_reason: str, terms: dict[str, float]) -> dict[str, Any]:
+    def _info(self, invalid_reason: str, terms: dict[str, float], uncertainty: float = 0.0) -> dict[str, Any]:
         info: dict[str, Any] = {
             "energy": float(self._energy),
             "n_atoms": int(len(self._numbers)),
@@ -449,6 +504,8 @@ class MolecularEnv(gym.Env):
             "invalid": bool(invalid_reason),
             "invalid_reason": invalid_reason,
         }
+        if self.reports_uncertainty:
+            info["uncertainty"] = float(uncertainty)
         for name, value in terms.items():
             info[f"reward_{name}"] = float(value)
         return info
@@ -488,21 +545,51 @@ def check_reset_options(options: Mapping[str, Any], allowed: tuple[str, ...]) ->
         )
 
 
-def _evaluate_one(potential: Potential, structure: Atoms) -> tuple[float | None, str]:
-    """Energy of one structure, or ``(None, reason)`` when the potential cannot evaluate it."""
+def check_uncertainty_options(penalty: float, threshold: float | None) -> tuple[float, float | None]:
+    """Validate ``uncertainty_penalty`` (finite, >= 0) and ``uncertainty_threshold`` (``None`` or finite > 0)."""
     try:
-        return float(potential.energies([structure])[0]), ""
+        penalty = float(penalty)
+    except (TypeError, ValueError):
+        raise ValueError(f"uncertainty_penalty must be a number >= 0 (eV per eV), got {penalty!r}") from None
+    if not np.isfinite(penalty) or penalty < 0:
+        raise ValueError(f"uncertainty_penalty must be a finite number >= 0 (eV per eV), got {penalty!r}")
+    if threshold is not None:
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"uncertainty_threshold must be None or a number > 0 (eV), got {threshold!r}") from None
+        if not np.isfinite(threshold) or threshold <= 0:
+            raise ValueError(f"uncertainty_threshold must be None or a finite number > 0 (eV), got {threshold!r}")
+    return penalty, threshold
+
+
+def _evaluate(potential: Potential, structures: list[Atoms], committee: bool):
+    if committee:
+        energies, members = potential.committee_energies(structures)
+        return [(float(e), "", m) for e, m in zip(energies, members)]
+    return [(float(e), "", None) for e in potential.energies(structures)]
+
+
+def _evaluate_one(
+    potential: Potential, structure: Atoms, committee: bool = False
+) -> tuple[float | None, str, np.ndarray | None]:
+    """``(energy, "", members)`` of one structure, or ``(None, reason, None)`` when the potential cannot evaluate
+    it; ``members`` (the committee's energies) only when ``committee``."""
+    try:
+        return _evaluate(potential, [structure], committee)[0]
     except PotentialError as err:
-        return None, str(err)
+        return None, str(err), None
 
 
-def evaluate_batch(potential: Potential, structures: list[Atoms]) -> list[tuple[float | None, str]]:
-    """Energies of many structures in ONE ``potential.energies`` call; if that call fails on a structure
-    (e.g. an SCF that does not converge), the structures are evaluated one by one to isolate the failure."""
+def evaluate_batch(
+    potential: Potential, structures: list[Atoms], committee: bool = False
+) -> list[tuple[float | None, str, np.ndarray | None]]:
+    """Energies (and with ``committee`` the members' energies) of many structures in ONE potential call; if that
+    call fails on a structure (e.g. an SCF that does not converge), the structures are evaluated one by one to
+    isolate the failure."""
     if not structures:
         return []
     try:
-        energies = potential.energies(structures)
-        return [(float(e), "") for e in energies]
+        return _evaluate(potential, structures, committee)
     except PotentialError:
-        return [_evaluate_one(potential, s) for s in structures]
+        return [_evaluate_one(potential, s, committee) for s in structures]

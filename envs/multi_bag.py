@@ -57,7 +57,8 @@ class MultiBagEnv(MolecularEnv):
     ```
 
     - ``formulas``: the formulas an episode's bag is drawn from (at least one).
-    - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``render_mode``, ``device``: as in
+    - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``render_mode``, ``device``,
+      ``uncertainty_penalty``, ``uncertainty_threshold``: as in
       ``MolGym/SingleBag-v0``.
     """
 
@@ -70,6 +71,8 @@ class MultiBagEnv(MolecularEnv):
         invalid_reward: float = DEFAULT_INVALID_REWARD,
         render_mode: str | None = None,
         device: str | None = None,
+        uncertainty_penalty: float = 0.0,
+        uncertainty_threshold: float | None = None,
     ):
         if isinstance(formulas, str) or not isinstance(formulas, Sequence) or len(formulas) == 0:
             raise ValueError(f"formulas must be a non-empty list of formula strings, got {formulas!r}")
@@ -88,6 +91,8 @@ class MultiBagEnv(MolecularEnv):
             invalid_reward=invalid_reward,
             render_mode=render_mode,
             device=device,
+            uncertainty_penalty=uncertainty_penalty,
+            uncertainty_threshold=uncertainty_threshold,
         )
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:

@@ -97,6 +97,11 @@ class SingleBagEnv(MolecularEnv):
     - ``invalid_reward``: reward of an invalid placement (default -1).
     - ``render_mode``: ``"rgb_array"`` (picture with bonds) or ``"ansi"`` (text).
     - ``device``: device of a MACE potential given by spec.
+    - ``uncertainty_penalty``: subtract this times the step's uncertainty (eV) from each reward (>= 0, default 0;
+      ``info["reward_uncertainty"]``). Needs a potential with uncertainties (the default model's committee).
+    - ``uncertainty_threshold``: end the episode after a step whose uncertainty exceeds this (eV; default
+      ``None``, never); ``info["terminated_by"]`` is then ``"uncertainty"``. Whenever the potential provides
+      uncertainties, ``info["uncertainty"]`` holds the step's (docs/uncertainty.md).
     """
 
     def __init__(
@@ -108,6 +113,8 @@ class SingleBagEnv(MolecularEnv):
         invalid_reward: float = DEFAULT_INVALID_REWARD,
         render_mode: str | None = None,
         device: str | None = None,
+        uncertainty_penalty: float = 0.0,
+        uncertainty_threshold: float | None = None,
     ):
         self.formula_bag = parse_task_formula(formula)
         self.formula = format_formula(self.formula_bag)
@@ -123,6 +130,8 @@ class SingleBagEnv(MolecularEnv):
             invalid_reward=invalid_reward,
             render_mode=render_mode,
             device=device,
+            uncertainty_penalty=uncertainty_penalty,
+            uncertainty_threshold=uncertainty_threshold,
         )
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:

@@ -88,7 +88,8 @@ class SolvationEnv(MolecularEnv):
     - ``distance_penalty``: eV per Å beyond ``max_solute_distance`` (>= 0).
     - ``max_solute_distance``: Å from the nearest solute atom within which there is no penalty.
     - ``workspace``: half-width of the placement cube in Å (default 10).
-    - ``potential``, ``elements``, ``invalid_reward``, ``render_mode``, ``device``: as in
+    - ``potential``, ``elements``, ``invalid_reward``, ``render_mode``, ``device``,
+      ``uncertainty_penalty``, ``uncertainty_threshold``: as in
       ``MolGym/SingleBag-v0``.
     """
 
@@ -105,6 +106,8 @@ class SolvationEnv(MolecularEnv):
         invalid_reward: float = DEFAULT_INVALID_REWARD,
         render_mode: str | None = None,
         device: str | None = None,
+        uncertainty_penalty: float = 0.0,
+        uncertainty_threshold: float | None = None,
     ):
         if isinstance(solute, Atoms):
             if len(solute) == 0 or not np.all(np.isfinite(solute.positions)):
@@ -141,9 +144,11 @@ class SolvationEnv(MolecularEnv):
             invalid_reward=invalid_reward,
             render_mode=render_mode,
             device=device,
+            uncertainty_penalty=uncertainty_penalty,
+            uncertainty_threshold=uncertainty_threshold,
             extra_numbers=solute.numbers.tolist(),
         )
-        self._solute_energy: float | None = None
+        self._solute_energy: tuple[float, np.ndarray | None] | None = None
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
         check_reset_options(options, ("canvas",))
@@ -168,7 +173,7 @@ class SolvationEnv(MolecularEnv):
         self._molecules_left = molecules_left
         return hill_order(left)
 
-    def _structure_energy(self, numbers: np.ndarray, positions: np.ndarray) -> float:
+    def _structure_energy(self, numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray | None]:
         if len(numbers) == len(self.solute):  # the solute alone: evaluated once, reused every episode
             if self._solute_energy is None:
                 self._solute_energy = super()._structure_energy(numbers, positions)

@@ -64,7 +64,8 @@ class StochasticBagEnv(MolecularEnv):
 
     - ``template``: formula whose element fractions the bags follow.
     - ``size_range``: ``(min, max)`` number of atoms of a bag, inclusive, ``2 <= min <= max``.
-    - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``render_mode``, ``device``: as in
+    - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``render_mode``, ``device``,
+      ``uncertainty_penalty``, ``uncertainty_threshold``: as in
       ``MolGym/SingleBag-v0``.
     """
 
@@ -78,6 +79,8 @@ class StochasticBagEnv(MolecularEnv):
         invalid_reward: float = DEFAULT_INVALID_REWARD,
         render_mode: str | None = None,
         device: str | None = None,
+        uncertainty_penalty: float = 0.0,
+        uncertainty_threshold: float | None = None,
     ):
         self.template_bag = parse_task_formula(template, "template")
         self.template = format_formula(self.template_bag)
@@ -106,6 +109,8 @@ class StochasticBagEnv(MolecularEnv):
             invalid_reward=invalid_reward,
             render_mode=render_mode,
             device=device,
+            uncertainty_penalty=uncertainty_penalty,
+            uncertainty_threshold=uncertainty_threshold,
         )
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:

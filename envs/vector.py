@@ -44,8 +44,11 @@ def batched_step(envs: Sequence[MolecularEnv], actions: Sequence[Any]) -> list[t
         if structure is not None:
             structures.append(structure)
             owners.append(i)
-    energies = dict(zip(owners, evaluate_batch(envs[0].potential, structures))) if structures else {}
-    return [env._finish_step(*energies.get(i, (None, ""))) for i, env in enumerate(envs)]
+    energies = {}
+    if structures:
+        committee = envs[0].reports_uncertainty
+        energies = dict(zip(owners, evaluate_batch(envs[0].potential, structures, committee)))
+    return [env._finish_step(*energies.get(i, (None, "", None))) for i, env in enumerate(envs)]
 
 
 def _vector_info(info: dict[str, Any]) -> dict[str, Any]:
