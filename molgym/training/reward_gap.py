@@ -99,10 +99,17 @@ def _collect(args, potential, say) -> list[Atoms]:
     from molgym.io import read_structures
 
     molecules: list[Atoms] = []
+    seen: set[bytes] = set()
     for path in args.molecules:
         for mol in read_structures(path):
-            mol = Atoms(numbers=mol.numbers, positions=mol.positions, info={"source": str(path)})
-            molecules.append(mol)
+            key = mol.numbers.tobytes() + np.round(mol.positions, 6).tobytes()
+            if key in seen:  # e.g. repeated greedy episodes of a fixed-bag task: count each molecule once
+                continue
+            seen.add(key)
+            info = {"source": str(path)}
+            if "mode" in mol.info:
+                info["source"] += f":{mol.info['mode']}"
+            molecules.append(Atoms(numbers=mol.numbers, positions=mol.positions, info=info))
     if args.generator:
         from molgym.benchmark import get_generator, get_task
 

@@ -161,3 +161,20 @@ def test_xtb_has_no_uncertainty():
     assert not xtb.provides_uncertainty
     with pytest.raises(NotImplementedError, match="does not provide uncertainties"):
         xtb.uncertainties([molecule("H2O")])
+
+
+def test_reward_gap_return_is_the_sum_of_the_build_rewards(tiny_mace, committee):
+    from molgym.reward import isolated_atom_energies, prefix_rewards
+    from molgym.training.reward_gap import returns, reward_gaps, summarise
+
+    mol = molecule("CH3CH2OH")
+    prefixes = [mol[: k + 1] for k in range(len(mol))]
+    atom_e = isolated_atom_energies(tiny_mace, mol.numbers)
+    rewards = prefix_rewards(tiny_mace.energies(prefixes), [atom_e[int(z)] for z in mol.numbers])
+    assert returns(tiny_mace, [mol])[0] == pytest.approx(rewards.sum(), abs=1e-8)
+    rows = reward_gaps(committee, [mol], reference=tiny_mace)  # same energies: zero gap, sigma reported
+    assert rows[0]["gap_eV"] == pytest.approx(0.0, abs=1e-8) and rows[0]["sigma_eV"] > 0
+    fake = [{"gap_eV": g, "sigma_eV": 0.1, "min_distance_A": 1.0} for g in (0.05, -2.0, 0.3, float("nan"))]
+    s = summarise(fake)
+    assert s["unlabelled"] == 1 and s["over_1eV"] == 1 and s["median_abs_gap_eV"] == pytest.approx(0.3)
+    assert s["max_abs_gap_eV"] == pytest.approx(2.0)
