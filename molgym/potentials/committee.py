@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
 
 from molgym.potentials.mace import MACEPotential
 
@@ -205,22 +206,19 @@ class CommitteeMACEPotential(MACEPotential):
         return np.concatenate(energies), forces, np.concatenate(sigmas)
 
 
-class HALCalculator:
+class HALCalculator(Calculator):
     """ASE calculator for HAL's biased MD: energy ``E - tau * σ`` and its forces; ``results['sigma']`` too."""
 
-    def __new__(cls, potential: CommitteeMACEPotential, tau: float):
-        from ase.calculators.calculator import Calculator, all_changes
+    implemented_properties = ["energy", "free_energy", "forces"]
 
-        class _HAL(Calculator):
-            implemented_properties = ["energy", "free_energy", "forces"]
+    def __init__(self, potential: CommitteeMACEPotential, tau: float, **kwargs):
+        super().__init__(**kwargs)
+        self.potential, self.tau = potential, float(tau)
 
-            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-                super().calculate(atoms, properties, system_changes)
-                e, f, s = potential.biased_energies_and_forces([self.atoms], tau)
-                self.results = {"energy": float(e[0]), "free_energy": float(e[0]), "forces": f[0],
-                                "sigma": float(s[0])}
-
-        return _HAL()
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        e, f, s = self.potential.biased_energies_and_forces([self.atoms], self.tau)
+        self.results = {"energy": float(e[0]), "free_energy": float(e[0]), "forces": f[0], "sigma": float(s[0])}
 
 
 # --- fitting ------------------------------------------------------------------------------------------------

@@ -178,3 +178,15 @@ def test_reward_gap_return_is_the_sum_of_the_build_rewards(tiny_mace, committee)
     s = summarise(fake)
     assert s["unlabelled"] == 1 and s["over_1eV"] == 1 and s["median_abs_gap_eV"] == pytest.approx(0.3)
     assert s["max_abs_gap_eV"] == pytest.approx(2.0)
+
+
+def test_hal_calculator_drives_ase(committee):
+    from molgym.potentials.committee import HALCalculator
+
+    atoms = molecule("H2O")
+    atoms.calc = HALCalculator(committee, tau=0.5)
+    e = atoms.get_potential_energy()
+    plain, sigma = committee.energies_and_uncertainties([atoms])
+    assert e == pytest.approx(plain[0] - 0.5 * sigma[0], abs=1e-8)
+    assert atoms.calc.results["sigma"] == pytest.approx(sigma[0], abs=1e-10)
+    assert atoms.get_forces().shape == (3, 3)
