@@ -48,6 +48,8 @@ class CommitteeHeads:
         weights: ``(K, n_features)`` member weights, already centred (their mean is zero).
         scale: calibration factor applied to the committee's standard deviation.
         meta: provenance (members, ridge, seed, data, calibration figures).
+        mean: ``(n_features,)`` the members' mean weights (the fitted residual correction); used only by a
+            potential built with ``correct=True``.
     """
 
     z_table: list[int]
@@ -56,6 +58,7 @@ class CommitteeHeads:
     weights: np.ndarray
     scale: float = 1.0
     meta: dict = field(default_factory=dict)
+    mean: np.ndarray | None = None
 
     @property
     def members(self) -> int:
@@ -71,7 +74,8 @@ class CommitteeHeads:
             with open(tmp, "wb") as fh:
                 np.savez(fh, z_table=np.array(self.z_table, dtype=np.int64), isolated=self.isolated,
                          feature_scale=self.feature_scale, weights=self.weights,
-                         scale=np.array(float(self.scale)), meta=np.array(json.dumps(self.meta)))
+                         scale=np.array(float(self.scale)), meta=np.array(json.dumps(self.meta)),
+                         mean=np.zeros(self.weights.shape[1]) if self.mean is None else self.mean)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CommitteeHeads:
@@ -86,7 +90,8 @@ class CommitteeHeads:
                 return cls(z_table=[int(z) for z in data["z_table"]], isolated=data["isolated"].astype(np.float64),
                            feature_scale=data["feature_scale"].astype(np.float64),
                            weights=data["weights"].astype(np.float64), scale=float(data["scale"]),
-                           meta=json.loads(str(data["meta"])))
+                           meta=json.loads(str(data["meta"])),
+                           mean=data["mean"].astype(np.float64) if "mean" in data.files else None)
         except (KeyError, ValueError, OSError) as err:
             raise ValueError(f"{str(path)!r} is not a molgym committee file: {err}") from err
 
@@ -97,11 +102,15 @@ class CommitteeMACEPotential(MACEPotential):
     Args:
         model: MACE model file or loaded model (the shared body).
         committee: a :class:`CommitteeHeads` or the path of its ``.npz`` file.
+        correct: add the committee's mean (the residual fitted on the training set) to every energy and force:
+            the energies are then no longer the model's own, but closer to the reference where the body has a
+            systematic, linear-in-features error (e.g. a per-element drift after fine-tuning). Default off.
         **options: as :class:`MACEPotential`.
     """
 
-    def __init__(self, model, committee: CommitteeHeads | str | os.PathLike, **options):
+    def __init__(self, model, committee: CommitteeHeads | str | os.PathLike, correct: bool = False, **options):
         super().__init__(model, **options)
+        self.correct = bool(correct)
         heads = committee if isinstance(committee, CommitteeHeads) else CommitteeHeads.load(committee)
         if list(heads.z_table) != list(self.z_table):
             raise ValueError(f"committee was fitted for elements {heads.z_table}, the model covers {self.z_table}")
@@ -111,6 +120,9 @@ class CommitteeMACEPotential(MACEPotential):
                              f"({len(self.z_table)} elements x {n_feat} features)")
         if heads.members < 2:
             raise ValueError(f"a committee needs at least 2 members, got {heads.members}")
+        if self.correct and (heads.mean is None or not np.any(heads.mean)):
+            raise ValueError("correct=True needs committee heads with fitted mean weights (refit them with "
+                             "`molgym potential committee`)")
         self.heads = heads
         self._set_torch_heads()
 
@@ -121,6 +133,8 @@ class CommitteeMACEPotential(MACEPotential):
         self._iso = torch.as_tensor(self.heads.isolated, **kw)
         # fold the standardisation into the weights: (Φ / s) · w = Φ · (w / s)
         self._w = torch.as_tensor((self.heads.weights / self.heads.feature_scale[None, :]).T, **kw)  # (F, K)
+        mean = np.zeros(self.heads.weights.shape[1]) if self.heads.mean is None else self.heads.mean
+        self._w_mean = torch.as_tensor(mean / self.heads.feature_scale, **kw)  # (F,)
 
     @property
     def provides_uncertainty(self) -> bool:
@@ -153,6 +167,17 @@ class CommitteeMACEPotential(MACEPotential):
         return np.concatenate(rows) if rows else np.zeros((0, self.heads.weights.shape[1]))
 
     # --- public API -------------------------------------------------------------------------------------------
+    def energies(self, structures: Sequence[Atoms]) -> np.ndarray:
+        if not self.correct:
+            return super().energies(structures)
+        return self.committee_energies(structures)[0]
+
+    def energies_and_forces(self, structures: Sequence[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
+        if not self.correct:
+            return super().energies_and_forces(structures)
+        energies, forces, _ = self.biased_energies_and_forces(structures, 0.0)
+        return energies, forces
+
     def committee_energies(self, structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
         """Model energies ``(n,)`` and the members' energies ``(n, K)`` (eV) from ONE batched forward pass.
 
@@ -163,8 +188,11 @@ class CommitteeMACEPotential(MACEPotential):
         energies = np.empty(len(structures))
         members = np.empty((len(structures), self.heads.members))
         for start, stop, data, out in self._forward(structures, forces=False):
+            phi = self._structure_features(data, out)
             energies[start:stop] = out["energy"].detach().cpu().double().numpy()
-            dev = (self._structure_features(data, out) @ self._w).detach().cpu().numpy()
+            if self.correct:
+                energies[start:stop] += (phi @ self._w_mean).detach().cpu().numpy()
+            dev = (phi @ self._w).detach().cpu().numpy()
             members[start:stop] = energies[start:stop, None] + dev
         return energies, members
 
@@ -194,9 +222,12 @@ class CommitteeMACEPotential(MACEPotential):
             data["positions"].requires_grad_(True)
             with torch.enable_grad():
                 out = self.model(data, training=False, compute_force=False, compute_stress=False)
-                dev = self._structure_features(data, out) @ self._w
+                phi = self._structure_features(data, out)
+                dev = phi @ self._w
                 sigma = self.heads.scale * torch.sqrt(torch.clamp(dev.var(dim=1, unbiased=False), min=1e-18))
                 biased = out["energy"].to(torch.float64) - float(tau) * sigma
+                if self.correct:
+                    biased = biased + phi @ self._w_mean
                 (grad,) = torch.autograd.grad(biased.sum(), data["positions"])
             f = (-grad).detach().cpu().double().numpy()
             ptr = data["ptr"].cpu().numpy()
@@ -276,6 +307,7 @@ def fit_committee(
     w = np.array(ws)
     heads.feature_scale = scale
     heads.weights = w - w.mean(axis=0, keepdims=True)
+    heads.mean = w.mean(axis=0)
     heads.meta = {"members": members, "ridge": ridge, "seed": seed, "fit_structures": int(ok.sum()),
                   "residual_rmse_eV": float(np.sqrt(np.mean(residual**2)))}
     return heads

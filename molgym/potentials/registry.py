@@ -153,6 +153,8 @@ def _mace(path, device, committee, **options) -> Potential:
     if committee is None:
         from molgym.potentials.mace import MACEPotential
 
+        if options.pop("correct", False):
+            raise ValueError("correct=True needs a committee (committee='heads.npz') whose mean it adds")
         return MACEPotential(path, device=device, **options)
     from molgym.potentials.committee import CommitteeMACEPotential
 

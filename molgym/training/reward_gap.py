@@ -130,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m molgym.training.reward_gap", description=__doc__.split("\n\n")[0])
     p.add_argument("--potential", default="default", help="the learned potential (spec or MACE model file)")
     p.add_argument("--committee", default=None, help="committee .npz for a MACE model file (adds sigma)")
+    p.add_argument("--correct", action="store_true", help="add the committee's fitted mean to the energies")
     p.add_argument("--formula", action="append", default=[], help="formula for generator samples (repeatable)")
     p.add_argument("--generator", action="append", default=[], help="generator run under the potential (repeatable)")
     p.add_argument("--generator-options", default=None, help='JSON per generator, e.g. \'{"random_search": {"steps": 200}}\'')
@@ -155,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     options = {"committee": args.committee} if args.committee else {}
+    if args.correct:
+        options["correct"] = True
     potential = load_potential(args.potential, device="cpu", **options)
 
     def say(msg: str) -> None:
@@ -171,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mol.info.update(r)
     write_xyz(out / "molecules.xyz", molecules)
     write_json(out / "gaps.json", {"potential": potential.name, "potential_spec": args.potential,
-                                   "committee": args.committee, "summary": summary,
+                                   "committee": args.committee, "corrected": args.correct, "summary": summary,
                                    "per_source": {k: summarise(v) for k, v in per_source.items()},
                                    "molecules": rows, "command": " ".join(sys.argv)})
     say(json.dumps(summary))

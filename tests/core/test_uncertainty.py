@@ -190,3 +190,27 @@ def test_hal_calculator_drives_ase(committee):
     assert e == pytest.approx(plain[0] - 0.5 * sigma[0], abs=1e-8)
     assert atoms.calc.results["sigma"] == pytest.approx(sigma[0], abs=1e-10)
     assert atoms.get_forces().shape == (3, 3)
+
+
+def test_corrected_energies_add_the_fitted_mean_and_forces_follow(tiny_mace):
+    heads = random_heads(tiny_mace)
+    with pytest.raises(ValueError, match="needs committee heads with fitted mean weights"):
+        CommitteeMACEPotential(tiny_mace.model, heads, correct=True, device="cpu")
+    heads.mean = np.random.default_rng(3).normal(size=heads.weights.shape[1]) * 0.01
+    pot = CommitteeMACEPotential(tiny_mace.model, heads, correct=True, device="cpu")
+    mols = _molecules()
+    phi = pot.structure_features(mols)
+    np.testing.assert_allclose(pot.energies(mols), tiny_mace.energies(mols) + phi @ heads.mean, atol=1e-8)
+    _, members = pot.committee_energies(mols)
+    np.testing.assert_allclose(members.mean(axis=1), pot.energies(mols), atol=1e-8)
+    atoms = molecule("CH3CN")
+    _, forces = pot.energies_and_forces([atoms])
+    h = 1e-4
+    for i, j in [(0, 0), (2, 1), (4, 2)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[i, j] += h
+        minus.positions[i, j] -= h
+        fd = -(pot.energies([plus])[0] - pot.energies([minus])[0]) / (2 * h)
+        assert forces[0][i, j] == pytest.approx(fd, rel=1e-4, abs=1e-6)
+    lone = [Atoms([z], positions=[[0.0, 0.0, 0.0]]) for z in (1, 6, 7, 8, 9)]
+    np.testing.assert_allclose(pot.energies(lone), tiny_mace.energies(lone), atol=1e-9)  # E0s stay exact
