@@ -12,7 +12,8 @@ For QM9 test molecules ``(x0, h0)`` and each noise level ``sigma``: noise the mo
 - the **potential's forces** ``F(x)`` of a MACE model (by default molgym's shipped one) on the noisy
   structure with the true elements: cosine similarity;
 - the **denoising direction** ``x0 - x`` (what an ideal denoiser would point along): cosine similarity, for
-  reference.
+  reference; and, as a baseline for the force column, how well the potential's forces themselves align with
+  that direction (``cos(F, x0 - x)``).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def score_analysis(model: EnergyDenoiser, molecules, sigmas=DEFAULT_SIGMAS, pote
         if potential is not None:
             structures = [Atoms(numbers=numbers[bn == i], positions=xn[bn == i]) for i in range(n_graphs)]
             _, forces = potential.energies_and_forces(structures)
-        cos_r, ratio, cos_f, cos_d = [], [], [], []
+        cos_r, ratio, cos_f, cos_d, cos_fd = [], [], [], [], []
         for i in range(n_graphs):
             m = bn == i
             s_i, restoring = score[m], -xn[m] / (sigma ** 2 + sigma_data ** 2)
@@ -81,6 +82,7 @@ def score_analysis(model: EnergyDenoiser, molecules, sigmas=DEFAULT_SIGMAS, pote
             cos_d.append(_cosine(s_i, x0n[m] - xn[m]))
             if forces is not None:
                 cos_f.append(_cosine(s_i, np.asarray(forces[i])))
+                cos_fd.append(_cosine(np.asarray(forces[i]), x0n[m] - xn[m]))
 
         def stat(values):
             v = np.asarray([u for u in values if math.isfinite(u)])
@@ -90,7 +92,8 @@ def score_analysis(model: EnergyDenoiser, molecules, sigmas=DEFAULT_SIGMAS, pote
 
         row = {"sigma": float(sigma), "molecules": n_graphs}
         for name, values in (("cos_restoring", cos_r), ("magnitude_ratio_restoring", ratio),
-                             ("cos_potential_forces", cos_f), ("cos_denoising_direction", cos_d)):
+                             ("cos_potential_forces", cos_f), ("cos_denoising_direction", cos_d),
+                             ("cos_forces_denoising_direction", cos_fd)):
             row[name], row[name + "_se"] = stat(values)
         rows.append(row)
         if progress is not None:
@@ -107,9 +110,10 @@ def format_table(rows: list[dict]) -> str:
             return "n/a"
         return f"{v:.3f}" + (f" ± {se:.3f}" if se is not None else "")
 
-    lines = ["| sigma (Å) | cos(score, restoring) | |score| / |restoring| | cos(score, MACE forces) | "
-             "cos(score, x0 - x) |", "|---:|---:|---:|---:|---:|"]
+    lines = ["| sigma (Å) | cos(score, restoring) | \\|score\\| / \\|restoring\\| | cos(score, MACE forces) | "
+             "cos(score, x0 - x) | cos(MACE forces, x0 - x) |", "|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['sigma']:g} | {cell(r, 'cos_restoring')} | {cell(r, 'magnitude_ratio_restoring')} | "
-                     f"{cell(r, 'cos_potential_forces')} | {cell(r, 'cos_denoising_direction')} |")
+                     f"{cell(r, 'cos_potential_forces')} | {cell(r, 'cos_denoising_direction')} | "
+                     f"{cell(r, 'cos_forces_denoising_direction')} |")
     return "\n".join(lines)

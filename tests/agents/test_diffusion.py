@@ -27,13 +27,16 @@ TINY = ModelConfig(channels=8, radial_mlp=(8,), num_bessel=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_jit_optimisation():
-    """TorchScript's optimising executor (e3nn's compiled modules) pays off only over many evaluations of one
-    shape; these tests run a few evaluations of many shapes, where the optimisation passes dominate."""
-    previous = torch._C._get_graph_executor_optimize()
+def _fast_small_torch():
+    """One thread and no TorchScript optimisation passes for these tiny models. TorchScript's optimising executor
+    (e3nn's compiled modules) pays off only over many evaluations of one shape, and these tests run a few
+    evaluations of many shapes; a second thread on a busy 2-core machine made tiny evaluations ~100x slower."""
+    previous = torch._C._get_graph_executor_optimize(), torch.get_num_threads()
     torch._C._set_graph_executor_optimize(False)
+    torch.set_num_threads(1)
     yield
-    torch._C._set_graph_executor_optimize(previous)
+    torch._C._set_graph_executor_optimize(previous[0])
+    torch.set_num_threads(previous[1])
 
 
 @pytest.fixture(scope="module")
