@@ -47,7 +47,7 @@ class DiffusionSampler(Generator):
     name = "diffusion"
     version = "1"
 
-    def __init__(self, model: str = "default", steps: int = 40, churn: float = 0.0, sigma_max: float = 10.0,
+    def __init__(self, model: str = "default", steps: int = 20, churn: float = 5.0, sigma_max: float = 10.0,
                  sigma_min: float = 0.002, rho: float = 7.0, n_atoms: int | None = None, batch_size: int = 128,
                  ema: bool = True, threads: int | None = None, potential=None):
         from molgym.agents.diffusion.sampler import SamplerSettings
