@@ -21,6 +21,7 @@ H, C, N, O, F scaled by :data:`ELEMENT_SCALE` (EDM's 0.25), diffused with the sa
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -218,7 +219,11 @@ class EnergyDenoiser(torch.nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config or ModelConfig()
-        self.energy = EnergyNetwork(self.config)
+        with warnings.catch_warnings():
+            # e3nn 0.4.4 scripts its Linear layers at construction; torch.jit warns about their annotations on
+            # every build. Harmless, and noise in every `molgym generate diffusion` / `molgym bench` run.
+            warnings.filterwarnings("ignore", message=".*TorchScript type system.*", category=UserWarning)
+            self.energy = EnergyNetwork(self.config)
         self.pre_x = Preconditioning(self.config.sigma_data_x)
         self.pre_h = Preconditioning(self.config.sigma_data_h)
 
