@@ -104,6 +104,15 @@ class Generator(ABC):
         """Structures evaluated by the potential so far (0 if the generator never used one)."""
         return 0 if self._potential is None else self._potential.calls
 
+    def unsupported(self, task) -> str | None:
+        """Why this generator (with its settings) cannot do ``task``, or ``None`` if it can.
+
+        The runner asks before planning jobs and records the pairs it skips (``results.json["skipped_jobs"]``)
+        instead of running jobs bound to fail; e.g. ``rl_policy`` with ``checkpoint="shipped"`` on a formula no
+        checkpoint ships for.
+        """
+        return None
+
     @abstractmethod
     def generate(self, task, n: int, seed: int) -> list[Atoms]:
         """Generate ``n`` structures for ``task`` (a :class:`molgym.benchmark.Task`), deterministically in ``seed``."""

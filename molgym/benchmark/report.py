@@ -203,7 +203,9 @@ def _header_lines(results: dict) -> list[str]:
         + ("" if results["complete"] else " (INCOMPLETE: rerun the same command to resume)"),
         f"machine: {mach['platform']}, {mach['cpu_count']} CPUs, executor {results['executor']}",
     ] + ([f"overrides of the suite (not a standard {suite['name']} run): {results['overrides']}"]
-         if results.get("overrides") else [])
+         if results.get("overrides") else []) + [
+        f"skipped {s['generator']} on {s['task']}: {s['reason']}" for s in results.get("skipped_jobs", [])
+    ]
 
 
 _CSS = """

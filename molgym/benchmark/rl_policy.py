@@ -12,7 +12,9 @@ torch's RNG inside ``torch.random.fork_rng`` seeded per job, so runs are reprodu
 untouched. Potential calls made by the environment are counted.
 
 Args (``--option rl_policy.KEY=VALUE`` on the command line):
-    checkpoint: path of the SB3 ``.zip`` (required). Loading a checkpoint unpickles it: load only files you trust.
+    checkpoint: path of the SB3 ``.zip`` (required), or ``"shipped"``: for each sample's formula, the checkpoint
+        that ships with molgym for it (:mod:`molgym.agents.shipped`; sha256-checked; a formula without one is
+        refused with the list of those that have one). Loading a checkpoint unpickles it: load only files you trust.
     algorithm: SB3 class name (``"PPO"``, ``"A2C"``, ``"SAC"``, ...) or ``"auto"`` (try PPO, A2C, SAC, TD3, DDPG).
     deterministic: use the policy's mode instead of sampling (default False).
     env_id: environment id, or ``"auto"`` (default) for the choice above.
@@ -44,40 +46,71 @@ class RLPolicy(Generator):
                  deterministic: bool = False, env_id: str = "auto", env_kwargs: dict | None = None,
                  device: str = "cpu"):
         if not checkpoint:
-            raise ValueError("rl_policy needs a checkpoint: --option rl_policy.checkpoint=PATH.zip")
+            raise ValueError("rl_policy needs a checkpoint: --option rl_policy.checkpoint=PATH.zip (or =shipped)")
         if algorithm != "auto" and algorithm not in _ALGORITHMS:
             raise ValueError(f"unknown SB3 algorithm {algorithm!r}; allowed: auto, {', '.join(_ALGORITHMS)}")
         super().__init__(potential=potential, checkpoint=str(checkpoint), algorithm=algorithm,
                          deterministic=bool(deterministic), env_id=env_id, env_kwargs=dict(env_kwargs or {}),
                          device=device)
-        self.checkpoint = Path(checkpoint).expanduser()
+        self.shipped = str(checkpoint) == "shipped"
+        self.checkpoint = None if self.shipped else Path(checkpoint).expanduser()
         self.algorithm, self.deterministic, self.env_id = algorithm, bool(deterministic), env_id
         self.env_kwargs, self.device = dict(env_kwargs or {}), device
-        self._model = None
-        self._envs: dict[str, object] = {}
+        self._models: dict[Path, object] = {}
+        self._envs: dict[tuple[Path, str], object] = {}
 
-    def _load_model(self):
-        if self._model is not None:
-            return self._model
-        if not self.checkpoint.is_file():
-            raise FileNotFoundError(f"rl_policy checkpoint {str(self.checkpoint)!r} does not exist")
+    def unsupported(self, task) -> str | None:
+        """With shipped checkpoints: the reason when none fits ``task`` (stochastic bags, unconditional tasks,
+        formulas nobody shipped a checkpoint for)."""
+        if not self.shipped:
+            return None
+        if task.kind in ("bag", "unconditional"):
+            return f"shipped checkpoints are per formula; {task.kind} task {task.name!r} needs checkpoint=PATH.zip"
+        from molgym.agents.shipped import shipped_checkpoints
+        from molgym.chem import format_formula, parse_formula
+
+        formula = format_formula(parse_formula(task.formula))
+        if formula not in shipped_checkpoints():
+            return f"no shipped checkpoint for {formula} (shipped: {', '.join(sorted(shipped_checkpoints()))})"
+        return None
+
+    def _checkpoint_for(self, task, formula: str) -> Path:
+        """The checkpoint that rolls out ``formula``: the one given, or the shipped one for that formula."""
+        if not self.shipped:
+            return self.checkpoint
+        if task.kind == "bag":
+            raise ValueError(f"no shipped rl_policy checkpoint for the stochastic-bag task {task.name!r}: shipped "
+                             "checkpoints are per formula; pass checkpoint=PATH.zip of a policy trained on MultiBag")
+        from molgym.agents.shipped import shipped_checkpoint
+
+        try:
+            return shipped_checkpoint(formula)
+        except ValueError as err:
+            raise ValueError(f"task {task.name!r}: {err}") from None
+
+    def _load_model(self, path: Path):
+        if path in self._models:
+            return self._models[path]
+        if not path.is_file():
+            raise FileNotFoundError(f"rl_policy checkpoint {str(path)!r} does not exist")
         import stable_baselines3 as sb3
 
         names = _ALGORITHMS if self.algorithm == "auto" else (self.algorithm,)
         errors = []
         for name in names:
             try:
-                self._model = getattr(sb3, name).load(str(self.checkpoint), device=self.device)
+                self._models[path] = getattr(sb3, name).load(str(path), device=self.device)
                 self.settings["algorithm_loaded"] = name
-                return self._model
+                return self._models[path]
             except Exception as err:  # wrong algorithm for this zip: try the next
                 errors.append(f"{name}: {type(err).__name__}: {err}")
-        raise ValueError(f"could not load {self.checkpoint} as an SB3 checkpoint ({'; '.join(errors)})")
+        raise ValueError(f"could not load {path} as an SB3 checkpoint ({'; '.join(errors)})")
 
-    def _env(self, task, formula: str):
-        """The environment for one sample (cached), checked against the policy's observation space."""
+    def _env(self, task, formula: str, path: Path):
+        """The environment for one sample (cached), checked against the observation space of the policy in
+        ``path``."""
         multi = task.kind == "bag" and self.env_id in ("auto", "MolGym/MultiBag-v0")
-        key = "multi" if multi else formula
+        key = (path, "multi" if multi else formula)
         if key not in self._envs:
             import gymnasium
 
@@ -90,11 +123,11 @@ class RLPolicy(Generator):
                                  f"{', '.join(k for k in gymnasium.registry if k.startswith('MolGym/'))}")
             kwargs = {"formulas": list(task.formulas)} if multi else {"formula": formula}
             env = gymnasium.make(env_id, potential=self.potential(), **kwargs, **self.env_kwargs)
-            expected = self._model.observation_space
+            expected = self._models[path].observation_space
             if expected is not None and expected != env.observation_space:
                 env.close()
                 raise ValueError(
-                    f"the policy in {self.checkpoint} expects observations {expected}, but {env_id} for "
+                    f"the policy in {path} expects observations {expected}, but {env_id} for "
                     f"{'formulas ' + ', '.join(task.formulas) if multi else formula} gives {env.observation_space}; "
                     "use a policy trained on this environment (or pass env_id/env_kwargs that reproduce its "
                     "training environment)"
@@ -108,12 +141,14 @@ class RLPolicy(Generator):
 
         from molgym.chem import format_formula
 
-        model = self._load_model()
+        bags = list(task.bags(n, seed))
+        paths = [self._checkpoint_for(task, format_formula(bag)) for bag in bags]  # refuse before any rollout
         out = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for i, bag in enumerate(task.bags(n, seed)):
-                env, options = self._env(task, format_formula(bag))
+            for i, (bag, path) in enumerate(zip(bags, paths)):
+                model = self._load_model(path)
+                env, options = self._env(task, format_formula(bag), path)
                 obs, _info = env.reset(seed=int(seed) * 1_000_003 + i, options=options)
                 done, steps = False, 0
                 while not done:

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from molgym.benchmark.tasks import Suite, Task, get_suite, get_task, task_from_dict
@@ -51,8 +51,10 @@ def plan_jobs(
     seeds: Sequence[int] | None = None,
     n_samples: int | None = None,
     generator_options: dict | None = None,
+    skip: Collection[tuple[str, str]] = (),
 ) -> list[dict]:
-    """The job specs (plain dicts, picklable and JSON-ready) for a suite run."""
+    """The job specs (plain dicts, picklable and JSON-ready) for a suite run, leaving out the
+    ``(generator, task name)`` pairs in ``skip``."""
     tasks = list(tasks) if tasks is not None else suite.get_tasks()
     seeds = list(seeds) if seeds is not None else list(suite.seeds)
     options = {g: dict(suite.generator_options.get(g, {})) for g in generators}
@@ -61,6 +63,8 @@ def plan_jobs(
     specs = []
     for g in generators:
         for task in tasks:
+            if (g, task.name) in skip:
+                continue
             for seed in seeds:
                 spec = {
                     "schema": JOB_SCHEMA,
@@ -271,13 +275,18 @@ def run_suite(
 
     load_potential(spec)  # fails fast on a bad spec or a missing model file
     options = generator_options or {}
+    skipped: list[dict] = []
     for g in generators:  # fails fast on unknown generators or bad options
         merged = {**suite.generator_options.get(g, {}), **options.get(g, {})}
-        get_generator(g, potential=spec, **merged)
+        generator = get_generator(g, potential=spec, **merged)
+        for task in task_objs:
+            reason = generator.unsupported(task)
+            if reason:
+                skipped.append({"generator": g, "task": task.name, "reason": reason})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs = plan_jobs(suite, generators, spec, out, tasks=task_objs, seeds=seeds, n_samples=n_samples,
-                      generator_options=options)
+                      generator_options=options, skip={(s["generator"], s["task"]) for s in skipped})
 
     finished: dict[str, dict] = {}
     todo = []
@@ -295,6 +304,7 @@ def run_suite(
     def save() -> dict:
         results = build_results(context, [finished[s["job_id"]] for s in specs if s["job_id"] in finished])
         results["failed_jobs"] = [failed[k] for k in sorted(failed)]
+        results["skipped_jobs"] = skipped
         write_json(out / "results.json", results)
         return results
 

@@ -101,6 +101,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"  {gen:>16}: valid+connected {100 * vc:.1f}%  molecule-stable {100 * ms:.1f}%  "
               f"({row['tasks']} tasks)" if vc is not None and ms is not None else f"  {gen:>16}: no valid molecules")
     print(f"wrote {args.out}/results.json")
+    for skip in results.get("skipped_jobs", []):
+        print(f"  skipped {skip['generator']} on {skip['task']}: {skip['reason']}")
     for failure in results.get("failed_jobs", []):
         print(f"  FAILED {failure['job_id']}: {failure['error']}")
     if not args.no_report:

@@ -152,6 +152,42 @@ def test_rl_policy_generator_rolls_out_a_trained_checkpoint(tmp_path):
         get_generator("rl_policy", checkpoint=str(path), potential="xtb").generate(get_task("C3H8O"), 1, seed=0)
 
 
+def test_shipped_agent_checkpoints_are_indexed_and_checked():
+    from molgym.agents.shipped import CHECKPOINT_DIR, shipped_checkpoint, shipped_checkpoints
+    from molgym.potentials.registry import shipped_model_card
+
+    index = shipped_checkpoints()
+    assert {"CH4O", "CH3NO", "C2H2O2"} <= set(index)
+    for formula, entry in index.items():
+        assert shipped_checkpoint(formula) == CHECKPOINT_DIR / entry["file"]  # sha256 matches the index
+        assert entry["potential"] == "default" and entry["potential_sha256"] == shipped_model_card()["sha256"]
+        assert 0.0 < entry["final_greedy"]["mean_fraction_of_optimum"] <= 1.0
+    assert shipped_checkpoint("OCH4") == shipped_checkpoint("CH4O")  # any spelling of the formula
+    with pytest.raises(ValueError, match="no shipped agent checkpoint for C9H20.*shipped for: .*CH4O"):
+        shipped_checkpoint("C9H20")
+
+
+def test_rl_policy_with_shipped_checkpoints_skips_tasks_it_cannot_do(tmp_path):
+    from molgym.benchmark.runner import run_suite
+
+    gen = get_generator("rl_policy", checkpoint="shipped", potential="default")
+    assert gen.unsupported(get_task("CH4O")) is None
+    assert "per formula" in gen.unsupported(get_task("bags-small"))
+    assert "no shipped checkpoint for C3H8O" in gen.unsupported(get_task("C3H8O"))
+    with pytest.raises(ValueError, match="task 'C3H8O': no shipped agent checkpoint"):
+        gen.generate(get_task("C3H8O"), 1, seed=0)
+
+    suite = Suite(name="shipped-test", version="0", description="", tasks=("CH4O", "bags-small"), n_samples=2,
+                  seeds=(0,), relax_steps=0, referee_sample=0)
+    results = run_suite(suite, ["rl_policy"], tmp_path, potential="default", workers=1, progress=False,
+                        generator_options={"rl_policy": {"checkpoint": "shipped"}})
+    assert results["complete"] and results["jobs_planned"] == 1 and results["failed_jobs"] == []
+    assert [(s["generator"], s["task"]) for s in results["skipped_jobs"]] == [("rl_policy", "bags-small")]
+    assert list(results["leaderboard"]) == ["CH4O"]
+    job = json.loads((tmp_path / "jobs" / "rl_policy__CH4O__seed0.json").read_text())
+    assert job["n_generated"] == 2 and job["generator_metadata"]["settings"]["checkpoint"] == "shipped"
+
+
 # ---------------------------------------------------------------- runner, resume, report
 
 
