@@ -4,15 +4,18 @@ A run directory holds::
 
     config.json            the run's settings (a resumed run must match them)
     progress.csv           SB3's training log (+ TensorBoard events under tb/ when tensorboard is installed)
-    eval.csv               periodic greedy evaluations: step, mean return, validity, fraction of the optimum
+    eval.csv               periodic greedy evaluations: step, mean return, validity, fraction of the optimum,
+                           completed episodes
     checkpoints/           step_<N>.zip and latest.zip (SB3 PPO archives, written atomically)
     model.zip              the final policy
-    molecules.xyz          final molecules, greedy and sampled (extended XYZ; ``info``: mode, return, validity,
+    molecules.xyz          final molecules, greedy and sampled (extended XYZ; ``info``: mode, return, completion, validity,
                            fraction of the optimum, why an invalid episode ended)
     summary.json           return, validity and fraction of the optimum at the end, speed figures
 
-Validity of an episode: it placed every atom of the bag without an invalid placement (the environment's rules).
-Stability of a valid molecule: every atom's perceived bond-order sum is an allowed valence
+Completion of an episode: it placed every atom of the bag without an invalid placement (the environment's rules).
+Validity of a completed molecule: the benchmark's, one connected molecule that RDKit sanitises after bond
+perception (:func:`molgym.metrics.chemistry.perceive`); a completed episode is not necessarily a valid molecule.
+Stability of a completed molecule: every atom's perceived bond-order sum is an allowed valence
 (:func:`molgym.metrics.bonds.is_stable`).
 Fraction of the optimum: episode return / best-known return of the formula under the same potential (``None``
 when the environment knows no best-known return for it).
@@ -167,16 +170,26 @@ def greedy_episodes(policy, env, n: int, seed: int, deterministic: bool = True) 
             ret += float(reward)
             done = terminated or truncated
         atoms = env.unwrapped.canvas
-        valid = not last.get("invalid", False) and not env.unwrapped.bag
+        complete = not last.get("invalid", False) and not env.unwrapped.bag
+        valid = complete and _is_valid(atoms)
         best = last.get("best_known_return", best)
         frac = ret / best if (best is not None and np.isfinite(best) and best != 0) else None
-        stable = bool(valid and _is_stable(atoms))
-        atoms.info.update(episode_return=ret, valid=bool(valid), stable=stable,
-                          invalid_reason=last.get("invalid_reason", ""),
+        stable = bool(complete and _is_stable(atoms))
+        atoms.info.update(episode_return=ret, complete=bool(complete), valid=bool(valid), stable=stable,
+                          invalid_reason=last.get("invalid_reason", "") or "none",  # extxyz garbles empty strings
                           fraction_of_optimum=np.nan if frac is None else frac)
-        records.append({"return": ret, "valid": bool(valid), "stable": stable, "fraction_of_optimum": frac,
-                        "atoms": atoms, "best_known_return": best})
+        records.append({"return": ret, "complete": bool(complete), "valid": bool(valid), "stable": stable,
+                        "fraction_of_optimum": frac, "atoms": atoms, "best_known_return": best})
     return records
+
+
+def _is_valid(atoms) -> bool:
+    """One connected molecule that RDKit sanitises after bond perception: the benchmark's validity
+    (:func:`molgym.metrics.chemistry.perceive`), so training summaries and benchmark reports agree."""
+    from molgym.metrics.chemistry import perceive
+
+    p = perceive(atoms)
+    return bool(p.valid and p.connected)
 
 
 def _is_stable(atoms) -> bool:
@@ -193,6 +206,7 @@ def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "episodes": len(records),
         "mean_return": float(np.mean([r["return"] for r in records])) if records else math.nan,
         "best_return": float(np.max([r["return"] for r in records])) if records else math.nan,
+        "completed": float(np.mean([r["complete"] for r in records])) if records else math.nan,
         "validity": float(np.mean([r["valid"] for r in records])) if records else math.nan,
         "stability": float(np.mean([r["stable"] for r in records])) if records else math.nan,
         "mean_fraction_of_optimum": float(np.mean(fracs)) if fracs else None,
@@ -250,8 +264,10 @@ def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
             with open(path, "a", newline="") as fh:
                 w = csv.writer(fh)
                 if new:
-                    w.writerow(["step", "mean_return", "best_return", "validity", "mean_fraction_of_optimum"])
-                w.writerow([n, s["mean_return"], s["best_return"], s["validity"], s["mean_fraction_of_optimum"]])
+                    w.writerow(["step", "mean_return", "best_return", "validity", "mean_fraction_of_optimum",
+                                "completed"])
+                w.writerow([n, s["mean_return"], s["best_return"], s["validity"], s["mean_fraction_of_optimum"],
+                            s["completed"]])
 
         def _on_training_end(self) -> None:
             if self.bar is not None:

@@ -102,7 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if g and g["episodes"]:
             frac = g.get("mean_fraction_of_optimum")
             print(f"final {label} molecules ({g['episodes']}): mean return {g['mean_return']:.3f} eV "
-                  f"(best {g['best_return']:.3f}), validity {g['validity']:.0%}, stable {g['stability']:.0%}, "
+                  f"(best {g['best_return']:.3f}), completed {g['completed']:.0%}, valid {g['validity']:.0%}, "
+                  f"stable {g['stability']:.0%}, "
                   "fraction of optimum "
                   + ("n/a (no best-known return for this potential)" if frac is None else f"{frac:.3f}"))
     print(f"wrote {Path(args.out) / 'summary.json'}")

@@ -39,6 +39,8 @@ def test_train_run_writes_every_output(agent, tmp_path, tiny_mace_file, capsys):
     molecules = ase.io.read(out / "molecules.xyz", index=":")
     assert [m.info["mode"] for m in molecules] == ["greedy", "sampled", "sampled"]
     assert all("episode_return" in m.info and "valid" in m.info for m in molecules)
+    assert all(m.info["complete"] or not m.info["valid"] for m in molecules)  # valid needs a completed episode
+    assert s["validity"] <= s["completed"]
     rows = (out / "eval.csv").read_text().splitlines()
     assert rows[0].startswith("step,mean_return") and len(rows) == 3  # steps 16 and 32
 
@@ -91,3 +93,16 @@ def test_help_lists_the_options(capsys):
     out = capsys.readouterr().out
     for option in ("--agent", "--formula", "--steps", "--n-envs", "--seed", "--device", "--resume", "--eval-every"):
         assert option in out
+
+
+def test_training_validity_is_the_benchmarks_chemical_validity():
+    """A completed episode counts as valid only if its molecule is one connected, RDKit-sanitisable molecule."""
+    from ase.build import molecule
+
+    from molgym.agents.common.training import _is_valid
+
+    methanol = molecule("CH3OH")
+    assert _is_valid(methanol)
+    apart = methanol.copy()
+    apart.positions[apart.get_chemical_symbols().index("O")] += [6.0, 0.0, 0.0]  # O (and its H) far away
+    assert not _is_valid(apart)
