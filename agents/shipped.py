@@ -39,7 +39,7 @@ def shipped_checkpoint(formula: str) -> Path:
             match the sha256 in the index.
     """
     from molgym.chem import format_formula, parse_formula
-    from molgym.potentials.registry import sha256_of
+    from molgym.potentials.registry import check_sha256
 
     key = format_formula(parse_formula(formula))
     entries = shipped_checkpoints()
@@ -53,7 +53,4 @@ def shipped_checkpoint(formula: str) -> Path:
     path = CHECKPOINT_DIR / entry["file"]
     if not path.is_file():
         raise ValueError(f"shipped checkpoint {path} is missing from this installation")
-    actual = sha256_of(path)
-    if actual != entry["sha256"]:
-        raise ValueError(f"shipped checkpoint {path} does not match its index (sha256 {actual} != {entry['sha256']})")
-    return path
+    return check_sha256(path, entry["sha256"], "shipped checkpoint", "its index")

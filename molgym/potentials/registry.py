@@ -40,6 +40,16 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def check_sha256(path: Path, expected: str, what: str, record: str, advice: str = "") -> Path:
+    """``path`` if its sha256 is ``expected``; else a ``ValueError`` naming the file (``what``), the record it
+    was checked against and both hashes. Every shipped file (model, committee, agent checkpoint) passes here before
+    it is loaded."""
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ValueError(f"{what} {path} does not match {record} (sha256 {actual} != {expected}){advice}")
+    return path
+
+
 def shipped_model_card(name: str = "default") -> dict:
     """The JSON model card of a shipped model."""
     card = MODELS_DIR / f"{name}.json"
@@ -60,10 +70,7 @@ def shipped_committee_path(name: str = "default") -> Path | None:
     path = MODELS_DIR / card["file"]
     if not path.is_file():
         raise ModelNotAvailableError(f"the committee card for {name!r} names {path}, which is missing")
-    actual = sha256_of(path)
-    if actual != card["sha256"]:
-        raise ValueError(f"shipped committee {path} does not match its card (sha256 {actual} != {card['sha256']})")
-    return path
+    return check_sha256(path, card["sha256"], "shipped committee", "its card")
 
 
 def shipped_model_path(name: str = "default") -> Path:
@@ -72,13 +79,8 @@ def shipped_model_path(name: str = "default") -> Path:
     path = MODELS_DIR / card["file"]
     if not path.is_file():
         raise ModelNotAvailableError(f"the model card for {name!r} names {path}, which is missing")
-    actual = sha256_of(path)
-    if actual != card["sha256"]:
-        raise ValueError(
-            f"shipped model {path} does not match its model card (sha256 {actual} != {card['sha256']}); "
-            "refusing to unpickle it. Reinstall molgym."
-        )
-    return path
+    return check_sha256(path, card["sha256"], "shipped model", "its model card",
+                        "; refusing to unpickle it. Reinstall molgym.")
 
 
 class ProvisionalModelWarning(UserWarning):
