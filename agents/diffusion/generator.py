@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 from ase import Atoms
 
-from molgym.benchmark.generator import Generator
+from molgym.benchmark.generator import Generator, check_sample_count
 from molgym.chem import atomic_number
 
 __all__ = ["DiffusionSampler", "MAX_ATOMS"]
@@ -115,11 +115,10 @@ class DiffusionSampler(Generator):
     def generate_molecules(self, n: int, seed: int, task=None,
                            progress: Callable[[int], None] | None = None) -> list[Atoms]:
         """``n`` molecules (task optional); ``progress(k)`` is called after each batch with the molecules done."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"number of molecules must be a non-negative integer, got {n!r}")
+        n = check_sample_count(n)
         if n == 0:
             return []
-        jobs = self._jobs(task, int(n), int(seed))
+        jobs = self._jobs(task, n, int(seed))
         model = self._load()
         import torch
 

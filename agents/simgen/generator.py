@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-from molgym.benchmark.generator import Generator
+from molgym.benchmark.generator import Generator, check_sample_count
 from molgym.chem import atomic_number, bag_from_numbers, element, symbol
 from molgym.potentials.base import Potential
 
@@ -311,8 +311,7 @@ class SiMGen(Generator):
     def generate_molecules(self, n: int, seed: int, task=None,
                            progress: Callable[[int], None] | None = None) -> list[Atoms]:
         """``n`` molecules (task optional); ``progress(k)`` is called after each batch with the molecules done."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"number of molecules must be a non-negative integer, got {n!r}")
+        n = check_sample_count(n)
         if n == 0:
             return []
         if self.threads is None:

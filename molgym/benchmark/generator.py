@@ -26,6 +26,7 @@ __all__ = [
     "register_generator",
     "get_generator",
     "resolve_potential_spec",
+    "check_sample_count",
 ]
 
 
@@ -41,6 +42,14 @@ def resolve_potential_spec(spec: str | None = "auto") -> tuple[str, str]:
     except (ModelNotAvailableError, ValueError) as err:
         return "xtb", f"auto: shipped default MACE model unavailable ({type(err).__name__}); fell back to GFN2-xTB"
     return "default", "auto: shipped default MACE model"
+
+
+def check_sample_count(n) -> int:
+    """``n`` as an ``int`` if it is a valid number of molecules to generate (an integer >= 0, not a bool);
+    otherwise a ``ValueError`` naming it."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"number of molecules must be a non-negative integer, got {n!r}")
+    return int(n)
 
 
 class CountingPotential(Potential):

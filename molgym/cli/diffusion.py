@@ -1,4 +1,5 @@
-"""``molgym diffusion train|analyse``: train the energy-based diffusion model on QM9 and analyse its score.
+"""``molgym diffusion train|analyse|evaluate``: train the energy-based diffusion model on QM9, analyse its score,
+and measure EDM's QM9 figures on its samples.
 
 ``molgym generate diffusion`` (sampling) is registered from here too (:func:`register_generate`), so all of the
 diffusion sampler's command-line options live in one module. Heavy imports (torch, MACE) happen inside the
@@ -12,25 +13,25 @@ import json
 import os
 from pathlib import Path
 
+from molgym.cli.generate import _add_common, _positive_int, run_generation, sample_with_progress
 
-def _positive_int(text: str) -> int:
+
+def _float_at_least(text: str, low: float, strict: bool, wanted: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if not (value > low if strict else value >= low):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return _float_at_least(text, 0.0, True, "a positive number")
+
+
+def _non_negative_float(text: str) -> float:
+    return _float_at_least(text, 0.0, False, "a number >= 0")
 
 
 def _duration(text: str) -> float:
@@ -119,7 +120,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("-n", "--num", type=_positive_int, default=1000, help="molecules to sample")
     p.add_argument("--steps", type=_positive_int, default=20, help="Heun steps (default 20, as measured)")
-    p.add_argument("--churn", type=float, default=5.0, help="EDM's S_churn (default 5, as measured)")
+    p.add_argument("--churn", type=_non_negative_float, default=5.0, help="EDM's S_churn (default 5, as measured)")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="molecules integrated together")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
@@ -231,32 +232,12 @@ def cmd_evaluate(args) -> int:
         molecules = ase.io.read(args.molecules_from, index=":")
     else:
         from molgym.agents.diffusion import DiffusionSampler
-
-        if args.churn < 0:
-            raise ValueError(f"--churn must be >= 0, got {args.churn}")
         import torch
 
         generator = DiffusionSampler(model=args.model, steps=args.steps, churn=args.churn,
                                      batch_size=args.batch_size, threads=args.threads)
-        bar = None
-        if not args.no_progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=args.num, unit="mol", desc="diffusion sample", dynamic_ncols=True)
-        done = [0]
-
-        def tick(k: int) -> None:
-            if bar is not None:
-                bar.update(k - done[0])
-            done[0] = k
-
-        start = time.perf_counter()
-        try:
-            molecules = generator.generate_molecules(args.num, args.seed, progress=tick)
-        finally:
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - start
+        molecules, seconds = sample_with_progress(generator, args.num, args.seed, progress=not args.no_progress,
+                                                  desc="diffusion sample")
         write_xyz(out / "molecules.xyz", molecules)
         sampling = {"seconds": round(seconds, 1), "seconds_per_molecule": round(seconds / len(molecules), 4),
                     "steps": args.steps, "network_evaluations_per_molecule": 2 * args.steps - 1,
@@ -283,8 +264,6 @@ def cmd_evaluate(args) -> int:
 
 def register_generate(commands) -> None:
     """``molgym generate diffusion`` (added to :data:`molgym.cli.generate.METHODS`)."""
-    from molgym.cli.generate import _add_common
-
     p = commands.add_parser(
         "diffusion", help="energy-based diffusion sampler trained on QM9 (EDM Heun sampler)",
         description="Sample molecules from the energy-based diffusion model (docs/diffusion.md). Without --task "
@@ -294,7 +273,7 @@ def register_generate(commands) -> None:
     _add_common(p)
     p.add_argument("--model", default="default", help="checkpoint, or 'default' for the shipped QM9 model")
     p.add_argument("--steps", type=_positive_int, default=20, help="Heun steps (default 20, as measured)")
-    p.add_argument("--churn", type=float, default=5.0, help="EDM's S_churn (0: deterministic ODE; default 5, as measured)")
+    p.add_argument("--churn", type=_non_negative_float, default=5.0, help="EDM's S_churn (0: deterministic ODE; default 5, as measured)")
     p.add_argument("--sigma-max", type=_positive_float, default=10.0, help="initial noise level (Å)")
     p.add_argument("--atoms", type=_positive_int, default=None,
                    help="atoms per molecule, hydrogens included (default: drawn from QM9)")
@@ -305,10 +284,7 @@ def register_generate(commands) -> None:
 
 def cmd_generate(args) -> int:
     from molgym.agents.diffusion import DiffusionSampler
-    from molgym.cli.generate import run_generation
 
-    if args.churn < 0:
-        raise ValueError(f"--churn must be >= 0, got {args.churn}")
     generator = DiffusionSampler(model=args.model, steps=args.steps, churn=args.churn, sigma_max=args.sigma_max,
                                  n_atoms=args.atoms, batch_size=args.batch_size, threads=args.threads)
     command = "molgym generate diffusion " + json.dumps({k: v for k, v in vars(args).items()

@@ -104,6 +104,31 @@ def _output_path(out: str) -> Path:
     return path
 
 
+def sample_with_progress(generator, n: int, seed: int, task=None, progress: bool = True,
+                         desc: str | None = None) -> tuple[list, float]:
+    """``generator.generate_molecules(n, seed, task=task)`` with a progress bar fed by its ``progress`` callback;
+    returns the molecules and the wall time in seconds."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, unit="mol", desc=desc or generator.name, dynamic_ncols=True)
+    done = [0]
+
+    def tick(k: int) -> None:
+        if bar is not None:
+            bar.update(k - done[0])
+        done[0] = k
+
+    start = time.perf_counter()
+    try:
+        molecules = generator.generate_molecules(n, seed, task=task, progress=tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    return molecules, time.perf_counter() - start
+
+
 def run_generation(generator, n: int, seed: int, out: str, progress: bool, command: str,
                    task: str | None = None) -> int:
     """Generate ``n`` molecules with ``generator.generate_molecules`` (progress bar), write them and a summary."""
@@ -120,25 +145,7 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
         from molgym.benchmark import get_task
 
         task_obj = get_task(task)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, unit="mol", desc=generator.name, dynamic_ncols=True)
-    done = [0]
-
-    def tick(k: int) -> None:
-        if bar is not None:
-            bar.update(k - done[0])
-        done[0] = k
-
-    start = time.perf_counter()
-    try:
-        molecules = generator.generate_molecules(n, seed, task=task_obj, progress=tick)
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = time.perf_counter() - start
+    molecules, elapsed = sample_with_progress(generator, n, seed, task=task_obj, progress=progress)
     from molgym.metrics.chemistry import perceive
 
     perceptions = [perceive(m) for m in molecules]
