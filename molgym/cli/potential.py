@@ -72,6 +72,12 @@ def register(subparsers) -> None:
     tr.add_argument("--lr", type=float, default=0.01)
     tr.add_argument("--energy-weight", type=float, default=40.0)
     tr.add_argument("--forces-weight", type=float, default=10.0)
+    tr.add_argument("--stage-two-from", type=int, default=None, metavar="EPOCH",
+                    help="switch to mace's stage two (energy-weighted loss, lower lr, weight averaging) at EPOCH; "
+                    "the model is then OUT/NAME_stagetwo.model")
+    tr.add_argument("--stage-two-energy-weight", type=float, default=1000.0)
+    tr.add_argument("--stage-two-forces-weight", type=float, default=10.0)
+    tr.add_argument("--stage-two-lr", type=float, default=1e-3)
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--name", default="model", help="model file name stem (default: model -> OUT/model.model)")
     tr.set_defaults(func=cmd_train)
@@ -273,7 +279,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from molgym.training.mace_train import mace_arguments, train_mace
 
     options = dict(batch_size=args.batch_size, lr=args.lr, energy_weight=args.energy_weight,
-                   forces_weight=args.forces_weight)
+                   forces_weight=args.forces_weight, stage_two_from=args.stage_two_from,
+                   stage_two_energy_weight=args.stage_two_energy_weight,
+                   stage_two_forces_weight=args.stage_two_forces_weight, stage_two_lr=args.stage_two_lr)
     # validate everything before importing torch and starting mace
     mace_arguments(args.data, args.out, architecture=args.architecture, epochs=args.epochs, device=args.device,
                    seed=args.seed, dtype=args.dtype, name=args.name, **options)

@@ -11,6 +11,12 @@ re-implemented here.
 - **dtype**: ``float32`` by default: on the 2-core CPU molgym's default model was trained on it is ~2x faster than
   ``float64`` for training and evaluation, and its rounding error on total energies of ~1000 eV is ~0.1 meV,
   far below the accuracy target (tens of meV).
+- **Stage two** (``stage_two_from=N``): from epoch N mace switches to its stage-two loss (energy weight
+  ``stage_two_energy_weight``, default 1000, forces ``stage_two_forces_weight``, default 10) and learning rate
+  (``stage_two_lr``, default 1e-3) and averages weights (SWA). The reward is an energy difference, so the
+  energy error matters most; a short stage two after a force-heavy stage one cuts it at little cost to forces.
+  The model is then ``OUT/<name>_stagetwo.model`` (mace's name); it is what :func:`train_mace` returns.
+  Resuming a finished stage-one run with ``stage_two_from`` set continues it into stage two.
 - **Resumable**: mace's ``--restart_latest``: rerunning the same command continues from the newest checkpoint.
   Rerunning with ``epochs`` at or below the epochs already done writes the model from the best checkpoint
   without training further (how a time-boxed run is finished).
@@ -52,6 +58,10 @@ def mace_arguments(
     energy_weight: float = 40.0,
     forces_weight: float = 10.0,
     name: str = "model",
+    stage_two_from: int | None = None,
+    stage_two_energy_weight: float = 1000.0,
+    stage_two_forces_weight: float = 10.0,
+    stage_two_lr: float = 1e-3,
     extra: list[str] | None = None,
 ) -> list[str]:
     """The ``mace_run_train`` command-line arguments for training on dataset ``data`` into ``out``.
@@ -71,6 +81,12 @@ def mace_arguments(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if stage_two_from is not None and not 1 <= stage_two_from < epochs:
+        raise ValueError(f"stage_two_from must be an epoch in [1, epochs) = [1, {epochs}), got {stage_two_from}")
+    for label, value in (("stage_two_energy_weight", stage_two_energy_weight),
+                         ("stage_two_forces_weight", stage_two_forces_weight), ("stage_two_lr", stage_two_lr)):
+        if not value > 0:
+            raise ValueError(f"{label} must be > 0, got {value}")
     if not str(device).startswith(("cpu", "cuda", "mps")):
         raise ValueError(f"device must be 'cpu', 'cuda[:N]' or 'mps', got {device!r}")
     manifest = _read_manifest(data)
@@ -124,7 +140,43 @@ def mace_arguments(
         "--save_cpu",
         "--num_workers", "0",
     ]
+    if stage_two_from is not None:
+        args += [
+            "--stage_two",
+            "--start_stage_two", str(stage_two_from),
+            "--stage_two_energy_weight", str(stage_two_energy_weight),
+            "--stage_two_forces_weight", str(stage_two_forces_weight),
+            "--stage_two_lr", str(stage_two_lr),
+        ]
     return args + list(extra or [])
+
+
+def _prepare_stage_two_resume(checkpoints: Path, stage_two_lr: float) -> None:
+    """Let mace resume a stage-one checkpoint straight into stage two.
+
+    mace builds its stage-two scheduler (torch's ``SWALR``, which stores ``swa_lr`` in each optimizer parameter
+    group) before it loads the checkpoint; loading replaces the parameter groups with the saved ones, which have
+    no ``swa_lr``, and the first stage-two epoch fails with ``KeyError: 'swa_lr'``. Adding the key to the newest
+    stage-one checkpoint (rewritten atomically) avoids it. Nothing is done when a stage-two checkpoint exists.
+    """
+    import torch
+
+    from molgym.io import atomic_path
+
+    if not checkpoints.is_dir() or any(checkpoints.glob("*_swa.pt")):
+        return
+    stage_one = sorted(checkpoints.glob("*_epoch-*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    if not stage_one:
+        return
+    latest = stage_one[-1]
+    state = torch.load(latest, map_location="cpu", weights_only=False)
+    groups = state.get("optimizer", {}).get("param_groups", [])
+    if not groups or all("swa_lr" in g for g in groups):
+        return
+    for group in groups:
+        group.setdefault("swa_lr", stage_two_lr)
+    with atomic_path(latest) as tmp:
+        torch.save(state, tmp)
 
 
 def train_mace(
@@ -142,7 +194,7 @@ def train_mace(
     """Train (or resume training) a MACE model with mace-torch's trainer; returns the model file's path.
 
     ``options`` go to :func:`mace_arguments` (``batch_size``, ``lr``, ``energy_weight``, ``forces_weight``,
-    ``extra``: more raw mace arguments). ``threads`` sets torch's CPU threads (default: torch's choice).
+    ``stage_two_from`` and its weights, ``extra``: more raw mace arguments). ``threads`` sets torch's CPU threads (default: torch's choice).
     A ``train_settings.json`` with the exact arguments and timings is written to ``out``.
     """
     argv = mace_arguments(data, out, architecture=architecture, epochs=epochs, device=device, seed=seed,
@@ -177,6 +229,8 @@ def train_mace(
         })
 
     save_settings()
+    if options.get("stage_two_from") is not None:
+        _prepare_stage_two_resume(out / "checkpoints", float(options.get("stage_two_lr", 1e-3)))
     previous_dtype = torch.get_default_dtype()
     try:
         run(args)  # mace sets torch's default dtype; restored below
@@ -184,7 +238,8 @@ def train_mace(
         torch.set_default_dtype(previous_dtype)
     record["seconds"] = round(time.time() - start, 1)
     save_settings()
-    model = out / f"{name}.model"
+    stem = f"{name}_stagetwo" if options.get("stage_two_from") is not None else name
+    model = out / f"{stem}.model"
     if not model.is_file():
         raise RuntimeError(f"mace's trainer finished without writing {model}; see {out / 'logs'}")
     return model

@@ -225,7 +225,13 @@ def test_training_arguments_are_checked_before_training(tmp_path, tiny_dataset):
     from mace.tools import build_default_arg_parser
 
     args = build_default_arg_parser().parse_args(argv)  # mace's own parser accepts every argument
-    assert args.restart_latest and args.max_num_epochs == 100
+    assert args.restart_latest and args.max_num_epochs == 100 and not args.swa
+    with pytest.raises(ValueError, match=r"stage_two_from must be an epoch in \[1, epochs\) = \[1, 10\), got 10"):
+        mace_arguments(data, tmp_path / "out", epochs=10, stage_two_from=10)
+    with pytest.raises(ValueError, match="stage_two_lr must be > 0"):
+        mace_arguments(data, tmp_path / "out", epochs=10, stage_two_from=5, stage_two_lr=0.0)
+    args = build_default_arg_parser().parse_args(mace_arguments(data, tmp_path / "out", epochs=10, stage_two_from=5))
+    assert args.swa and args.start_swa == 5 and args.swa_energy_weight == 1000.0 and args.swa_lr == 1e-3
 
 
 @pytest.mark.slow
@@ -253,6 +259,13 @@ def test_tiny_training_end_to_end(tmp_path, tiny_dataset):
     assert test["errors"]["atoms"]["energy_mae_meV"] < 1.0  # E0s: isolated atoms are exact
     assert "build_rewards" in test and "alternatives" in test and "diatomics" in test
     assert "spearman" in result["sets"]["isomers"]["isomers"]
+
+    # resuming the finished stage-one run straight into stage two (mace alone fails here: KeyError 'swa_lr')
+    stage_two = train_mace(data, tmp_path / "train", architecture="tiny", epochs=2, batch_size=8, threads=2,
+                           stage_two_from=1)
+    assert stage_two.name == "model_stagetwo.model" and stage_two.is_file()
+    assert list((tmp_path / "train" / "checkpoints").glob("*_swa.pt"))
+    assert load_potential(stage_two, device="cpu").species == frozenset(ds.ELEMENTS)
 
 
 # --- user models --------------------------------------------------------------------------------------------------
