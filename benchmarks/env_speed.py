@@ -35,26 +35,41 @@ FORMULA = "C7H8N2O2"
 
 
 class TimedPotential:
-    """Wraps a potential and accumulates the wall time spent in ``energies``."""
+    """Wraps a potential and accumulates the wall time spent in its energy calls.
+
+    The wrapper offers whatever the inner potential offers: with a committee (the shipped default has one) the
+    environments evaluate ``committee_energies`` and report each step's uncertainty, as they do with the
+    potential itself. (a) and (b) both run through a wrapper, so both take the same path.
+    """
 
     def __init__(self, inner):
         from molgym.potentials.base import Potential
 
+        def timed(method):
+            def call(self, structures):
+                start = time.perf_counter()
+                try:
+                    return method(structures)
+                finally:
+                    self.seconds += time.perf_counter() - start
+                    self.calls += 1
+
+            return call
+
         class _Timed(Potential):
             name = inner.name
             species = inner.species
+            provides_uncertainty = bool(getattr(inner, "provides_uncertainty", False))
+            energies = timed(inner.energies)
+            if provides_uncertainty:
+                committee_energies = timed(inner.committee_energies)
 
             def __init__(self):
                 self.seconds = 0.0
                 self.calls = 0
 
-            def energies(self, structures):
-                start = time.perf_counter()
-                try:
-                    return inner.energies(structures)
-                finally:
-                    self.seconds += time.perf_counter() - start
-                    self.calls += 1
+            def __getattr__(self, attribute):  # the committee's heads and scale, when it has them
+                return getattr(inner, attribute)
 
             def energies_and_forces(self, structures):
                 return inner.energies_and_forces(structures)
@@ -62,12 +77,12 @@ class TimedPotential:
         self.potential = _Timed()
 
 
-def mace_potential(device: str | None, dtype: str | None, fallback_arch: str = "small"):
+def mace_potential(device: str | None, dtype: str | None, fallback_arch: str = "small", accelerate: bool | None = None):
     """The default MACE model, or an untrained 'small' MACE when it is not installed (printed)."""
     from molgym.potentials import ModelNotAvailableError, load_potential
 
     try:
-        pot = load_potential("default", device=device, dtype=dtype)
+        pot = load_potential("default", device=device, dtype=dtype, accelerate=accelerate)
         return pot, "MACE default model"
     except ModelNotAvailableError as err:
         from molgym.potentials.mace import MACEPotential
@@ -78,7 +93,8 @@ def mace_potential(device: str | None, dtype: str | None, fallback_arch: str = "
         print("      architecture, meaningless energies.")
         model = build_untrained_mace(fallback_arch,
                                      atomic_energies=np.array([-13.6, -1029.0, -1484.0, -2041.0, -2712.0]))
-        return (MACEPotential(model, device=device, dtype=dtype, name=f"MACE(untrained {fallback_arch})"),
+        return (MACEPotential(model, device=device, dtype=dtype, name=f"MACE(untrained {fallback_arch})",
+                              accelerate=accelerate),
                 f"untrained MACE {fallback_arch!r}")
 
 
@@ -158,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                              "not installed (default 'small')")
     parser.add_argument("--rounds", type=int, default=3,
                         help="full episodes per env timed in (a) (it is fast; more rounds average out noise)")
+    parser.add_argument("--no-accelerate", action="store_true",
+                        help="keep the model's e3nn modules as e3nn built them (no molgym.potentials.mace_cpu swaps)")
     parser.add_argument("--skip-xtb", action="store_true")
     parser.add_argument("--skip-pm6", action="store_true")
     args = parser.parse_args(argv)
@@ -170,10 +188,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    potential, label = mace_potential(args.device, args.dtype, args.fallback_arch)
+    potential, label = mace_potential(args.device, args.dtype, args.fallback_arch,
+                                      accelerate=False if args.no_accelerate else None)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"MACE device {potential.device}, dtype {str(potential.dtype).replace('torch.', '')}")
+    print(f"molgym's CPU modules swapped in: {', '.join(potential.accelerated) or 'none'}")
     print(f"workload: {FORMULA}, random valid placements, full episodes, seed {args.seed}\n")
 
     from ase import Atoms
@@ -187,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(a) vector env, {args.n_envs} envs, {label}: {steps} steps in {elapsed:.2f} s = {results['a']:.1f} steps/s "
           f"({calls} batched potential calls; {100 * fraction:.0f}% of step time inside the potential)", flush=True)
 
-    steps, elapsed, invalid = run_serial(lambda: SingleBagEnv(formula=FORMULA, potential=potential), args.n_envs,
+    single_potential = TimedPotential(potential).potential  # the same path as (a): see TimedPotential
+    steps, elapsed, invalid = run_serial(lambda: SingleBagEnv(formula=FORMULA, potential=single_potential), args.n_envs,
                                          args.seed)
     results["b"] = steps / elapsed
     print(f"(b) {args.n_envs} single envs, {label}: {steps} steps in {elapsed:.2f} s = {results['b']:.1f} steps/s",

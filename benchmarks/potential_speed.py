@@ -3,12 +3,13 @@
     python benchmarks/potential_speed.py [--n 64] [--potential default|PATH] [--architecture cpu] [--repeats 5]
                                          [--threads N]
 
-Rows: one batched MACE call for all N structures; N single MACE calls; N GFN2-xTB calls; N PM6 calls (if the
-pm6 extra is installed). Each timing is the median of ``--repeats`` rounds, taken after a warm-up round. Ratios
-are printed against the batched MACE call.
+Rows: one batched MACE call for all N structures; N single MACE calls; the same two with the model's e3nn modules
+as e3nn built them (``accelerate=False``: without molgym's CPU replacements, molgym.potentials.mace_cpu); N GFN2-xTB
+calls; N PM6 calls (if the pm6 extra is installed). Each timing is the median of ``--repeats`` rounds, taken
+after a warm-up round. Ratios are printed against the batched MACE call.
 
 The rows are timed in two blocks, each interleaved round by round so that machine noise hits its rows alike:
-the two MACE rows together, then the xTB and PM6 rows. They are not all interleaved because the libraries run
+the four MACE rows together, then the xTB and PM6 rows. They are not all interleaved because the libraries run
 separate OpenMP thread pools: after an xTB call its threads keep spinning for a while, and a MACE call that
 follows at once shares the cores with them (measured on the 2-core machine with 2 torch threads: the batched
 call took 55 ms right after xTB calls, 20 ms in its own block).
@@ -33,20 +34,21 @@ import warnings
 import numpy as np
 
 
-def _mace(args):
+def _mace(args, accelerate: bool):
     from molgym.potentials import ModelNotAvailableError, load_potential
     from molgym.potentials.mace import MACEPotential
     from molgym.potentials.mace_arch import build_untrained_mace
 
     if args.architecture is None:
         try:
-            return load_potential(args.potential, device=args.device, dtype=args.dtype), args.potential
+            pot = load_potential(args.potential, device=args.device, dtype=args.dtype, accelerate=accelerate)
+            return pot, args.potential
         except ModelNotAvailableError as err:
             print(f"note: {err}\n      timing an untrained 'small' MACE instead")
             args.architecture = "small"
     model = build_untrained_mace(args.architecture)
     label = f"untrained MACE '{args.architecture}' ({args.dtype})"
-    return MACEPotential(model, device=args.device, dtype=args.dtype, name=label), label
+    return MACEPotential(model, device=args.device, dtype=args.dtype, name=label, accelerate=accelerate), label
 
 
 def _time_interleaved(rows: dict, repeats: int) -> dict[str, list[float]]:
@@ -93,11 +95,14 @@ def main(argv=None) -> dict:
     from molgym.potentials import load_potential
 
     structures = load_qm9().sample(args.n, seed=args.seed, min_atoms=args.min_atoms, max_atoms=args.max_atoms)
-    mace, label = _mace(args)
+    mace, label = _mace(args, accelerate=True)
+    plain, _ = _mace(args, accelerate=False)
     load_xtb = load_potential("xtb")
     mace_rows = {
         "MACE batched (1 call)": lambda: mace.energies(structures),
         f"MACE single ({args.n} calls)": lambda: [mace.energies([s]) for s in structures],
+        "e3nn modules, batched": lambda: plain.energies(structures),
+        f"e3nn modules, {args.n} single": lambda: [plain.energies([s]) for s in structures],
     }
     reference_rows = {f"GFN2-xTB ({args.n} calls)": lambda: [load_xtb.energies([s]) for s in structures]}
     if not args.skip_pm6:
@@ -114,11 +119,17 @@ def main(argv=None) -> dict:
     base = median["MACE batched (1 call)"]
     atoms = sum(len(s) for s in structures)
     print(f"\n{args.n} QM9 molecules, {args.min_atoms}-{args.max_atoms} atoms ({atoms} atoms in all); MACE: {label}")
+    swapped = ", ".join(mace.accelerated) or "none (not on the CPU, or no handled form)"
+    print(f"molgym's CPU modules swapped in: {swapped}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"{'row':<28}{'seconds':>10}{'ms/structure':>14}{'x batched':>11}")
     for name, t in median.items():
         print(f"{name:<28}{t:>10.3f}{1000 * t / args.n:>14.2f}{t / base:>11.1f}")
+    single = median[f"MACE single ({args.n} calls)"]
+    plain_ratio = median[f"e3nn modules, {args.n} single"] / median["e3nn modules, batched"]
+    print(f"\nbatched vs single MACE calls: {single / base:.1f}x (e3nn modules throughout: {plain_ratio:.1f}x)")
     result = {"n": args.n, "atoms": atoms, "mace": label, "device": args.device, "seconds": median,
+              "accelerated": mace.accelerated,
               "ratio_to_batched": {k: v / base for k, v in median.items()}}
     if args.json:
         from molgym.io import write_json
