@@ -147,11 +147,10 @@ class MACEPotential(Potential):
             p.requires_grad_(False)
         if accelerate is None:
             accelerate = str(self.device).startswith("cpu")
-        self.accelerated: list[str] = []
         if accelerate:
             from molgym.potentials.mace_cpu import accelerate as accelerate_modules
 
-            self.accelerated = accelerate_modules(model)
+            accelerate_modules(model)
         self.model = model
         self.r_max = float(model.r_max)
         self.z_table = [int(z) for z in model.atomic_numbers]
@@ -164,6 +163,14 @@ class MACEPotential(Potential):
             raise ValueError(f"model has no head {head!r}; heads: {heads}")
         self.head_index = heads.index(head) if head is not None else 0
         self.name = name or (f"MACE({Path(self.path).name})" if self.path else "MACE")
+
+    @property
+    def accelerated(self) -> list[str]:
+        """The modules of the model that are molgym's CPU replacements (:mod:`molgym.potentials.mace_cpu`), read
+        from the model itself, so it is right also for a model another potential already accelerated."""
+        from molgym.potentials.mace_cpu import swapped_modules
+
+        return swapped_modules(self.model)
 
     # --- pickling: ship the weights, rebuild on the receiving side -------------------------------------------
     def __getstate__(self):

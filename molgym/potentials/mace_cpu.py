@@ -277,6 +277,16 @@ def _swap_block(block, generator: torch.Generator) -> list[str]:
     return swapped
 
 
+def swapped_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the interaction-block modules of ``model`` that are this module's replacements."""
+    return [
+        f"interactions.{index}.{name}"
+        for index, block in enumerate(getattr(model, "interactions", []))
+        for name in ("conv_tp", "skip_tp")
+        if isinstance(getattr(block, name, None), (FusedEdgeConvolution, ElementLinear))
+    ]
+
+
 def accelerate(model: torch.nn.Module) -> list[str]:
     """Swap, in place, the e3nn modules of a MACE model that this module has exact faster versions of.
 

@@ -37,6 +37,8 @@ def test_swaps_only_the_handled_forms(tiny_pair):
     # layer 0's skip connection has scalar inputs only (e3nn's module is as fast there) and outputs no path reaches
     assert fast.accelerated == ["interactions.0.conv_tp", "interactions.1.skip_tp"]
     assert plain.accelerated == []
+    # read from the model: a second potential over the already accelerated model reports the same modules
+    assert MACEPotential(fast.model, device="cpu").accelerated == fast.accelerated
     assert type(plain.model.interactions[0].conv_tp).__module__.startswith("e3nn")
     assert not hasattr(plain.model.interactions[0], "conv_fusion")
 
