@@ -128,6 +128,8 @@ class MACEPotential(Potential):
         torch = _torch()
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        if accelerate not in (None, True, False):
+            raise ValueError(f"accelerate must be True, False or None (on for the CPU), got {accelerate!r}")
         if max_atoms_per_batch < 1:
             raise ValueError(f"max_atoms_per_batch must be >= 1, got {max_atoms_per_batch}")
         self.device = device or default_device()

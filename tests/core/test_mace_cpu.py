@@ -43,6 +43,11 @@ def test_swaps_only_the_handled_forms(tiny_pair):
     assert not hasattr(plain.model.interactions[0], "conv_fusion")
 
 
+def test_accelerate_must_be_a_bool_or_none(tiny_mace_file):
+    with pytest.raises(ValueError, match="accelerate must be True, False or None.*got 'yes'"):
+        MACEPotential(str(tiny_mace_file), device="cpu", accelerate="yes")
+
+
 def test_energies_forces_and_descriptors_match_e3nn(tiny_pair):
     import torch
 
