@@ -2,7 +2,8 @@
 
 Workload: environments building C7H8N2O2 (19 atoms) with random *valid* placements
 (:func:`molgym.envs.random_valid_action`), full episodes from an empty canvas, all seeded. Only the time spent
-inside ``step`` is timed (drawing the random actions is not). Side by side in one run:
+inside ``step`` is timed (drawing the random actions is not), after ``--warmup`` untimed episodes (one-off costs
+such as the first full garbage collection stay out of the figures). Side by side in one run:
 
   (a) one ``MolGymVectorEnv`` of N envs with the default MACE model: ONE batched ``potential.energies`` call per
       step for all N envs (``--rounds`` episodes each: it is fast, and a longer measurement averages out noise);
@@ -98,16 +99,20 @@ def mace_potential(device: str | None, dtype: str | None, fallback_arch: str = "
                 f"untrained MACE {fallback_arch!r}")
 
 
-def run_vector(potential, n_envs: int, seed: int, rounds: int = 1) -> tuple[int, float, float, int]:
-    """(a): steps, step seconds, seconds inside the potential, potential calls (``rounds`` full episodes)."""
+def run_vector(potential, n_envs: int, seed: int, rounds: int = 1, warmup: int = 1) -> tuple[int, float, float, int]:
+    """(a): steps, step seconds, seconds inside the potential, potential calls (``rounds`` full episodes, after
+    ``warmup`` untimed ones)."""
     from molgym.envs import random_valid_action
     from molgym.envs.vector import SingleBagVectorEnv
 
     timed = TimedPotential(potential).potential
     venv = SingleBagVectorEnv(num_envs=n_envs, formula=FORMULA, potential=timed, autoreset_mode="same_step")
     steps, elapsed = 0, 0.0
-    timed.seconds, timed.calls = 0.0, 0
-    for r in range(rounds):
+    for k in range(warmup + rounds):
+        r = rounds + k if k < warmup else k - warmup  # warm-up rounds take seeds after the timed ones
+        if k == warmup:
+            steps, elapsed = 0, 0.0
+            timed.seconds, timed.calls = 0.0, 0
         venv.reset(seed=seed + r * n_envs)
         rngs = [np.random.default_rng(seed + 1000 + r * n_envs + i) for i in range(n_envs)]
         finished = np.zeros(n_envs, dtype=bool)
@@ -121,12 +126,16 @@ def run_vector(potential, n_envs: int, seed: int, rounds: int = 1) -> tuple[int,
     return steps, elapsed, timed.seconds, timed.calls
 
 
-def run_serial(make_env, n_envs: int, seed: int) -> tuple[int, float, int]:
-    """Full episodes of ``n_envs`` envs, one env after another: steps, step seconds, invalid endings."""
+def run_serial(make_env, n_envs: int, seed: int, warmup: int = 1) -> tuple[int, float, int]:
+    """Full episodes of ``n_envs`` envs, one env after another (after ``warmup`` untimed ones): steps, step
+    seconds, invalid endings."""
     from molgym.envs import random_valid_action
 
     steps, elapsed, invalid = 0, 0.0, 0
-    for i in range(n_envs):
+    for k in range(warmup + n_envs):
+        i = n_envs + k if k < warmup else k - warmup  # warm-up episodes take seeds after the timed ones
+        if k == warmup:
+            steps, elapsed, invalid = 0, 0.0, 0
         env = make_env()
         env.reset(seed=seed + i)
         rng = np.random.default_rng(seed + 1000 + i)
@@ -164,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serial-envs", type=int, default=8, help="envs run one after another in (c), (d)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="MACE device (default: GPU if present, else CPU)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: on a shared 2-core machine two threads were measured "
-                             "5-20x slower for every method, as OpenMP threads fight the other jobs; 0 = torch's own)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (default 0 = torch's own, one per core, as in "
+                             "potential_speed.py). On a busy machine use 1: more threads than free cores were measured "
+                             "5-20x slower for every method, as OpenMP threads fight the other jobs")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                         help="MACE evaluation dtype for (a) and (b) (default float32, the usual choice for speed)")
     parser.add_argument("--fallback-arch", default="small",
@@ -174,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
                              "not installed (default 'small')")
     parser.add_argument("--rounds", type=int, default=3,
                         help="full episodes per env timed in (a) (it is fast; more rounds average out noise)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed full episodes before each measurement ((a): rounds of all envs; (b)-(d): "
+                             "single episodes). Default 1: the first pass pays one-off costs, among them a full "
+                             "garbage collection over the ~400,000 objects torch and the model bring, measured at "
+                             "0.2 s")
     parser.add_argument("--no-accelerate", action="store_true",
                         help="keep the model's e3nn modules as e3nn built them (no molgym.potentials.mace_cpu swaps)")
     parser.add_argument("--skip-xtb", action="store_true")
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     potential.energies([Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]])] * 4)  # warm-up (lazy set-up, allocator)
     results: dict[str, float] = {}
 
-    steps, elapsed, in_potential, calls = run_vector(potential, args.n_envs, args.seed, args.rounds)
+    steps, elapsed, in_potential, calls = run_vector(potential, args.n_envs, args.seed, args.rounds, args.warmup)
     results["a"] = steps / elapsed
     fraction = in_potential / elapsed
     print(f"(a) vector env, {args.n_envs} envs, {label}: {steps} steps in {elapsed:.2f} s = {results['a']:.1f} steps/s "
@@ -209,14 +224,14 @@ def main(argv: list[str] | None = None) -> int:
 
     single_potential = TimedPotential(potential).potential  # the same path as (a): see TimedPotential
     steps, elapsed, invalid = run_serial(lambda: SingleBagEnv(formula=FORMULA, potential=single_potential), args.n_envs,
-                                         args.seed)
+                                         args.seed, args.warmup)
     results["b"] = steps / elapsed
     print(f"(b) {args.n_envs} single envs, {label}: {steps} steps in {elapsed:.2f} s = {results['b']:.1f} steps/s",
           flush=True)
 
     if not args.skip_xtb:
         steps, elapsed, invalid = run_serial(lambda: SingleBagEnv(formula=FORMULA, potential="xtb"),
-                                             args.serial_envs, args.seed)
+                                             args.serial_envs, args.seed, args.warmup)
         results["c"] = steps / elapsed
         print(f"(c) {args.serial_envs} single envs, GFN2-xTB: {steps} steps in {elapsed:.2f} s = "
               f"{results['c']:.2f} steps/s ({invalid} episodes ended by an SCF failure)", flush=True)
@@ -225,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cls = molgym_style_env_class()
             steps, elapsed, invalid = run_serial(lambda: cls(formula=FORMULA, potential="pm6"), args.serial_envs,
-                                                 args.seed)
+                                                 args.seed, args.warmup)
             results["d"] = steps / elapsed
             print(f"(d) MolGym-style loop, PM6 (Sparrow), 2 calculations/step, {args.serial_envs} envs one after "
                   f"another: {steps} steps in {elapsed:.2f} s = {results['d']:.2f} steps/s "

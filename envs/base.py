@@ -18,6 +18,7 @@ or refill the bag (:meth:`_on_bag_empty`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ class MolecularEnv(gym.Env):
         self._frames: list[tuple] = []
         self._task_formula: str | None = None
         self.best_known = None
+        self._best_known_by_formula: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _check_species(self, numbers: set[int]) -> None:
@@ -396,12 +398,12 @@ class MolecularEnv(gym.Env):
             if flat.shape != (4,):
                 return f"action must be [element_index, x, y, z], got shape {np.shape(action)}"
             index, position = float(flat[0]), flat[1:].copy()
-        if not np.isfinite(index) or not np.all(np.isfinite(position)):
+        if not (math.isfinite(index) and np.isfinite(position).all()):
             return f"action has non-finite values: {[index, *position.tolist()]}"
-        k = int(np.floor(index + 0.5))
+        k = math.floor(index + 0.5)
         if not 0 <= k < len(self.elements):
             return f"element index {index} is outside 0..{len(self.elements) - 1} ({', '.join(self.elements)})"
-        if np.any(np.abs(position) > self.workspace + 1e-6):
+        if np.abs(position).max() > self.workspace + 1e-6:
             w = self.workspace
             return f"position {position.round(3).tolist()} is outside the workspace [-{w}, {w}]^3 Å"
         return k, position
@@ -455,7 +457,9 @@ class MolecularEnv(gym.Env):
         if members is None:
             raise RuntimeError(f"{self.potential.name} provides uncertainties but returned no committee energies")
         dev_after = np.asarray(members, dtype=float) - float(energy)
-        sigma = float(self.potential.uncertainty_scale * np.std(dev_after - self._canvas_dev))
+        spread = dev_after - self._canvas_dev
+        spread -= spread.mean()  # the population standard deviation (np.std), written out: it runs every step
+        sigma = float(self.potential.uncertainty_scale * math.sqrt(float(spread @ spread) / len(spread)))
         return dev_after, sigma
 
     def _formula_of_task(self) -> str | None:
@@ -467,15 +471,21 @@ class MolecularEnv(gym.Env):
         return format_formula(total)
 
     def _lookup_best_known(self):
-        if not self._task_formula:
+        """The task formula's best-known return, read from the table once per formula per environment (finding
+        the table and hashing the model file each reset would cost more than a step)."""
+        formula = self._task_formula
+        if not formula:
             return None
-        from molgym.best_known import best_known
+        if formula not in self._best_known_by_formula:
+            from molgym.best_known import best_known
 
-        try:
-            return best_known(self._task_formula, self.potential)
-        except (OSError, ValueError) as err:  # a damaged table must not stop training
-            gym.logger.warn(f"could not read best-known returns: {err}")
-            return None
+            try:
+                found = best_known(formula, self.potential)
+            except (OSError, ValueError) as err:  # a damaged table must not stop training
+                gym.logger.warn(f"could not read best-known returns: {err}")
+                found = None
+            self._best_known_by_formula[formula] = found
+        return self._best_known_by_formula[formula]
 
     def _best_known_note(self) -> str:
         if self.best_known is not None:

@@ -24,6 +24,7 @@ from molgym.envs.stochastic_bag import StochasticBagEnv
 
 __all__ = [
     "batched_step",
+    "batch_infos",
     "MolGymVectorEnv",
     "SingleBagVectorEnv",
     "MultiBagVectorEnv",
@@ -51,9 +52,43 @@ def batched_step(envs: Sequence[MolecularEnv], actions: Sequence[Any]) -> list[t
     return [env._finish_step(*energies.get(i, (None, "", None))) for i, env in enumerate(envs)]
 
 
-def _vector_info(info: dict[str, Any]) -> dict[str, Any]:
-    """``None`` values (an unknown best-known return) become NaN, so the batched info arrays keep one dtype."""
-    return {k: (np.nan if v is None else _vector_info(v) if isinstance(v, dict) else v) for k, v in info.items()}
+def batch_infos(infos: Sequence[dict[str, Any] | None], num_envs: int) -> dict[str, Any]:
+    """Sub-environment infos in Gymnasium's batched layout, built key by key in one pass.
+
+    The layout is that of ``VectorEnv._add_info`` applied env by env: one array per key (its dtype from the first
+    sub-environment that has the key; an object array for strings and other objects; ``(num_envs, *shape)`` for
+    arrays), a boolean ``_key`` mask of the sub-environments that have it, nested dicts batched the same way and
+    ``final_obs`` kept as an object array of observations. ``infos[i]`` may be ``None`` (no info). Unlike Gymnasium,
+    a ``None`` value (an unknown best-known return) becomes NaN, so a float column keeps its dtype.
+    """
+    rows: dict[str, list[int]] = {}
+    for i, info in enumerate(infos):
+        for key in info or ():
+            rows.setdefault(key, []).append(i)
+    out: dict[str, Any] = {}
+    for key, where in rows.items():
+        values = [infos[i][key] for i in where]
+        values = [np.nan if v is None else v for v in values]
+        first = values[0]
+        if isinstance(first, dict) and key != "final_obs":  # final_obs: observations stay whole
+            nested: list[dict[str, Any] | None] = [None] * num_envs
+            for i, v in zip(where, values):
+                nested[i] = v
+            array: Any = batch_infos(nested, num_envs)
+        elif key == "final_obs" or not (
+            type(first) in (int, float, bool) or isinstance(first, (np.number, np.ndarray))
+        ):
+            array = np.full(num_envs, None, dtype=object)
+            for i, v in zip(where, values):
+                array[i] = v
+        else:
+            shape, dtype = (first.shape, first.dtype) if isinstance(first, np.ndarray) else ((), type(first))
+            array = np.zeros((num_envs, *shape), dtype=dtype)
+            array[where] = values
+        mask = np.zeros(num_envs, dtype=np.bool_)
+        mask[where] = True
+        out[key], out[f"_{key}"] = array, mask
+    return out
 
 
 def _check_shared_potential(envs: Sequence[MolecularEnv]) -> None:
@@ -131,24 +166,25 @@ class MolGymVectorEnv(VectorEnv):
             raise ValueError(f"options['reset_mask'] must have shape ({self.num_envs},), got {mask.shape}")
         if not self._started and not mask.all():
             raise ValueError("the first reset must reset every sub-environment")
-        observations, infos = [], {}
+        observations, infos = [], []
         for i, env in enumerate(self.envs):
+            info = None
             if mask[i]:
                 obs, info = env.reset(seed=seeds[i], options=options or None)
                 self._autoreset[i] = False
-                infos = self._add_info(infos, _vector_info(info), i)
             else:
                 obs = env._observation()
             observations.append(obs)
+            infos.append(info)
         self._started = True
-        return self._stack(observations), infos
+        return self._stack(observations), batch_infos(infos, self.num_envs)
 
     def step(self, actions):
         """Step all sub-environments with ONE batched potential evaluation (see the module docstring)."""
         actions = list(iterate(self.action_space, actions))
         active = [i for i in range(self.num_envs) if not self._autoreset[i]]
         results = dict(zip(active, batched_step([self.envs[i] for i in active], [actions[i] for i in active])))
-        observations, infos = [], {}
+        observations, infos = [], []
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
@@ -167,8 +203,8 @@ class MolGymVectorEnv(VectorEnv):
                 elif done:
                     self._autoreset[i] = True
             observations.append(obs)
-            infos = self._add_info(infos, _vector_info(info), i)
-        return self._stack(observations), rewards, terminated, truncated, infos
+            infos.append(info)
+        return self._stack(observations), rewards, terminated, truncated, batch_infos(infos, self.num_envs)
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, n_elements)`` boolean mask of the elements left in each sub-environment's bag."""

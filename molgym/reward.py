@@ -59,18 +59,24 @@ def placement_problem(canvas: Atoms, number: int, position: np.ndarray) -> str |
     :data:`MAX_TERMINAL_DISTANCE` of a heavy (non-H, non-F) atom when the canvas has one.
     """
     position = np.asarray(position, dtype=float)
-    if position.shape != (3,) or not np.all(np.isfinite(position)):
+    if position.shape != (3,) or not np.isfinite(position).all():
         return f"position {position.tolist()} is not three finite coordinates"
     if len(canvas) == 0:
         return None
-    distances = np.linalg.norm(canvas.positions - position, axis=1)
-    if distances.min() < MIN_DISTANCE:
-        return f"too close: {distances.min():.2f} Å from atom {int(distances.argmin())} (minimum {MIN_DISTANCE} Å)"
+    # squared distances and plain comparisons: this runs for every step of every environment
+    delta = canvas.positions - position
+    squared = np.einsum("ij,ij->i", delta, delta)
+    closest = int(squared.argmin())
+    if squared[closest] < MIN_DISTANCE**2:
+        return f"too close: {np.sqrt(squared[closest]):.2f} Å from atom {closest} (minimum {MIN_DISTANCE} Å)"
     if number in (1, 9):
-        heavy = ~np.isin(canvas.numbers, (1, 9))
-        if heavy.any() and distances[heavy].min() > MAX_TERMINAL_DISTANCE:
-            return (
-                f"terminal atom too far: {distances[heavy].min():.2f} Å from the nearest heavy atom "
-                f"(maximum {MAX_TERMINAL_DISTANCE} Å)"
-            )
+        numbers = canvas.numbers
+        heavy = (numbers != 1) & (numbers != 9)
+        if heavy.any():
+            nearest = float(np.sqrt(squared[heavy].min()))
+            if nearest > MAX_TERMINAL_DISTANCE:
+                return (
+                    f"terminal atom too far: {nearest:.2f} Å from the nearest heavy atom "
+                    f"(maximum {MAX_TERMINAL_DISTANCE} Å)"
+                )
     return None

@@ -193,6 +193,46 @@ def test_vector_infos_with_known_and_unknown_best_known_returns():
     venv.close()
 
 
+def test_batch_infos_matches_gymnasiums_layout():
+    """The one-pass batching gives what Gymnasium's env-by-env ``_add_info`` gives (None -> NaN aside)."""
+    from gymnasium.vector import VectorEnv
+
+    from molgym.envs.vector import batch_infos
+
+    obs = {"mask": np.ones(2, dtype=np.int8)}
+    infos = [
+        {"energy": -1.5, "n_atoms": 2, "invalid": False, "reason": "", "mask": np.array([True, False]),
+         "final_obs": obs, "final_info": {"episode_return": 3.0, "formula": "CH4", "best": 2.5}},
+        None,
+        {"energy": 2, "n_atoms": 3, "invalid": True, "reason": "too close", "mask": np.array([False, True]),
+         "extra": np.float32(0.5), "final_info": {"episode_return": -1.0, "formula": "H2"}},
+        {"energy": 0.25, "n_atoms": 1, "invalid": False, "reason": "", "mask": np.array([True, True]),
+         "best_known_return": None},
+    ]
+    reference = VectorEnv()
+    reference.num_envs = len(infos)
+    expected: dict = {}
+    for i, info in enumerate(infos):
+        if info is not None:
+            clean = {k: (np.nan if v is None else v) for k, v in info.items()}
+            expected = reference._add_info(expected, clean, i)
+    got = batch_infos(infos, len(infos))
+
+    def same(a, b):
+        assert type(a) is type(b)
+        if isinstance(a, dict):
+            assert list(a) == list(b)
+            for key in a:
+                same(a[key], b[key])
+        else:
+            assert a.dtype == b.dtype and a.shape == b.shape
+            for x, y in zip(a.tolist(), b.tolist()):
+                assert x is y or x == y or (x != x and y != y), (x, y)
+
+    same(got, expected)
+    assert got["final_obs"][0] is obs and got["energy"].dtype == float and np.isnan(got["best_known_return"][3])
+
+
 def test_sb3_ppo_learns_a_few_steps_on_the_batched_vec_env(tiny_potential):
     from stable_baselines3 import PPO
 
