@@ -29,7 +29,8 @@ class StochasticBagEnv(MolecularEnv):
     composition multinomial in the template's element fractions (``C7H8N2O2``: 7/19 C, 8/19 H...). Only bags
     that can form a neutral closed-shell molecule are kept: an even number of electrons and a valence-feasible
     connected graph (each atom's neutral valence, bond orders 1-3; see :mod:`molgym.envs.bags`). Others are
-    drawn again.
+    drawn again, as are bags whose formula is in ``exclude``: hold those out of training and evaluate on them
+    with ``reset(options={"bag": formula})`` to measure generalisation to bags never seen.
 
     ## Action Space
 
@@ -48,8 +49,10 @@ class StochasticBagEnv(MolecularEnv):
 
     ## Starting State
 
-    An empty canvas and the drawn bag. ``options={"canvas": atoms}`` draws only bags that contain the canvas's
-    atoms and starts from it.
+    An empty canvas and the drawn bag. ``options={"bag": "C6H8O2"}`` plays that bag instead of drawing one (it
+    may be an excluded one; it must use the template's elements, fit ``size_range[1]`` atoms and be able to form a
+    closed-shell molecule). ``options={"canvas": atoms}`` draws only bags that contain the canvas's atoms and
+    starts from it.
 
     ## Episode End
 
@@ -64,6 +67,8 @@ class StochasticBagEnv(MolecularEnv):
 
     - ``template``: formula whose element fractions the bags follow.
     - ``size_range``: ``(min, max)`` number of atoms of a bag, inclusive, ``2 <= min <= max``.
+    - ``exclude``: formulas never drawn (held-out bags, e.g. ``("C7H10O2", "C6H8O2")``); they can still be played
+      with ``options={"bag": ...}``.
     - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``render_mode``, ``device``,
       ``uncertainty_penalty``, ``uncertainty_threshold``: as in
       ``MolGym/SingleBag-v0``.
@@ -73,6 +78,7 @@ class StochasticBagEnv(MolecularEnv):
         self,
         template: str = "C7H8N2O2",
         size_range: Sequence[int] = (8, 19),
+        exclude: Sequence[str] = (),
         potential: str | os.PathLike | Potential = "default",
         elements: Sequence[str] | None = None,
         workspace: float = DEFAULT_WORKSPACE,
@@ -91,11 +97,16 @@ class StochasticBagEnv(MolecularEnv):
         if not 2 <= lo <= hi:
             raise ValueError(f"size_range must satisfy 2 <= min <= max, got {size_range!r}")
         self.size_range = (lo, hi)
-        probe = sample_bag(self.template_bag, self.size_range, np.random.default_rng(0), max_tries=_MAX_TRIES)
+        if isinstance(exclude, str):
+            raise ValueError(f"exclude must be a list of formulas, got the string {exclude!r}")
+        #: formulas (Hill order) never drawn: the held-out bags
+        self.exclude = frozenset(format_formula(parse_task_formula(f, "exclude")) for f in exclude)
+        probe = self._draw(np.random.default_rng(0), {})
         if probe is None:
+            held = f" outside exclude={sorted(self.exclude)}" if self.exclude else ""
             raise ValueError(
-                f"no closed-shell-feasible bag found for template={self.template!r} and size_range={size_range!r} "
-                f"in {_MAX_TRIES} draws; widen the range or change the template"
+                f"no closed-shell-feasible bag{held} found for template={self.template!r} and "
+                f"size_range={size_range!r} in {_MAX_TRIES} draws; widen the range or change the template"
             )
         vocabulary = list(elements) if elements is not None else list(self.template_bag)
         missing = [s for s in self.template_bag if s not in vocabulary]
@@ -112,19 +123,47 @@ class StochasticBagEnv(MolecularEnv):
             uncertainty_penalty=uncertainty_penalty,
             uncertainty_threshold=uncertainty_threshold,
         )
+        for formula in sorted(self.exclude):  # held-out bags must be playable, or evaluating on them fails late
+            self._given_bag(formula, "exclude")
+
+    def _draw(self, rng: np.random.Generator, part: Mapping[str, int]) -> dict[str, int] | None:
+        """A feasible bag outside :attr:`exclude` that holds ``part`` and more, or ``None``."""
+        for _ in range(_MAX_TRIES):
+            bag = sample_bag(self.template_bag, self.size_range, rng, max_tries=_MAX_TRIES)
+            if (bag is not None and format_formula(bag) not in self.exclude and bag_contains(bag, part)
+                    and sum(bag.values()) > sum(part.values())):
+                return bag
+        return None
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
-        check_reset_options(options, ("canvas",))
+        check_reset_options(options, ("canvas", "bag"))
         canvas = options.get("canvas")
         part = bag_from_numbers(canvas.numbers) if isinstance(canvas, Atoms) and len(canvas) else {}
-        for _ in range(_MAX_TRIES):
-            bag = sample_bag(self.template_bag, self.size_range, self.np_random, max_tries=_MAX_TRIES)
-            if bag is not None and bag_contains(bag, part) and sum(bag.values()) > sum(part.values()):
-                return bag, Atoms()
-        raise ValueError(
-            f"no bag of template {self.template} with sizes {self.size_range} contains the start canvas "
-            f"{format_formula(part) if part else '(empty)'}"
-        )
+        if options.get("bag") is not None:
+            return self._given_bag(options["bag"]), Atoms()
+        bag = self._draw(self.np_random, part)
+        if bag is None:
+            raise ValueError(
+                f"no bag of template {self.template} with sizes {self.size_range} contains the start canvas "
+                f"{format_formula(part) if part else '(empty)'}"
+            )
+        return bag, Atoms()
+
+    def _given_bag(self, formula: Any, argument: str = "options['bag']") -> dict[str, int]:
+        """A bag named by the user (``options["bag"]``, an ``exclude`` entry), checked against the task: a
+        ``ValueError`` naming the argument and what is wrong."""
+        bag = parse_task_formula(formula, argument)
+        name = format_formula(bag)
+        foreign = sorted(set(bag) - set(self.elements))
+        if foreign:
+            raise ValueError(f"{argument}: {name} has {', '.join(foreign)}; this task places only "
+                             f"{', '.join(self.elements)}")
+        if sum(bag.values()) > self.size_range[1]:
+            raise ValueError(f"{argument}: {name} has {sum(bag.values())} atoms; this task's observations hold "
+                             f"at most size_range[1]={self.size_range[1]}")
+        if not is_closed_shell_feasible(bag):
+            raise ValueError(f"{argument}: {name} cannot form a closed-shell molecule")
+        return bag
 
     @staticmethod
     def is_feasible(bag: Mapping[str, int]) -> bool:

@@ -155,12 +155,14 @@ def _make_env(cfg: TrainConfig):
     return gym.make(cfg.env_id, **cfg.env_arguments())
 
 
-def greedy_episodes(policy, env, n: int, seed: int, deterministic: bool = True) -> list[dict[str, Any]]:
-    """Run ``n`` episodes of ``policy`` on ``env`` (greedy, or sampled with ``deterministic=False``); one record
-    per episode with the final molecule."""
+def greedy_episodes(
+    policy, env, n: int, seed: int, deterministic: bool = True, options: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Run ``n`` episodes of ``policy`` on ``env`` (greedy, or sampled with ``deterministic=False``; ``options``
+    go to every ``reset``); one record per episode with the final molecule."""
     records = []
     for i in range(n):
-        obs, info = env.reset(seed=seed + i)
+        obs, info = env.reset(seed=seed + i, options=options)
         best = info.get("best_known_return")
         done, ret, last = False, 0.0, {}
         while not done:
@@ -181,6 +183,34 @@ def greedy_episodes(policy, env, n: int, seed: int, deterministic: bool = True) 
         records.append({"return": ret, "complete": bool(complete), "valid": bool(valid), "stable": stable,
                         "fraction_of_optimum": frac, "atoms": atoms, "best_known_return": best})
     return records
+
+
+def held_out_episodes(policy, env, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Episodes on the bags the run never trained on (``MolGym/StochasticBag-v0``'s ``exclude``): per bag, one
+    greedy episode and ``cfg.eval_episodes`` sampled ones; records as :func:`greedy_episodes` gives, with
+    ``bag`` and ``greedy``. Empty for tasks without held-out bags."""
+    records = []
+    for k, formula in enumerate(sorted(getattr(env.unwrapped, "exclude", ()))):
+        for greedy, n in ((True, 1), (False, cfg.eval_episodes)):
+            seed = cfg.seed + 40_000 + 100 * k
+            for r in greedy_episodes(policy, env, n, seed, deterministic=greedy, options={"bag": formula}):
+                r["atoms"].info["bag"] = formula
+                records.append({**r, "bag": formula, "greedy": greedy})
+    return records
+
+
+def _summarise_held_out(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per held-out bag and over all of them: the greedy and sampled summaries (``None`` without held-out bags)."""
+    if not records:
+        return None
+    by_bag: dict[str, Any] = {}
+    for bag in sorted({r["bag"] for r in records}):
+        mine = [r for r in records if r["bag"] == bag]
+        by_bag[bag] = {"greedy": _summarise([r for r in mine if r["greedy"]]),
+                       "sampled": _summarise([r for r in mine if not r["greedy"]])}
+    return {"bags": by_bag,
+            "greedy": _summarise([r for r in records if r["greedy"]]),
+            "sampled": _summarise([r for r in records if not r["greedy"]])}
 
 
 def _is_valid(atoms) -> bool:
@@ -369,7 +399,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     for mode, records in (("greedy", greedy), ("sampled", sampled)):
         for r in records:
             r["atoms"].info["mode"] = mode
-    write_xyz(out / "molecules.xyz", [r["atoms"] for r in greedy + sampled])
+    held_out = held_out_episodes(model.policy, eval_env, cfg)
+    for r in held_out:
+        r["atoms"].info["mode"] = "held-out " + ("greedy" if r["greedy"] else "sampled")
+    write_xyz(out / "molecules.xyz", [r["atoms"] for r in greedy + sampled + held_out])
     summary = {
         "agent": cfg.agent, "env_id": cfg.env_id, "formula": cfg.formula, "potential": cfg.potential,
         "seed": cfg.seed, "n_envs": cfg.n_envs, "steps": int(model.num_timesteps), "trained_this_session": trained,
@@ -380,6 +413,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         "train_mean_return_last_50": float(np.mean(callback.train_returns[-50:])) if callback.train_returns else None,
         "final_greedy": _summarise(greedy),
         "final_sampled": _summarise(sampled) if sampled else None,
+        "held_out": _summarise_held_out(held_out),
         "tensorboard": "tensorboard" in formats,
     }
     write_json(out / "summary.json", summary)

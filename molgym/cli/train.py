@@ -106,5 +106,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"stable {g['stability']:.0%}, "
                   "fraction of optimum "
                   + ("n/a (no best-known return for this potential)" if frac is None else f"{frac:.3f}"))
+    held = summary.get("held_out")
+    if held:
+        for bag, h in held["bags"].items():
+            g, smp = h["greedy"], h["sampled"]
+            print(f"held-out bag {bag}: greedy return {g['mean_return']:.3f} eV, valid {g['validity']:.0%}; "
+                  f"{smp['episodes']} sampled: mean return {smp['mean_return']:.3f} eV, valid {smp['validity']:.0%}")
     print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

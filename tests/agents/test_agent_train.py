@@ -45,6 +45,28 @@ def test_train_run_writes_every_output(agent, tmp_path, tiny_mace_file, capsys):
     assert rows[0].startswith("step,mean_return") and len(rows) == 3  # steps 16 and 32
 
 
+def test_stochastic_bag_run_reports_the_held_out_bags(tmp_path, tiny_mace_file, capsys):
+    out = tmp_path / "stochastic"
+    args = _args(out, tiny_mace_file, "internal", 16)
+    i = args.index("--formula")
+    args[i + 1] = "none"
+    args += ["--env", "MolGym/StochasticBag-v0",
+             "--env-kwargs", '{"template": "C2H6O", "size_range": [3, 6], "exclude": ["CH4O", "C2H2"]}']
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "held-out bag C2H2" in printed and "held-out bag CH4O" in printed
+    held = json.loads((out / "summary.json").read_text())["held_out"]
+    assert sorted(held["bags"]) == ["C2H2", "CH4O"]
+    assert held["greedy"]["episodes"] == 2 and held["sampled"]["episodes"] == 2  # 1 greedy + 1 sampled per bag
+    assert 0.0 <= held["sampled"]["validity"] <= 1.0 and np.isfinite(held["greedy"]["mean_return"])
+    molecules = ase.io.read(out / "molecules.xyz", index=":")
+    held_out = [m for m in molecules if m.info["mode"].startswith("held-out")]
+    assert sorted(m.info["bag"] for m in held_out) == ["C2H2", "C2H2", "CH4O", "CH4O"]
+    # a finished episode holds the bag's atoms (an invalid placement may end it early)
+    for m in held_out:
+        assert m.info["complete"] is False or m.get_chemical_formula(mode="hill") == m.info["bag"]
+
+
 def test_resume_continues_to_the_total(tmp_path, tiny_mace_file):
     out = tmp_path / "run"
     assert main(_args(out, tiny_mace_file, "internal", 16)) == 0

@@ -174,6 +174,33 @@ def test_stochastic_bags_are_closed_shell_and_seeded(tiny_potential):
     assert env.bag == bags[3]
 
 
+def test_stochastic_bags_hold_out_excluded_formulas_and_play_a_given_bag(tiny_potential):
+    from molgym.chem import format_formula
+
+    free = StochasticBagEnv(template="C2H6O", size_range=(3, 6), potential=tiny_potential)
+    drawn = set()
+    for seed in range(60):
+        free.reset(seed=seed)
+        drawn.add(format_formula(free.bag))
+    held = sorted(drawn)[:2]
+    env = StochasticBagEnv(template="C2H6O", size_range=(3, 6), exclude=held, potential=tiny_potential)
+    assert env.exclude == frozenset(held)
+    for seed in range(60):
+        env.reset(seed=seed)
+        assert format_formula(env.bag) not in held
+    _, info = env.reset(seed=0, options={"bag": held[0]})  # a held-out bag is playable on request
+    assert format_formula(env.bag) == held[0] and info["task_formula"] == held[0]
+    for bag, match in (("C2H6S", "places only"), ("C3H8O", "at most"), ("CH3", "closed-shell"), ("X", "valid")):
+        with pytest.raises(ValueError, match=match):
+            env.reset(seed=0, options={"bag": bag})
+    with pytest.raises(ValueError, match="exclude: C3H8O has 12 atoms"):
+        StochasticBagEnv(template="C2H6O", size_range=(3, 6), exclude=["C3H8O"], potential=tiny_potential)
+    with pytest.raises(ValueError, match="list of formulas"):
+        StochasticBagEnv(template="C2H6O", size_range=(3, 6), exclude="CH4O", potential=tiny_potential)
+    with pytest.raises(ValueError, match="outside exclude"):
+        StochasticBagEnv(template="H2", size_range=(2, 2), exclude=["H2"], potential=tiny_potential)
+
+
 def test_solvation_refills_the_bag_and_penalises_distance(tiny_potential):
     env = SolvationEnv(solute="C", solvent="H2O", n_solvent=2, potential=tiny_potential, max_solute_distance=2.0,
                        distance_penalty=0.5)
