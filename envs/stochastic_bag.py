@@ -127,10 +127,15 @@ class StochasticBagEnv(MolecularEnv):
             self._given_bag(formula, "exclude")
 
     def _draw(self, rng: np.random.Generator, part: Mapping[str, int]) -> dict[str, int] | None:
-        """A feasible bag outside :attr:`exclude` that holds ``part`` and more, or ``None``."""
+        """A feasible bag outside :attr:`exclude` that holds ``part`` and more, or ``None``.
+
+        ``None`` as soon as :func:`sample_bag` finds no feasible bag in its ``_MAX_TRIES`` draws: retrying it would
+        only repeat those draws (a million of them for a template with no feasible bag)."""
         for _ in range(_MAX_TRIES):
             bag = sample_bag(self.template_bag, self.size_range, rng, max_tries=_MAX_TRIES)
-            if (bag is not None and format_formula(bag) not in self.exclude and bag_contains(bag, part)
+            if bag is None:
+                return None
+            if (format_formula(bag) not in self.exclude and bag_contains(bag, part)
                     and sum(bag.values()) > sum(part.values())):
                 return bag
         return None
