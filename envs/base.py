@@ -34,10 +34,13 @@ from molgym.potentials.base import Potential, PotentialError
 from molgym.reward import interaction_reward, isolated_atom_energies, placement_problem
 from molgym.envs.potentials import shared_potential
 
-__all__ = ["MolecularEnv", "DEFAULT_INVALID_REWARD", "DEFAULT_WORKSPACE"]
+__all__ = ["MolecularEnv", "DEFAULT_INVALID_REWARD", "DEFAULT_MIN_REWARD", "DEFAULT_WORKSPACE"]
 
 #: Reward of an invalid placement (eV); the episode ends with it.
 DEFAULT_INVALID_REWARD = -1.0
+#: Floor of a valid placement's reward (eV), as in MolGym: a step that scores worse gets this and ends the
+#: episode. Equal to the invalid reward, so that no placement scores worse than an invalid one.
+DEFAULT_MIN_REWARD = -1.0
 #: Half-width (Å) of the cube ``[-w, w]^3`` in which atoms may be placed.
 DEFAULT_WORKSPACE = 8.0
 
@@ -63,6 +66,9 @@ class MolecularEnv(gym.Env):
         max_atoms: size of the padded observation arrays (at least the largest canvas of the task).
         workspace: atoms are placed inside the cube ``[-workspace, workspace]^3`` (Å).
         invalid_reward: reward of an invalid placement (ends the episode).
+        min_reward: floor of a valid placement's reward (eV): a step whose reward falls below it gets
+            ``min_reward`` and ends the episode (``info["terminated_by"] == "min_reward"``; the atom stays on
+            the canvas). ``None`` for no floor.
         render_mode: ``None``, ``"rgb_array"`` or ``"ansi"``.
         device: device for a MACE potential given by spec.
         extra_numbers: atomic numbers that appear on the canvas without being placed (a solute), checked
@@ -83,6 +89,7 @@ class MolecularEnv(gym.Env):
         max_atoms: int,
         workspace: float = DEFAULT_WORKSPACE,
         invalid_reward: float = DEFAULT_INVALID_REWARD,
+        min_reward: float | None = DEFAULT_MIN_REWARD,
         render_mode: str | None = None,
         device: str | None = None,
         extra_numbers: Sequence[int] = (),
@@ -95,6 +102,13 @@ class MolecularEnv(gym.Env):
             raise ValueError(f"workspace must be a positive number of Å, got {workspace!r}")
         if not np.isfinite(invalid_reward):
             raise ValueError(f"invalid_reward must be a finite number, got {invalid_reward!r}")
+        if min_reward is not None:
+            try:
+                floor = float(min_reward)
+            except (TypeError, ValueError):
+                floor = math.nan
+            if not math.isfinite(floor):
+                raise ValueError(f"min_reward must be a finite number of eV or None (no floor), got {min_reward!r}")
         elements = [element(s).symbol for s in elements]  # raises for unknown symbols
         if len(set(elements)) != len(elements) or not elements:
             raise ValueError(f"elements must be a non-empty list of distinct symbols, got {elements}")
@@ -103,6 +117,7 @@ class MolecularEnv(gym.Env):
         self.max_atoms = int(max_atoms)
         self.workspace = float(workspace)
         self.invalid_reward = float(invalid_reward)
+        self.min_reward = None if min_reward is None else float(min_reward)
         self.render_mode = render_mode
         self.device = device
         self.uncertainty_penalty, self.uncertainty_threshold = check_uncertainty_options(
@@ -360,6 +375,11 @@ class MolecularEnv(gym.Env):
         if self.uncertainty_penalty > 0:
             extra = {**extra, "uncertainty": -self.uncertainty_penalty * sigma}
         reward = interaction + float(sum(extra.values()))
+        # MolGym's floor: a catastrophic placement (atoms squeezed together, far into the repulsive wall) ends
+        # the episode at min_reward instead of returning a -50 eV reward that would swamp the value function
+        floored = self.min_reward is not None and reward < self.min_reward
+        floor_term = self.min_reward - reward if floored else 0.0
+        reward += floor_term
         self._numbers = np.append(self._numbers, pending.number)
         self._positions = np.vstack([self._positions, pending.position[None, :]])
         self._rewards.append(reward)
@@ -373,14 +393,14 @@ class MolecularEnv(gym.Env):
         self._frames.append(self._frame(step=len(self._frames), reward=reward, element=sym))
         bag_empty = not self._bag and not self._on_bag_empty()
         too_uncertain = self.uncertainty_threshold is not None and sigma > self.uncertainty_threshold
-        terminated = bag_empty or too_uncertain
+        terminated = bag_empty or too_uncertain or floored
         if terminated:
             self._done = True
-        terms = {"interaction": interaction, "invalid": 0.0, **extra}
+        terms = {"interaction": interaction, "invalid": 0.0, **extra, "floor": floor_term}
         info = self._info(invalid_reason="", terms=terms, uncertainty=sigma)
         if terminated:
             info.update(self._end_info())
-            info["terminated_by"] = "bag_empty" if bag_empty else "uncertainty"
+            info["terminated_by"] = "bag_empty" if bag_empty else "min_reward" if floored else "uncertainty"
         return self._observation(), float(reward), bool(terminated), False, info
 
     def _parse_action(self, action) -> tuple[int, np.ndarray] | str:

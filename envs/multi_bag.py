@@ -9,7 +9,7 @@ from typing import Any
 from ase import Atoms
 
 from molgym.chem import bag_size, format_formula, hill_order
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
+from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_MIN_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
 from molgym.envs.single_bag import parse_task_formula
 from molgym.potentials.base import Potential
 
@@ -57,7 +57,7 @@ class MultiBagEnv(MolecularEnv):
     ```
 
     - ``formulas``: the formulas an episode's bag is drawn from (at least one).
-    - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``render_mode``, ``device``,
+    - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``min_reward``, ``render_mode``, ``device``,
       ``uncertainty_penalty``, ``uncertainty_threshold``: as in
       ``MolGym/SingleBag-v0``.
     """
@@ -69,6 +69,7 @@ class MultiBagEnv(MolecularEnv):
         elements: Sequence[str] | None = None,
         workspace: float = DEFAULT_WORKSPACE,
         invalid_reward: float = DEFAULT_INVALID_REWARD,
+        min_reward: float | None = DEFAULT_MIN_REWARD,
         render_mode: str | None = None,
         device: str | None = None,
         uncertainty_penalty: float = 0.0,
@@ -89,6 +90,7 @@ class MultiBagEnv(MolecularEnv):
             max_atoms=max(bag_size(b) for b in self.bags),
             workspace=workspace,
             invalid_reward=invalid_reward,
+            min_reward=min_reward,
             render_mode=render_mode,
             device=device,
             uncertainty_penalty=uncertainty_penalty,

@@ -9,7 +9,7 @@ from typing import Any
 from ase import Atoms
 
 from molgym.chem import bag_size, format_formula, parse_formula
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
+from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_MIN_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
 from molgym.potentials.base import Potential
 
 __all__ = ["SingleBagEnv", "parse_task_formula"]
@@ -69,6 +69,9 @@ class SingleBagEnv(MolecularEnv):
     atom closer than :data:`molgym.reward.MIN_DISTANCE` (0.6 Å) to another, an H or F farther than
     :data:`molgym.reward.MAX_TERMINAL_DISTANCE` (2.0 Å) from every heavy atom, and a structure the potential
     cannot evaluate (SCF failure, non-finite energy); ``info["invalid_reason"]`` says which. They never raise.
+    A valid placement that scores below ``min_reward`` (default -1 eV: atoms squeezed into the repulsive wall)
+    gets ``min_reward`` and ends the episode too, as in MolGym, so that no placement scores worse than an
+    invalid one and a learned potential's far repulsive region cannot swamp an agent's value estimates.
 
     ## Starting State
 
@@ -77,7 +80,7 @@ class SingleBagEnv(MolecularEnv):
 
     ## Episode End
 
-    Terminated when the bag is empty or after an invalid placement; never truncated (an episode has at most
+    Terminated when the bag is empty, after an invalid placement or after a step floored at ``min_reward``; never truncated (an episode has at most
     ``len(formula)`` steps). The final ``info`` holds ``episode_return``, ``formula`` and
     ``best_known_return``: the return of the best known isomer of the formula under the same potential
     (:mod:`molgym.best_known`), or ``None`` when none is known for this potential (``info["best_known"]`` at
@@ -95,6 +98,9 @@ class SingleBagEnv(MolecularEnv):
     - ``elements``: the element vocabulary of the action (default: the formula's elements, Hill order).
     - ``workspace``: half-width of the placement cube in Å (default 8).
     - ``invalid_reward``: reward of an invalid placement (default -1).
+    - ``min_reward``: floor of a valid placement's reward (default -1 eV, as MolGym's): a step that scores
+      worse gets ``min_reward`` and ends the episode (``info["terminated_by"] == "min_reward"``,
+      ``info["reward_floor"]`` the amount added). ``None`` for no floor.
     - ``render_mode``: ``"rgb_array"`` (picture with bonds) or ``"ansi"`` (text).
     - ``device``: device of a MACE potential given by spec.
     - ``uncertainty_penalty``: subtract this times the step's uncertainty (eV) from each reward (>= 0, default 0;
@@ -111,6 +117,7 @@ class SingleBagEnv(MolecularEnv):
         elements: Sequence[str] | None = None,
         workspace: float = DEFAULT_WORKSPACE,
         invalid_reward: float = DEFAULT_INVALID_REWARD,
+        min_reward: float | None = DEFAULT_MIN_REWARD,
         render_mode: str | None = None,
         device: str | None = None,
         uncertainty_penalty: float = 0.0,
@@ -128,6 +135,7 @@ class SingleBagEnv(MolecularEnv):
             max_atoms=bag_size(self.formula_bag),
             workspace=workspace,
             invalid_reward=invalid_reward,
+            min_reward=min_reward,
             render_mode=render_mode,
             device=device,
             uncertainty_penalty=uncertainty_penalty,

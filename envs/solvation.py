@@ -11,7 +11,7 @@ from ase import Atoms
 
 from molgym.chem import bag_from_numbers, bag_size, format_formula, hill_order
 from molgym.envs.bags import bag_contains, bag_subtract
-from molgym.envs.base import DEFAULT_INVALID_REWARD, MolecularEnv, check_reset_options
+from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_MIN_REWARD, MolecularEnv, check_reset_options
 from molgym.envs.single_bag import parse_task_formula
 from molgym.potentials.base import Potential
 
@@ -88,7 +88,7 @@ class SolvationEnv(MolecularEnv):
     - ``distance_penalty``: eV per Å beyond ``max_solute_distance`` (>= 0).
     - ``max_solute_distance``: Å from the nearest solute atom within which there is no penalty.
     - ``workspace``: half-width of the placement cube in Å (default 10).
-    - ``potential``, ``elements``, ``invalid_reward``, ``render_mode``, ``device``,
+    - ``potential``, ``elements``, ``invalid_reward``, ``min_reward``, ``render_mode``, ``device``,
       ``uncertainty_penalty``, ``uncertainty_threshold``: as in
       ``MolGym/SingleBag-v0``.
     """
@@ -104,6 +104,7 @@ class SolvationEnv(MolecularEnv):
         elements: Sequence[str] | None = None,
         workspace: float = 10.0,
         invalid_reward: float = DEFAULT_INVALID_REWARD,
+        min_reward: float | None = DEFAULT_MIN_REWARD,
         render_mode: str | None = None,
         device: str | None = None,
         uncertainty_penalty: float = 0.0,
@@ -142,6 +143,7 @@ class SolvationEnv(MolecularEnv):
             max_atoms=len(solute) + self.n_solvent * bag_size(self.solvent_bag),
             workspace=workspace,
             invalid_reward=invalid_reward,
+            min_reward=min_reward,
             render_mode=render_mode,
             device=device,
             uncertainty_penalty=uncertainty_penalty,

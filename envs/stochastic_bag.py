@@ -11,7 +11,7 @@ from ase import Atoms
 
 from molgym.chem import bag_from_numbers, format_formula
 from molgym.envs.bags import bag_contains, is_closed_shell_feasible, sample_bag
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
+from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_MIN_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
 from molgym.envs.single_bag import parse_task_formula
 from molgym.potentials.base import Potential
 
@@ -69,7 +69,7 @@ class StochasticBagEnv(MolecularEnv):
     - ``size_range``: ``(min, max)`` number of atoms of a bag, inclusive, ``2 <= min <= max``.
     - ``exclude``: formulas never drawn (held-out bags, e.g. ``("C7H10O2", "C6H8O2")``); they can still be played
       with ``options={"bag": ...}``.
-    - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``render_mode``, ``device``,
+    - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``min_reward``, ``render_mode``, ``device``,
       ``uncertainty_penalty``, ``uncertainty_threshold``: as in
       ``MolGym/SingleBag-v0``.
     """
@@ -83,6 +83,7 @@ class StochasticBagEnv(MolecularEnv):
         elements: Sequence[str] | None = None,
         workspace: float = DEFAULT_WORKSPACE,
         invalid_reward: float = DEFAULT_INVALID_REWARD,
+        min_reward: float | None = DEFAULT_MIN_REWARD,
         render_mode: str | None = None,
         device: str | None = None,
         uncertainty_penalty: float = 0.0,
@@ -118,6 +119,7 @@ class StochasticBagEnv(MolecularEnv):
             max_atoms=hi,
             workspace=workspace,
             invalid_reward=invalid_reward,
+            min_reward=min_reward,
             render_mode=render_mode,
             device=device,
             uncertainty_penalty=uncertainty_penalty,

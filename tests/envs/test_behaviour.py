@@ -69,6 +69,38 @@ def test_invalid_placements_end_the_episode_with_the_penalty(action, reason, tin
         env.step(np.array([0, 1.4, 0.0, 0.0]))
 
 
+def test_a_step_below_min_reward_gets_the_floor_and_ends_the_episode(tiny_potential):
+    """MolGym's floor: a placement scoring below min_reward gets min_reward and ends the episode; the atom stays
+    placed. The floor is set just above the squeezed H's own reward, below the earlier steps' rewards."""
+    squeeze = [np.array([2, 0.0, 0.0, 0.0]), np.array([0, 1.4, 0.0, 0.0]), np.array([1, 0.7, 0.62, 0.0])]
+
+    def play(min_reward):
+        env = SingleBagEnv(formula="CH4O", potential=tiny_potential, min_reward=min_reward)
+        env.reset(seed=0)
+        return env, [env.step(a) for a in squeeze]
+
+    _, steps = play(None)  # no floor: the potential's own rewards
+    raw = steps[-1][1]
+    assert not steps[-1][2] and steps[-1][4]["reward_floor"] == 0.0
+    floor = raw + 0.01
+    assert min(s[1] for s in steps[:-1]) > floor  # the precondition of this test: only the squeeze is floored
+    env, steps = play(floor)
+    obs, reward, terminated, truncated, info = steps[-1]
+    assert reward == pytest.approx(floor) and terminated and not truncated
+    assert info["terminated_by"] == "min_reward" and not info["invalid"]
+    assert info["reward_interaction"] == pytest.approx(raw) and info["reward_floor"] == pytest.approx(0.01)
+    assert obs["mask"].sum() == 3 and len(env.canvas) == 3  # the atom was placed
+    assert info["episode_return"] == pytest.approx(sum(s[1] for s in steps))
+    _, steps = play(raw - 0.01)  # above the floor: untouched
+    assert steps[-1][1] == pytest.approx(raw) and not steps[-1][2] and steps[-1][4]["reward_floor"] == 0.0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf"), "low"])
+def test_min_reward_must_be_a_finite_number_or_none(value, tiny_potential):
+    with pytest.raises(ValueError, match="min_reward must be a finite number of eV or None"):
+        SingleBagEnv(formula="CH4O", potential=tiny_potential, min_reward=value)
+
+
 def test_action_mask_and_dict_actions(tiny_potential):
     env = SingleBagEnv(formula="CH4O", potential=tiny_potential)
     env.reset(seed=0)
