@@ -229,6 +229,13 @@ def _is_stable(atoms) -> bool:
     return is_stable(atoms)
 
 
+def _reward_rules(env: Any) -> dict[str, Any]:
+    """The environment's reward settings, so that a summary says which rules its returns were earned under (the
+    ``min_reward`` floor arrived after the first learning runs)."""
+    names = ("invalid_reward", "min_reward", "uncertainty_penalty", "uncertainty_threshold")
+    return {name: getattr(env, name, None) for name in names}
+
+
 def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     fracs = [r["fraction_of_optimum"] for r in records if r["fraction_of_optimum"] is not None]
     best = next((r["best_known_return"] for r in records if r["best_known_return"] is not None), None)
@@ -414,6 +421,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         "final_greedy": _summarise(greedy),
         "final_sampled": _summarise(sampled) if sampled else None,
         "held_out": _summarise_held_out(held_out),
+        "reward_rules": _reward_rules(eval_env.unwrapped),
         "tensorboard": "tensorboard" in formats,
     }
     write_json(out / "summary.json", summary)

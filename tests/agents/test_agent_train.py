@@ -33,6 +33,8 @@ def test_train_run_writes_every_output(agent, tmp_path, tiny_mace_file, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 32 and summary["agent"] == agent
     assert summary["env_steps_per_s"] > 0
+    assert summary["reward_rules"] == {"invalid_reward": -1.0, "min_reward": -1.0, "uncertainty_penalty": 0.0,
+                                       "uncertainty_threshold": None}
     g, s = summary["final_greedy"], summary["final_sampled"]
     assert g["episodes"] == 1 and s["episodes"] == 2
     assert 0.0 <= s["validity"] <= 1.0 and np.isfinite(s["mean_return"])
