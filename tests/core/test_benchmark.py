@@ -173,9 +173,9 @@ def test_rl_policy_with_shipped_checkpoints_skips_tasks_it_cannot_do(tmp_path):
     gen = get_generator("rl_policy", checkpoint="shipped", potential="default")
     assert gen.unsupported(get_task("CH4O")) is None
     assert "per formula" in gen.unsupported(get_task("bags-small"))
-    assert "no shipped checkpoint for C4H7N" in gen.unsupported(get_task("C4H7N"))
-    with pytest.raises(ValueError, match="task 'C4H7N': no shipped agent checkpoint"):
-        gen.generate(get_task("C4H7N"), 1, seed=0)
+    assert "no shipped checkpoint for C2H6O" in gen.unsupported(get_task("C2H6O"))
+    with pytest.raises(ValueError, match="task 'C2H6O': no shipped agent checkpoint"):
+        gen.generate(get_task("C2H6O"), 1, seed=0)
 
     suite = Suite(name="shipped-test", version="0", description="", tasks=("CH4O", "bags-small"), n_samples=2,
                   seeds=(0,), relax_steps=0, referee_sample=0)
