@@ -102,6 +102,7 @@ class MolecularEnv(gym.Env):
             raise ValueError(f"workspace must be a positive number of Å, got {workspace!r}")
         if not np.isfinite(invalid_reward):
             raise ValueError(f"invalid_reward must be a finite number, got {invalid_reward!r}")
+        floor = None
         if min_reward is not None:
             try:
                 floor = float(min_reward)
@@ -117,7 +118,7 @@ class MolecularEnv(gym.Env):
         self.max_atoms = int(max_atoms)
         self.workspace = float(workspace)
         self.invalid_reward = float(invalid_reward)
-        self.min_reward = None if min_reward is None else float(min_reward)
+        self.min_reward = floor
         self.render_mode = render_mode
         self.device = device
         self.uncertainty_penalty, self.uncertainty_threshold = check_uncertainty_options(
