@@ -35,7 +35,7 @@ from molgym.agents.common.distributions import (
     real_spherical_harmonics,
     spherical_grid,
 )
-from molgym.agents.common.layers import DenseGraph, EquivariantInteraction, e3nn_without_torchscript, mlp
+from molgym.agents.common.layers import CanvasGraph, EquivariantInteraction, e3nn_without_torchscript, mlp
 from molgym.agents.common.model import Canvas, Encoded, PlacementModel, select_element, select_focus_element
 
 __all__ = ["CovariantModel"]
@@ -103,7 +103,7 @@ class CovariantModel(PlacementModel):
         import mace  # noqa: F401  (before e3nn: its constants load with torch.load, see DESIGN.md)
         from e3nn import o3
 
-        graph = DenseGraph(canvas.positions, canvas.mask, self.cutoff, self.num_radial)
+        graph = CanvasGraph(canvas.positions, canvas.mask, self.cutoff, self.num_radial)
         sh = o3.spherical_harmonics(list(range(self.lmax + 1)), graph.vectors, normalize=True, normalization="component")
         h = h0
         for layer in self.layers:

@@ -44,7 +44,7 @@ from molgym.agents.common.distributions import (
     standard_normal,
     uniform,
 )
-from molgym.agents.common.layers import DenseGraph, InvariantInteraction, mlp
+from molgym.agents.common.layers import CanvasGraph, InvariantInteraction, mlp
 from molgym.agents.common.model import Canvas, Encoded, PlacementModel, select_element, select_focus_element
 
 __all__ = ["InternalModel", "local_frames"]
@@ -123,7 +123,7 @@ class InternalModel(PlacementModel):
             self.dihedral_head[-1].bias[k:2 * k] = torch.linspace(-math.pi, math.pi, k + 1)[:-1]
 
     def node_features(self, canvas: Canvas, h0: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        graph = DenseGraph(canvas.positions, canvas.mask, self.cutoff, self.num_radial)
+        graph = CanvasGraph(canvas.positions, canvas.mask, self.cutoff, self.num_radial)
         h = h0
         for layer in self.layers:
             h = layer(h, graph) * canvas.mask.unsqueeze(-1).to(h.dtype)

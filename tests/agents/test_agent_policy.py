@@ -71,40 +71,44 @@ def test_spaces_are_checked():
         POLICIES["internal"](spaces.Box(-1, 1, (3,)), act_space, lambda _: 1e-3)
 
 
-def test_layers_on_the_edge_list_equal_the_dense_sums():
-    """The interactions work on the graph's edge list; they must equal the dense sums over all pairs weighted
-    by the envelope (0 for padding, self-pairs and pairs beyond the cutoff)."""
+def test_canvas_graph_is_every_pair_of_placed_atoms_within_the_cutoff_and_layers_sum_over_it():
+    """The graph's edges are exactly the ordered pairs of distinct placed atoms closer than the cutoff (no padding,
+    no far pair), and each interaction's message to an atom is the sum of its edges' messages."""
     from e3nn import o3
 
     from molgym.agents.common.layers import (
-        DenseGraph,
+        CanvasGraph,
         EquivariantInteraction,
         InvariantInteraction,
         e3nn_without_torchscript,
     )
 
     torch.manual_seed(0)
-    irreps = "8x0e + 4x1o + 4x2e"
-    with e3nn_without_torchscript():
-        layer = EquivariantInteraction(irreps, irreps, lmax_sh=2, num_radial=6).double()
     positions = torch.randn(3, 7, 3, dtype=torch.float64) * 2.0
     positions[1, 6] = 30.0  # beyond the cutoff of every other atom
     mask = torch.tensor([[1] * 7, [1] * 7, [1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
-    h = torch.randn(3, 7, o3.Irreps(irreps).dim, dtype=torch.float64)
-    graph = DenseGraph(positions, mask, cutoff=4.0, num_radial=6)
-    assert 0 < len(graph.edges) < int(mask.sum(-1).pow(2).sum())  # padding and far pairs are not edges
-    sh = o3.spherical_harmonics([0, 1, 2], graph.vectors, normalize=True, normalization="component")
+    graph = CanvasGraph(positions, mask, cutoff=4.0, num_radial=6)
+    expected = {(b * 7 + i, b * 7 + j) for b in range(3) for i in range(7) for j in range(7)
+                if i != j and mask[b, i] and mask[b, j] and (positions[b, j] - positions[b, i]).norm() < 4.0}
+    assert 0 < len(expected) < int(mask.sum(-1).pow(2).sum())  # padding and far pairs are left out
+    assert set(zip(graph.receivers.tolist(), graph.senders.tolist())) == expected and len(graph.lengths) == len(expected)
+    flat = positions.reshape(-1, 3)
+    assert torch.allclose(graph.vectors, flat[graph.senders] - flat[graph.receivers])
+    assert torch.all(graph.weights > 0) and torch.all(graph.weights <= 1)
 
-    b, n, d = h.shape
-    weights = layer.radial(graph.radial)
-    dense = layer.tp(h[:, None].expand(b, n, n, d).reshape(-1, d), sh.reshape(-1, sh.shape[-1]),
-                     weights.reshape(-1, weights.shape[-1]))
-    dense = (dense.reshape(b, n, n, -1) * graph.weights.unsqueeze(-1)).sum(2) / layer.avg_neighbours
-    expected = layer.gate(layer.lin_self(h) + layer.lin_msg(dense))
-    expected = h + expected if layer.residual else expected
-    assert torch.allclose(layer(h, graph, sh), expected, atol=1e-12)
+    incidence = (graph.receivers[None, :] == torch.arange(21)[:, None]).double()  # (atoms, E): the sum as a product
+    irreps = "8x0e + 4x1o + 4x2e"
+    with e3nn_without_torchscript():
+        layer = EquivariantInteraction(irreps, irreps, lmax_sh=2, num_radial=6).double()
+    h = torch.randn(3, 7, o3.Irreps(irreps).dim, dtype=torch.float64)
+    sh = o3.spherical_harmonics([0, 1, 2], graph.vectors, normalize=True, normalization="component")
+    per_edge = layer.tp(h.reshape(21, -1)[graph.senders], sh, layer.radial(graph.radial)) * graph.weights[:, None]
+    message = (incidence @ per_edge).reshape(3, 7, -1) / layer.avg_neighbours
+    out = layer.gate(layer.lin_self(h) + layer.lin_msg(message))
+    assert torch.allclose(layer(h, graph, sh), h + out if layer.residual else out, atol=1e-12)
 
     invariant = InvariantInteraction(channels=8, num_radial=6).double()
-    w = invariant.filter(graph.radial) * graph.weights.unsqueeze(-1)  # (B, N, N, C)
-    message = torch.einsum("bijc,bjc->bic", w, invariant.lin_in(h[..., :8])) / invariant.avg_neighbours
-    assert torch.allclose(invariant(h[..., :8], graph), h[..., :8] + invariant.update(message), atol=1e-12)
+    x = h[..., :8]
+    per_edge = invariant.filter(graph.radial) * graph.weights[:, None] * invariant.lin_in(x).reshape(21, -1)[graph.senders]
+    message = (incidence @ per_edge).reshape(3, 7, -1) / invariant.avg_neighbours
+    assert torch.allclose(invariant(x, graph), x + invariant.update(message), atol=1e-12)
