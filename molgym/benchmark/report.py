@@ -19,7 +19,7 @@ from pathlib import Path
 
 from molgym.metrics.evaluate import HIGHER_IS_BETTER, METRICS
 
-__all__ = ["write_report", "load_results", "best_molecules"]
+__all__ = ["write_report", "load_results", "best_molecules", "md_table"]
 
 #: Columns of the per-task tables: (metric, header, format).
 COLUMNS = (
@@ -180,7 +180,8 @@ def _plots_png(results: dict) -> list[tuple[str, str]]:
     return images
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (one header row, then one line per row of cells)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -231,10 +232,10 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = N
     plots = _plots_png(results)
 
     md = ["# molgym benchmark report", ""] + [f"- {line}" for line in _header_lines(results)] + [""]
-    md += ["## Overall (mean over tasks)", "", _md_table(*_overall_rows(results)), ""]
+    md += ["## Overall (mean over tasks)", "", md_table(*_overall_rows(results)), ""]
     for task in results["leaderboard"]:
         desc = results["tasks"].get(task, {}).get("description", "")
-        md += [f"## {task}", "", desc, "", _md_table(*_table_rows(results, task)), ""]
+        md += [f"## {task}", "", desc, "", md_table(*_table_rows(results, task)), ""]
         if best.get(task):
             md += ["Best molecules: " + ", ".join(
                 f"`{b['smiles']}` ({b['generator']}, return {_fmt(b['return'], 'f3')} eV)" for b in best[task]), ""]

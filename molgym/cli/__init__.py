@@ -18,6 +18,7 @@ import molgym
 GROUPS: list[tuple[str, str]] = [
     ("molgym.cli.potential", "inspect, evaluate, build data for and train potentials"),
     ("molgym.cli.train", "train a covariant or internal actor-critic agent with PPO"),
+    ("molgym.cli.train_report", "learning table and curves over seeds from finished molgym train runs"),
     ("molgym.cli.generate", "generate molecules with a generator (simgen, ...)"),
     ("molgym.cli.bench", "run a benchmark suite (generators x tasks x seeds)"),
     ("molgym.cli.report", "write the Markdown/HTML report of a benchmark run"),

@@ -110,3 +110,16 @@ def transform_actions(actions: torch.Tensor, matrix: np.ndarray, shift: np.ndarr
     if shift is not None:
         a[..., 1:] += torch.as_tensor(shift, dtype=a.dtype)
     return a
+
+
+TINY = '{"channels": 8, "vector_channels": 2, "num_interactions": 1}'
+TINY_INTERNAL = '{"channels": 8, "num_interactions": 1}'
+
+
+def train_args(out, potential, agent: str, steps: int, *extra: str) -> list[str]:
+    """`molgym train` arguments for a tiny run on CH2O (plumbing, not learning)."""
+    return ["train", "--agent", agent, "--formula", "CH2O", "--potential", str(potential), "--steps", str(steps),
+            "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--epochs", "1", "--seed", "3",
+            "--eval-every", "16", "--eval-episodes", "1", "--checkpoint-every", "16", "--final-molecules", "2",
+            "--model-kwargs", TINY if agent == "covariant" else TINY_INTERNAL, "--no-progress", "--out", str(out),
+            *extra]

@@ -8,18 +8,9 @@ import ase.io
 import numpy as np
 import pytest
 
+from agent_helpers import train_args as _args
+
 from molgym.cli import main
-
-TINY = '{"channels": 8, "vector_channels": 2, "num_interactions": 1}'
-TINY_INTERNAL = '{"channels": 8, "num_interactions": 1}'
-
-
-def _args(out, potential, agent, steps, *extra):
-    return ["train", "--agent", agent, "--formula", "CH2O", "--potential", str(potential), "--steps", str(steps),
-            "--n-envs", "2", "--n-steps", "8", "--batch-size", "8", "--epochs", "1", "--seed", "3",
-            "--eval-every", "16", "--eval-episodes", "1", "--checkpoint-every", "16", "--final-molecules", "2",
-            "--model-kwargs", TINY if agent == "covariant" else TINY_INTERNAL, "--no-progress", "--out", str(out),
-            *extra]
 
 
 @pytest.mark.parametrize("agent", ["covariant", "internal"])

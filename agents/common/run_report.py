@@ -1,0 +1,273 @@
+"""Seeds side by side: a learning table and learning curves from finished ``molgym train`` runs.
+
+``molgym train-report RUN_DIR ...`` reads each run's ``config.json``, ``eval.csv`` and ``summary.json`` (see
+:mod:`molgym.agents.common.training`), groups runs that differ only in their seed (and bookkeeping such as the
+output folder or evaluation interval), and writes
+
+    training_report.md     one row per (task, budget, agent): the final greedy policy's return as a fraction of
+                           the best-known return (median over seeds, [min, max]), greedy and sampled validity
+                           (median), the first periodic evaluation at >= 90 % of the best-known return per seed,
+                           and the cost (s per 10,000 environment steps, env steps per second); a second table
+                           for runs with held-out bags (stochastic tasks)
+    learning_curves.png    per task: the periodic greedy evaluation against environment steps, median over seeds
+                           with the min-max band, one colour per agent; the top row is the fraction of the
+                           best-known return (or the return where the task has none), the bottom row validity
+
+This is how docs/agents.md's learning tables and curves are made; a user compares agents, settings or
+potentials the same way. Unfinished runs (no ``summary.json``) are skipped and named.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainingRun", "find_runs", "load_run", "group_runs", "learning_table", "held_out_table",
+           "plot_learning_curves", "write_training_report"]
+
+#: Config keys that do not change what is learned: runs differing only in these are seeds of one setting.
+BOOKKEEPING = ("out", "seed", "device", "threads", "eval_every", "eval_episodes", "checkpoint_every",
+               "final_molecules")
+#: The fraction of the best-known return the issue's learning criteria use.
+TARGET_FRACTION = 0.9
+
+
+@dataclass
+class TrainingRun:
+    """One finished run directory: its settings, periodic evaluations and final summary."""
+
+    path: Path
+    config: dict[str, Any]
+    evals: list[dict[str, float | None]]
+    summary: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        """``C7H10O2`` for a single-bag formula task, else the environment's short name plus its bag or template."""
+        env = self.config["env_id"].split("/")[-1]
+        bag = self.config.get("formula") or self.config.get("env_kwargs", {}).get("template") or ""
+        return bag if env == "SingleBag-v0" and bag else " ".join(x for x in (env, bag) if x)
+
+    @property
+    def setting(self) -> str:
+        """The settings that define what is learned (seed and bookkeeping removed), as sorted JSON."""
+        return json.dumps({k: v for k, v in self.config.items() if k not in BOOKKEEPING}, sort_keys=True)
+
+
+def _float(text: str) -> float | None:
+    return None if text in ("", "None", None) else float(text)
+
+
+def load_run(path: str | Path) -> TrainingRun:
+    """Read one finished run; a folder without ``summary.json`` (unfinished) or ``config.json`` is an error."""
+    path = Path(path)
+    missing = [name for name in ("config.json", "summary.json") if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a finished molgym train run: no {' or '.join(missing)}")
+    evals = []
+    if (path / "eval.csv").is_file():
+        with open(path / "eval.csv", newline="") as fh:
+            evals = [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return TrainingRun(path, json.loads((path / "config.json").read_text()), evals,
+                       json.loads((path / "summary.json").read_text()))
+
+
+def find_runs(paths: list[str | Path]) -> tuple[list[TrainingRun], list[Path]]:
+    """Finished runs under ``paths`` (each a run folder or a folder of run folders), and the unfinished ones."""
+    finished, unfinished = [], []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise FileNotFoundError(f"no such run folder: {p}")
+        candidates = [p] if (p / "config.json").is_file() else sorted(c for c in p.iterdir() if (c / "config.json").is_file())
+        if not candidates:
+            raise FileNotFoundError(f"{p} holds no molgym train run (no config.json in it or its sub-folders)")
+        for c in candidates:
+            if (c / "summary.json").is_file():
+                finished.append(load_run(c))
+            else:
+                unfinished.append(c)
+    return finished, unfinished
+
+
+def group_runs(runs: list[TrainingRun]) -> dict[tuple[str, int, str], list[TrainingRun]]:
+    """Runs grouped by (task, step budget, agent label); seeds of one setting share a group.
+
+    Two settings of one agent on one task and budget (e.g. two learning rates) get labels ``agent [1]``,
+    ``agent [2]``, ... in order of first appearance.
+    """
+    by_setting: dict[str, list[TrainingRun]] = {}
+    for r in sorted(runs, key=lambda r: (r.task, r.config["steps"], r.config["agent"], r.config["seed"])):
+        by_setting.setdefault(r.setting, []).append(r)
+    labels: dict[tuple[str, int, str], list[str]] = {}
+    for setting, members in by_setting.items():
+        first = members[0]
+        labels.setdefault((first.task, first.config["steps"], first.config["agent"]), []).append(setting)
+    groups: dict[tuple[str, int, str], list[TrainingRun]] = {}
+    for (task, steps, agent), settings in labels.items():
+        for k, setting in enumerate(settings, 1):
+            label = agent if len(settings) == 1 else f"{agent} [{k}]"
+            groups[(task, steps, label)] = by_setting[setting]
+    return groups
+
+
+def _median_range(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def _pct(values: list[float]) -> str:
+    return f"{statistics.median(values):.0%}" if values else "n/a"
+
+
+def _first_at_target(run: TrainingRun) -> str:
+    for e in run.evals:
+        f = e.get("mean_fraction_of_optimum")
+        if f is not None and f >= TARGET_FRACTION:
+            return f"{int(e['step']):,}"
+    return "never" if any(e.get("mean_fraction_of_optimum") is not None for e in run.evals) else "n/a"
+
+
+def _final(run: TrainingRun, mode: str, key: str) -> float | None:
+    block = run.summary.get(f"final_{mode}") or {}
+    return block.get(key)
+
+
+def learning_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str:
+    """The Markdown learning table: one row per (task, budget, agent), figures over the group's seeds."""
+    from molgym.benchmark.report import md_table
+
+    header = ["task", "steps", "agent", "seeds", "greedy return / best-known: median [min, max]",
+              "greedy valid (median)", "sampled valid (median)", f"first eval at >= {TARGET_FRACTION:g}, per seed",
+              "s per 10k steps (median)", "env steps/s (median)"]
+    rows = []
+    for (task, steps, agent), runs in groups.items():
+        fractions = [f for r in runs if (f := _final(r, "greedy", "mean_fraction_of_optimum")) is not None]
+        greedy_valid = [v for r in runs if (v := _final(r, "greedy", "validity")) is not None]
+        sampled_valid = [v for r in runs if (v := _final(r, "sampled", "validity")) is not None]
+        cost = [c for r in runs if (c := r.summary.get("s_per_10k_steps")) is not None]
+        speed = [c for r in runs if (c := r.summary.get("env_steps_per_s")) is not None]
+        rows.append([task, f"{steps:,}", agent, str(len(runs)), _median_range(fractions), _pct(greedy_valid),
+                     _pct(sampled_valid), ", ".join(_first_at_target(r) for r in runs),
+                     f"{statistics.median(cost):.0f}" if cost else "n/a",
+                     f"{statistics.median(speed):.0f}" if speed else "n/a"])
+    return md_table(header, rows)
+
+
+def held_out_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str | None:
+    """Markdown table of held-out bags (stochastic tasks): per bag, greedy and sampled return and validity
+    (mean over seeds); ``None`` when no run has held-out bags."""
+    from molgym.benchmark.report import md_table
+
+    rows = []
+    for (task, steps, agent), runs in groups.items():
+        bags = sorted({b for r in runs for b in ((r.summary.get("held_out") or {}).get("bags") or {})})
+        for bag in bags:
+            per = [r.summary["held_out"]["bags"][bag] for r in runs if bag in (r.summary.get("held_out") or {}).get("bags", {})]
+
+            def mean(mode: str, key: str) -> float:
+                return statistics.fmean(p[mode][key] for p in per)
+
+            rows.append([task, f"{steps:,}", agent, str(len(per)), bag, f"{mean('greedy', 'mean_return'):.1f}",
+                         f"{mean('greedy', 'validity'):.0%}", str(sum(p["sampled"]["episodes"] for p in per)),
+                         f"{mean('sampled', 'mean_return'):.1f}", f"{mean('sampled', 'validity'):.0%}"])
+    if not rows:
+        return None
+    return md_table(["task", "steps", "agent", "seeds", "held-out bag", "greedy return (eV)", "greedy valid",
+                     "sampled episodes", "sampled mean return (eV)", "sampled valid"], rows)
+
+
+def _curve(runs: list[TrainingRun], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps, median, min and max over seeds of an eval.csv column, at the steps every seed evaluated."""
+    per_seed = [{int(e["step"]): e[key] for e in r.evals if e.get(key) is not None} for r in runs]
+    steps = sorted(set.intersection(*(set(s) for s in per_seed))) if per_seed else []
+    med = [statistics.median(s[x] for s in per_seed) for x in steps]
+    return steps, med, [min(s[x] for s in per_seed) for x in steps], [max(s[x] for s in per_seed) for x in steps]
+
+
+def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], path: str | Path) -> Path | None:
+    """Write the learning-curve figure (PNG) to ``path``; ``None`` (nothing written) when no run has evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(task, steps) for task, steps, _ in groups}, key=lambda x: (x[1], x[0]))
+    panels = [p for p in panels if any(r.evals for (t, s, _), runs in groups.items() if (t, s) == p for r in runs)]
+    if not panels:
+        return None
+    agents = sorted({a for _, _, a in groups})
+    colours = {a: plt.get_cmap("tab10")(k % 10) for k, a in enumerate(agents)}
+    cols = len(panels)
+    fig, axes = plt.subplots(2, cols, figsize=(max(3.2 * cols, 4.0), 5.2), dpi=96, squeeze=False, sharex="col")
+    for c, (task, steps) in enumerate(panels):
+        top, bottom = axes[0][c], axes[1][c]
+        use_fraction = all(e.get("mean_fraction_of_optimum") is not None
+                           for (t, s, _), runs in groups.items() if (t, s) == (task, steps) for r in runs for e in r.evals)
+        key = "mean_fraction_of_optimum" if use_fraction else "mean_return"
+        for (t, s, agent), runs in groups.items():
+            if (t, s) != (task, steps) or not all(r.evals for r in runs):
+                continue
+            for ax, column in ((top, key), (bottom, "validity")):
+                x, med, lo, hi = _curve(runs, column)
+                ax.plot(x, med, color=colours[agent], label=f"{agent} ({len(runs)})", lw=1.5)
+                if len(runs) > 1:
+                    ax.fill_between(x, lo, hi, color=colours[agent], alpha=0.2, lw=0)
+        if use_fraction:
+            top.axhline(TARGET_FRACTION, color="grey", ls="--", lw=0.8)
+            top.set_ylim(-0.05, 1.1)
+        bottom.axhline(TARGET_FRACTION, color="grey", ls="--", lw=0.8)
+        bottom.set_ylim(-0.05, 1.05)
+        top.set_title(f"{task}, {steps:,} steps", fontsize=9)
+        top.set_ylabel("greedy return / best-known" if use_fraction else "greedy return (eV)", fontsize=8)
+        bottom.set_ylabel("greedy valid", fontsize=8)
+        bottom.set_xlabel("environment steps", fontsize=8)
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        top.legend(fontsize=7, title="agent (seeds)", title_fontsize=7, loc="lower right")
+    fig.suptitle("periodic greedy evaluation: median over seeds, band = min-max", fontsize=9)
+    fig.tight_layout()
+    from molgym.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_training_report(paths: list[str | Path], out: str | Path, log=print) -> tuple[Path, Path | None]:
+    """Write ``training_report.md`` and ``learning_curves.png`` under ``out`` for the finished runs in ``paths``."""
+    from molgym.io import write_text
+
+    runs, unfinished = find_runs(paths)
+    for p in unfinished:
+        log(f"skipping {p}: not finished (no summary.json)")
+    if not runs:
+        raise FileNotFoundError(f"no finished molgym train run in {', '.join(map(str, paths))}")
+    groups = group_runs(runs)
+    out = Path(out)
+    png = plot_learning_curves(groups, out / "learning_curves.png")
+    lines = ["# Training runs", "", f"{len(runs)} finished runs in {len(groups)} groups (seeds of one setting). "
+             "Greedy return / best-known: the final greedy policy's mean return over the best-known return of the "
+             "formula under the same potential. Valid: one connected molecule that RDKit sanitises after bond "
+             "perception. First eval: the first periodic greedy evaluation at or above "
+             f"{TARGET_FRACTION:.0%} of the best-known return.", "", learning_table(groups), ""]
+    held = held_out_table(groups)
+    if held:
+        lines += ["## Held-out bags", "", held, ""]
+    if png is not None:
+        lines += [f"![learning curves]({png.name})", ""]
+    settings = {f"{task}, {steps:,} steps, {label}": runs[0].setting
+                for (task, steps, label), runs in groups.items() if "[" in label}
+    if settings:
+        lines += ["## Settings of the labelled groups", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]
+    lines += ["Runs: " + ", ".join(f"`{r.path}`" for r in runs), ""]
+    md = out / "training_report.md"
+    write_text(md, "\n".join(lines))
+    return md, png

@@ -1,0 +1,36 @@
+"""``molgym train-report RUN_DIR ...``: seeds side by side, a learning table and learning curves.
+
+    molgym train-report runs/learn2 --out runs/learn2/report
+
+Each argument is a ``molgym train`` run folder or a folder of them; runs that differ only in their seed are
+grouped (see :mod:`molgym.agents.common.run_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    """Add ``molgym train-report`` to the top-level sub-parsers."""
+    p = subparsers.add_parser(
+        "train-report",
+        help="learning table and curves over seeds from finished molgym train runs",
+        description="Group finished `molgym train` runs by setting (seeds together) and write training_report.md "
+        "(median over seeds of the final greedy return / best-known, validity, first evaluation at >= 90%%, cost) "
+        "and learning_curves.png (periodic greedy evaluations, median and min-max band per agent).",
+    )
+    p.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    p.add_argument("--out", required=True, help="where to write training_report.md and learning_curves.png")
+    p.set_defaults(func=cmd_train_report)
+
+
+def cmd_train_report(args: argparse.Namespace) -> int:
+    """Write the report and print the learning table."""
+    from molgym.agents.common.run_report import write_training_report
+
+    md, png = write_training_report(args.runs, args.out)
+    print(f"wrote {md}")
+    if png is not None:
+        print(f"wrote {png}")
+    return 0

@@ -1,0 +1,79 @@
+"""``molgym train-report``: seeds grouped by setting, medians over seeds, curves, unfinished runs named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent_helpers import train_args
+
+from molgym.agents.common.run_report import find_runs, group_runs, learning_table
+from molgym.cli import main
+
+
+def _fake_run(folder, seed, fraction, validity, evals, lr=3e-4, formula="CH4O"):
+    """A run folder as `molgym train` writes it (only the files the report reads), with chosen figures."""
+    folder.mkdir(parents=True)
+    config = {"out": str(folder), "agent": "internal", "env_id": "MolGym/SingleBag-v0", "formula": formula,
+              "potential": "default", "env_kwargs": {}, "steps": 12000, "seed": seed, "learning_rate": lr,
+              "eval_every": 2000, "device": "cpu", "threads": 1}
+    (folder / "config.json").write_text(json.dumps(config))
+    final = {"episodes": 4, "mean_return": 10 * fraction, "validity": validity, "mean_fraction_of_optimum": fraction}
+    summary = {"final_greedy": final, "final_sampled": dict(final, validity=validity / 2), "held_out": None,
+               "s_per_10k_steps": 40.0 + seed, "env_steps_per_s": 250.0 - seed}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    rows = ["step,mean_return,best_return,validity,mean_fraction_of_optimum,completed"]
+    rows += [f"{2000 * (k + 1)},{10 * f},{10 * f},1.0,{f},1.0" for k, f in enumerate(evals)]
+    (folder / "eval.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_table_takes_medians_over_seeds_and_separates_settings(tmp_path):
+    _fake_run(tmp_path / "a0", 0, 0.5, 0.0, [0.2, 0.5])
+    _fake_run(tmp_path / "a1", 1, 0.9, 1.0, [0.4, 0.95])
+    _fake_run(tmp_path / "a2", 2, 0.7, 1.0, [0.91, 0.7])
+    _fake_run(tmp_path / "b0", 0, 0.3, 0.0, [0.3], lr=1e-3)  # another learning rate: its own group
+    (tmp_path / "c0").mkdir()
+    (tmp_path / "c0" / "config.json").write_text("{}")  # started, not finished
+    runs, unfinished = find_runs([tmp_path])
+    assert unfinished == [tmp_path / "c0"] and len(runs) == 4
+    groups = group_runs(runs)
+    assert {k: len(v) for k, v in groups.items()} == {("CH4O", 12000, "internal [1]"): 3,
+                                                       ("CH4O", 12000, "internal [2]"): 1}
+    table = learning_table(groups).splitlines()
+    assert table[2] == ("| CH4O | 12,000 | internal [1] | 3 | 0.700 [0.500, 0.900] | 100% | 50% | never, 4,000, 2,000 "
+                        "| 41 | 249 |")
+    assert "| 0.300 [0.300, 0.300] | 0% | 0% | never |" in table[3]
+
+
+def test_train_report_over_real_runs(tmp_path, tiny_mace_file, capsys):
+    for seed in (3, 4):
+        args = train_args(tmp_path / "runs" / f"s{seed}", tiny_mace_file, "internal", 16)
+        args[args.index("--seed") + 1] = str(seed)
+        assert main(args) == 0
+    (tmp_path / "runs" / "unfinished").mkdir()
+    (tmp_path / "runs" / "unfinished" / "config.json").write_text("{}")
+    capsys.readouterr()
+    assert main(["train-report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert "unfinished: not finished" in printed
+    md = (tmp_path / "report" / "training_report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| CH2O |"))
+    assert "| 16 | internal | 2 |" in row
+    summaries = [json.loads((tmp_path / "runs" / f"s{s}" / "summary.json").read_text()) for s in (3, 4)]
+    # a user's model file has no best-known returns: the fraction is n/a, the curves plot the return instead
+    assert all(s["final_greedy"]["mean_fraction_of_optimum"] is None for s in summaries)
+    assert "| n/a |" in row
+    speed = sum(s["env_steps_per_s"] for s in summaries) / 2  # the median of two
+    assert row.endswith(f"| {speed:.0f} |")
+    assert (tmp_path / "report" / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_train_report_without_runs_is_a_clear_error(make, tmp_path, capsys):
+    target = tmp_path / "nothing"
+    if make == "empty":
+        target.mkdir()
+    assert main(["train-report", str(target), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert str(target) in err and ("no such run folder" in err or "holds no molgym train run" in err)
