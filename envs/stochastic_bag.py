@@ -113,6 +113,8 @@ class StochasticBagEnv(MolecularEnv):
         missing = [s for s in self.template_bag if s not in vocabulary]
         if missing:
             raise ValueError(f"elements={vocabulary} misses {missing}, which the template {self.template} needs")
+        for formula in sorted(self.exclude):  # held-out bags must be playable: checked before the potential loads
+            self._given_bag(formula, "exclude", vocabulary)
         super().__init__(
             potential=potential,
             elements=vocabulary,
@@ -125,8 +127,6 @@ class StochasticBagEnv(MolecularEnv):
             uncertainty_penalty=uncertainty_penalty,
             uncertainty_threshold=uncertainty_threshold,
         )
-        for formula in sorted(self.exclude):  # held-out bags must be playable, or evaluating on them fails late
-            self._given_bag(formula, "exclude")
 
     def _draw(self, rng: np.random.Generator, part: Mapping[str, int]) -> dict[str, int] | None:
         """A feasible bag outside :attr:`exclude` that holds ``part`` and more, or ``None``.
@@ -156,15 +156,17 @@ class StochasticBagEnv(MolecularEnv):
             )
         return bag, Atoms()
 
-    def _given_bag(self, formula: Any, argument: str = "options['bag']") -> dict[str, int]:
-        """A bag named by the user (``options["bag"]``, an ``exclude`` entry), checked against the task: a
-        ``ValueError`` naming the argument and what is wrong."""
+    def _given_bag(self, formula: Any, argument: str = "options['bag']",
+                   elements: Sequence[str] | None = None) -> dict[str, int]:
+        """A bag named by the user (``options["bag"]``, an ``exclude`` entry), checked against the task's
+        ``elements`` (default: the environment's): a ``ValueError`` naming the argument and what is wrong."""
+        elements = list(self.elements if elements is None else elements)
         bag = parse_task_formula(formula, argument)
         name = format_formula(bag)
-        foreign = sorted(set(bag) - set(self.elements))
+        foreign = sorted(set(bag) - set(elements))
         if foreign:
             raise ValueError(f"{argument}: {name} has {', '.join(foreign)}; this task places only "
-                             f"{', '.join(self.elements)}")
+                             f"{', '.join(elements)}")
         if sum(bag.values()) > self.size_range[1]:
             raise ValueError(f"{argument}: {name} has {sum(bag.values())} atoms; this task's observations hold "
                              f"at most size_range[1]={self.size_range[1]}")

@@ -231,6 +231,9 @@ def test_stochastic_bags_hold_out_excluded_formulas_and_play_a_given_bag(tiny_po
         StochasticBagEnv(template="C2H6O", size_range=(3, 6), exclude="CH4O", potential=tiny_potential)
     with pytest.raises(ValueError, match="outside exclude"):
         StochasticBagEnv(template="H2", size_range=(2, 2), exclude=["H2"], potential=tiny_potential)
+    # a held-out bag is checked before the potential loads: the bag's error, not the missing model file's
+    with pytest.raises(ValueError, match="exclude: C2H6S has S"):
+        StochasticBagEnv(template="C2H6O", size_range=(3, 6), exclude=["C2H6S"], potential="/no/such/model.model")
 
 
 def test_solvation_refills_the_bag_and_penalises_distance(tiny_potential):
