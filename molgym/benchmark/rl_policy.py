@@ -4,7 +4,8 @@ For each sample it makes the task's environment (environments register on ``impo
 ``gymnasium.make("MolGym/SingleBag-v0", formula=<the sample's bag>, potential=...)`` for formula, shape and
 unconditional tasks, and ``gymnasium.make("MolGym/MultiBag-v0", formulas=<the task's formulas>, ...)`` reset with
 ``options={"formula": <the sample's bag>}`` for stochastic-bag tasks (so a policy trained on that MultiBag fits
-every sample). It resets the environment with a per-sample seed and steps the policy until the episode ends;
+every sample). With ``checkpoint="shipped"`` each sample of a stochastic-bag task is rolled out instead by the
+shipped checkpoint for its bag, in that formula's SingleBag environment (the task needs one for each formula). It resets the environment with a per-sample seed and steps the policy until the episode ends;
 the final canvas is the generated molecule (an episode ended by an invalid placement yields the partial
 molecule, which the metrics then score as not matching the task). A policy whose observation space does not
 match the environment's is refused with an error naming both. Stochastic actions are drawn from
@@ -14,7 +15,7 @@ untouched. Potential calls made by the environment are counted.
 Args (``--option rl_policy.KEY=VALUE`` on the command line):
     checkpoint: path of the SB3 ``.zip`` (required), or ``"shipped"``: for each sample's formula, the checkpoint
         that ships with molgym for it (:mod:`molgym.agents.shipped`; sha256-checked; a formula without one is
-        refused with the list of those that have one). Loading a checkpoint unpickles it: load only files you trust.
+        refused with the list of those that have one; the runner skips such tasks and unconditional ones). Loading a checkpoint unpickles it: load only files you trust.
     algorithm: SB3 class name (``"PPO"``, ``"A2C"``, ``"SAC"``, ...) or ``"auto"`` (try PPO, A2C, SAC, TD3, DDPG).
     deterministic: use the policy's mode instead of sampling (default False).
     env_id: environment id, or ``"auto"`` (default) for the choice above.
@@ -60,27 +61,26 @@ class RLPolicy(Generator):
         self._envs: dict[tuple[Path, str], object] = {}
 
     def unsupported(self, task) -> str | None:
-        """With shipped checkpoints: the reason when none fits ``task`` (stochastic bags, unconditional tasks,
-        formulas nobody shipped a checkpoint for)."""
+        """With shipped checkpoints: the reason when none fits ``task`` (unconditional tasks, formulas nobody
+        shipped a checkpoint for; a stochastic-bag task needs one for each of its formulas)."""
         if not self.shipped:
             return None
-        if task.kind in ("bag", "unconditional"):
-            return f"shipped checkpoints are per formula; {task.kind} task {task.name!r} needs checkpoint=PATH.zip"
+        if task.kind == "unconditional":
+            return f"shipped checkpoints are per formula; unconditional task {task.name!r} needs checkpoint=PATH.zip"
         from molgym.agents.shipped import shipped_checkpoints
         from molgym.chem import format_formula, parse_formula
 
-        formula = format_formula(parse_formula(task.formula))
-        if formula not in shipped_checkpoints():
-            return f"no shipped checkpoint for {formula} (shipped: {', '.join(sorted(shipped_checkpoints()))})"
+        formulas = task.formulas if task.kind == "bag" else (task.formula,)
+        missing = sorted({format_formula(parse_formula(f)) for f in formulas} - set(shipped_checkpoints()))
+        if missing:
+            return f"no shipped checkpoint for {', '.join(missing)} (shipped: {', '.join(sorted(shipped_checkpoints()))})"
         return None
 
     def _checkpoint_for(self, task, formula: str) -> Path:
-        """The checkpoint that rolls out ``formula``: the one given, or the shipped one for that formula."""
+        """The checkpoint that rolls out ``formula``: the one given, or the shipped one for that formula (for a
+        stochastic-bag task, the one for each sample's bag)."""
         if not self.shipped:
             return self.checkpoint
-        if task.kind == "bag":
-            raise ValueError(f"no shipped rl_policy checkpoint for the stochastic-bag task {task.name!r}: shipped "
-                             "checkpoints are per formula; pass checkpoint=PATH.zip of a policy trained on MultiBag")
         from molgym.agents.shipped import shipped_checkpoint
 
         try:
@@ -109,7 +109,8 @@ class RLPolicy(Generator):
     def _env(self, task, formula: str, path: Path):
         """The environment for one sample (cached), checked against the observation space of the policy in
         ``path``."""
-        multi = task.kind == "bag" and self.env_id in ("auto", "MolGym/MultiBag-v0")
+        # one policy for every bag of a stochastic task plays MultiBag; shipped per-formula ones play SingleBag
+        multi = task.kind == "bag" and not self.shipped and self.env_id in ("auto", "MolGym/MultiBag-v0")
         key = (path, "multi" if multi else formula)
         if key not in self._envs:
             import gymnasium

@@ -16,7 +16,8 @@ import pytest
 from ase import Atoms
 
 from molgym.benchmark import Generator, Suite, get_generator, get_suite, get_task, shape_task
-from molgym.chem import bag_from_numbers, parse_formula
+from molgym.benchmark.tasks import Task
+from molgym.chem import bag_from_numbers, format_formula, parse_formula
 from molgym.reward import MIN_DISTANCE
 
 # One OpenMP thread for xTB: on a loaded 2-core machine the default thread count makes each call ~40x slower.
@@ -172,17 +173,27 @@ def test_rl_policy_with_shipped_checkpoints_skips_tasks_it_cannot_do(tmp_path):
 
     gen = get_generator("rl_policy", checkpoint="shipped", potential="default")
     assert gen.unsupported(get_task("CH4O")) is None
-    assert "per formula" in gen.unsupported(get_task("bags-small"))
+    assert gen.unsupported(get_task("bags-small")) is None  # every formula of the bag has a checkpoint
+    assert "per formula" in gen.unsupported(get_task("qm9-unconditional"))
     assert "no shipped checkpoint for C2H6O" in gen.unsupported(get_task("C2H6O"))
+    mixed = Task(name="mixed-bags", kind="bag", description="", formulas=("CH4O", "C2H6O"))
+    assert gen.unsupported(mixed).startswith("no shipped checkpoint for C2H6O (")
     with pytest.raises(ValueError, match="task 'C2H6O': no shipped agent checkpoint"):
         gen.generate(get_task("C2H6O"), 1, seed=0)
 
-    suite = Suite(name="shipped-test", version="0", description="", tasks=("CH4O", "bags-small"), n_samples=2,
-                  seeds=(0,), relax_steps=0, referee_sample=0)
+    # each sample of a stochastic-bag task is played by its own formula's checkpoint, in SingleBag
+    molecules = gen.generate(get_task("bags-small"), 3, seed=5)
+    bags = [format_formula(b) for b in get_task("bags-small").bags(3, 5)]
+    for m, bag in zip(molecules, bags, strict=True):  # each canvas holds atoms of its own bag only
+        placed = parse_formula(m.get_chemical_formula(mode="hill"))
+        assert len(m) > 0 and all(placed[s] <= parse_formula(bag).get(s, 0) for s in placed), (bag, placed)
+
+    suite = Suite(name="shipped-test", version="0", description="", tasks=("CH4O", "qm9-unconditional"),
+                  n_samples=2, seeds=(0,), relax_steps=0, referee_sample=0)
     results = run_suite(suite, ["rl_policy"], tmp_path, potential="default", workers=1, progress=False,
                         generator_options={"rl_policy": {"checkpoint": "shipped"}})
     assert results["complete"] and results["jobs_planned"] == 1 and results["failed_jobs"] == []
-    assert [(s["generator"], s["task"]) for s in results["skipped_jobs"]] == [("rl_policy", "bags-small")]
+    assert [(s["generator"], s["task"]) for s in results["skipped_jobs"]] == [("rl_policy", "qm9-unconditional")]
     assert list(results["leaderboard"]) == ["CH4O"]
     job = json.loads((tmp_path / "jobs" / "rl_policy__CH4O__seed0.json").read_text())
     assert job["n_generated"] == 2 and job["generator_metadata"]["settings"]["checkpoint"] == "shipped"
