@@ -103,6 +103,13 @@ def mace_potential(device: str | None, dtype: str | None, fallback_arch: str = "
                 f"untrained MACE {fallback_arch!r}")
 
 
+def _warmup_then_timed(warmup: int, timed: int):
+    """``(index, timing_starts)`` for ``warmup`` untimed rounds, then ``timed`` timed ones; the warm-up rounds
+    take the indices (seeds) after the timed ones, so the timed workload does not depend on ``warmup``."""
+    for k in range(warmup + timed):
+        yield (timed + k if k < warmup else k - warmup), k == warmup
+
+
 def run_vector(potential, n_envs: int, seed: int, rounds: int = 1, warmup: int = 1) -> tuple[int, float, float, int]:
     """(a): steps, step seconds, seconds inside the potential, potential calls (``rounds`` full episodes, after
     ``warmup`` untimed ones)."""
@@ -112,9 +119,8 @@ def run_vector(potential, n_envs: int, seed: int, rounds: int = 1, warmup: int =
     timed = TimedPotential(potential).potential
     venv = SingleBagVectorEnv(num_envs=n_envs, potential=timed, **ENV_KWARGS, autoreset_mode="same_step")
     steps, elapsed = 0, 0.0
-    for k in range(warmup + rounds):
-        r = rounds + k if k < warmup else k - warmup  # warm-up rounds take seeds after the timed ones
-        if k == warmup:
+    for r, timing_starts in _warmup_then_timed(warmup, rounds):
+        if timing_starts:
             steps, elapsed = 0, 0.0
             timed.seconds, timed.calls = 0.0, 0
         venv.reset(seed=seed + r * n_envs)
@@ -136,9 +142,8 @@ def run_serial(make_env, n_envs: int, seed: int, warmup: int = 1) -> tuple[int, 
     from molgym.envs import random_valid_action
 
     steps, elapsed, invalid = 0, 0.0, 0
-    for k in range(warmup + n_envs):
-        i = n_envs + k if k < warmup else k - warmup  # warm-up episodes take seeds after the timed ones
-        if k == warmup:
+    for i, timing_starts in _warmup_then_timed(warmup, n_envs):
+        if timing_starts:
             steps, elapsed, invalid = 0, 0.0, 0
         env = make_env()
         env.reset(seed=seed + i)
