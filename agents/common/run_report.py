@@ -34,6 +34,8 @@ BOOKKEEPING = ("out", "seed", "device", "threads", "eval_every", "eval_episodes"
                "final_molecules")
 #: The fraction of the best-known return the issue's learning criteria use.
 TARGET_FRACTION = 0.9
+#: Tasks per row of the learning-curve figure (each task is a return panel above a validity panel).
+PANELS_PER_ROW = 4
 
 
 @dataclass
@@ -202,10 +204,15 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
         return None
     agents = sorted({a for _, _, a in groups})
     colours = {a: plt.get_cmap("tab10")(k % 10) for k, a in enumerate(agents)}
-    cols = len(panels)
-    fig, axes = plt.subplots(2, cols, figsize=(max(3.2 * cols, 4.0), 5.2), dpi=96, squeeze=False, sharex="col")
-    for c, (task, steps) in enumerate(panels):
-        top, bottom = axes[0][c], axes[1][c]
+    cols = min(len(panels), PANELS_PER_ROW)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(max(3.2 * cols, 4.0), 2.6 * 2 * rows), dpi=96,
+                             squeeze=False)
+    for k in range(len(panels), rows * cols):  # empty slots of the last row
+        axes[2 * (k // cols)][k % cols].set_visible(False)
+        axes[2 * (k // cols) + 1][k % cols].set_visible(False)
+    for k, (task, steps) in enumerate(panels):
+        top, bottom = axes[2 * (k // cols)][k % cols], axes[2 * (k // cols) + 1][k % cols]
         use_fraction = all(e.get("mean_fraction_of_optimum") is not None
                            for (t, s, _), runs in groups.items() if (t, s) == (task, steps) for r in runs for e in r.evals)
         key = "mean_fraction_of_optimum" if use_fraction else "mean_return"
@@ -219,7 +226,8 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
                     ax.fill_between(x, lo, hi, color=colours[agent], alpha=0.2, lw=0)
         if use_fraction:
             top.axhline(TARGET_FRACTION, color="grey", ls="--", lw=0.8)
-            top.set_ylim(-0.05, 1.1)
+            lo, hi = top.get_ylim()  # at least [0, 1]; more where a run fell below zero or over-scored
+            top.set_ylim(min(lo, -0.05), max(hi, 1.05))
         bottom.axhline(TARGET_FRACTION, color="grey", ls="--", lw=0.8)
         bottom.set_ylim(-0.05, 1.05)
         top.set_title(f"{task}, {steps:,} steps", fontsize=9)
@@ -231,7 +239,7 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
             ax.grid(alpha=0.3)
         top.legend(fontsize=7, title="agent (seeds)", title_fontsize=7, loc="lower right")
     fig.suptitle("periodic greedy evaluation: median over seeds, band = min-max", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))  # room for the title
     from molgym.io import atomic_path
 
     path = Path(path)
