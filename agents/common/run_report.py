@@ -84,7 +84,10 @@ def find_runs(paths: list[str | Path]) -> tuple[list[TrainingRun], list[Path]]:
     for p in map(Path, paths):
         if not p.is_dir():
             raise FileNotFoundError(f"no such run folder: {p}")
-        candidates = [p] if (p / "config.json").is_file() else sorted(c for c in p.iterdir() if (c / "config.json").is_file())
+        if (p / "config.json").is_file():
+            candidates = [p]
+        else:
+            candidates = sorted(c for c in p.iterdir() if (c / "config.json").is_file())
         if not candidates:
             raise FileNotFoundError(f"{p} holds no molgym train run (no config.json in it or its sub-folders)")
         for c in candidates:
@@ -169,7 +172,8 @@ def held_out_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str
     for (task, steps, agent), runs in groups.items():
         bags = sorted({b for r in runs for b in ((r.summary.get("held_out") or {}).get("bags") or {})})
         for bag in bags:
-            per = [r.summary["held_out"]["bags"][bag] for r in runs if bag in (r.summary.get("held_out") or {}).get("bags", {})]
+            per = [r.summary["held_out"]["bags"][bag] for r in runs
+                   if bag in (r.summary.get("held_out") or {}).get("bags", {})]
 
             def mean(mode: str, key: str) -> float:
                 return statistics.fmean(p[mode][key] for p in per)
@@ -214,7 +218,8 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
     for k, (task, steps) in enumerate(panels):
         top, bottom = axes[2 * (k // cols)][k % cols], axes[2 * (k // cols) + 1][k % cols]
         use_fraction = all(e.get("mean_fraction_of_optimum") is not None
-                           for (t, s, _), runs in groups.items() if (t, s) == (task, steps) for r in runs for e in r.evals)
+                           for (t, s, _), runs in groups.items() if (t, s) == (task, steps)
+                           for r in runs for e in r.evals)
         key = "mean_fraction_of_optimum" if use_fraction else "mean_return"
         for (t, s, agent), runs in groups.items():
             if (t, s) != (task, steps) or not all(r.evals for r in runs):

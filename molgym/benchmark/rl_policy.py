@@ -5,9 +5,10 @@ For each sample it makes the task's environment (environments register on ``impo
 unconditional tasks, and ``gymnasium.make("MolGym/MultiBag-v0", formulas=<the task's formulas>, ...)`` reset with
 ``options={"formula": <the sample's bag>}`` for stochastic-bag tasks (so a policy trained on that MultiBag fits
 every sample). With ``checkpoint="shipped"`` each sample of a stochastic-bag task is rolled out instead by the
-shipped checkpoint for its bag, in that formula's SingleBag environment (the task needs one for each formula). It resets the environment with a per-sample seed and steps the policy until the episode ends;
-the final canvas is the generated molecule (an episode ended by an invalid placement yields the partial
-molecule, which the metrics then score as not matching the task). A policy whose observation space does not
+shipped checkpoint for its bag, in that formula's SingleBag environment (the task needs one for each formula).
+It resets the environment with a per-sample seed and steps the policy until the episode ends; the final canvas
+is the generated molecule (an episode ended by an invalid placement yields the partial molecule, which the
+metrics then score as not matching the task). A policy whose observation space does not
 match the environment's is refused with an error naming both. Stochastic actions are drawn from
 torch's RNG inside ``torch.random.fork_rng`` seeded per job, so runs are reproducible and leave the global RNG
 untouched. Potential calls made by the environment are counted.
@@ -15,7 +16,8 @@ untouched. Potential calls made by the environment are counted.
 Args (``--option rl_policy.KEY=VALUE`` on the command line):
     checkpoint: path of the SB3 ``.zip`` (required), or ``"shipped"``: for each sample's formula, the checkpoint
         that ships with molgym for it (:mod:`molgym.agents.shipped`; sha256-checked; a formula without one is
-        refused with the list of those that have one; the runner skips such tasks and unconditional ones). Loading a checkpoint unpickles it: load only files you trust.
+        refused with the list of those that have one; the runner skips such tasks and unconditional ones).
+        Loading a checkpoint unpickles it: load only files you trust.
     algorithm: SB3 class name (``"PPO"``, ``"A2C"``, ``"SAC"``, ...) or ``"auto"`` (try PPO, A2C, SAC, TD3, DDPG).
     deterministic: use the policy's mode instead of sampling (default False).
     env_id: environment id, or ``"auto"`` (default) for the choice above.
@@ -73,7 +75,8 @@ class RLPolicy(Generator):
         formulas = task.formulas if task.kind == "bag" else (task.formula,)
         missing = sorted({format_formula(parse_formula(f)) for f in formulas} - set(shipped_checkpoints()))
         if missing:
-            return f"no shipped checkpoint for {', '.join(missing)} (shipped: {', '.join(sorted(shipped_checkpoints()))})"
+            shipped = ", ".join(sorted(shipped_checkpoints()))
+            return f"no shipped checkpoint for {', '.join(missing)} (shipped: {shipped})"
         return None
 
     def _checkpoint_for(self, task, formula: str) -> Path:
