@@ -55,6 +55,11 @@ class TrainingRun:
         return bag if env == "SingleBag-v0" and bag else " ".join(x for x in (env, bag) if x)
 
     @property
+    def held_out_bags(self) -> dict[str, Any]:
+        """``summary.json["held_out"]["bags"]``: per held-out bag, its greedy and sampled summaries (may be empty)."""
+        return (self.summary.get("held_out") or {}).get("bags") or {}
+
+    @property
     def setting(self) -> str:
         """The settings that define what is learned (seed and bookkeeping removed), as sorted JSON."""
         return json.dumps({k: v for k, v in self.config.items() if k not in BOOKKEEPING}, sort_keys=True)
@@ -170,10 +175,8 @@ def held_out_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str
 
     rows = []
     for (task, steps, agent), runs in groups.items():
-        bags = sorted({b for r in runs for b in ((r.summary.get("held_out") or {}).get("bags") or {})})
-        for bag in bags:
-            per = [r.summary["held_out"]["bags"][bag] for r in runs
-                   if bag in (r.summary.get("held_out") or {}).get("bags", {})]
+        for bag in sorted({b for r in runs for b in r.held_out_bags}):
+            per = [r.held_out_bags[bag] for r in runs if bag in r.held_out_bags]
 
             def mean(mode: str, key: str) -> float:
                 return statistics.fmean(p[mode][key] for p in per)
@@ -202,8 +205,11 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(task, steps) for task, steps, _ in groups}, key=lambda x: (x[1], x[0]))
-    panels = [p for p in panels if any(r.evals for (t, s, _), runs in groups.items() if (t, s) == p for r in runs)]
+    panels: dict[tuple[str, int], dict[str, list[TrainingRun]]] = {}  # (task, steps) -> agent -> runs
+    for (task, steps, agent), runs in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+        panels.setdefault((task, steps), {})[agent] = runs
+    panels = {key: by_agent for key, by_agent in panels.items()
+              if any(r.evals for runs in by_agent.values() for r in runs)}
     if not panels:
         return None
     agents = sorted({a for _, _, a in groups})
@@ -215,14 +221,13 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
     for k in range(len(panels), rows * cols):  # empty slots of the last row
         axes[2 * (k // cols)][k % cols].set_visible(False)
         axes[2 * (k // cols) + 1][k % cols].set_visible(False)
-    for k, (task, steps) in enumerate(panels):
+    for k, ((task, steps), by_agent) in enumerate(panels.items()):
         top, bottom = axes[2 * (k // cols)][k % cols], axes[2 * (k // cols) + 1][k % cols]
         use_fraction = all(e.get("mean_fraction_of_optimum") is not None
-                           for (t, s, _), runs in groups.items() if (t, s) == (task, steps)
-                           for r in runs for e in r.evals)
+                           for runs in by_agent.values() for r in runs for e in r.evals)
         key = "mean_fraction_of_optimum" if use_fraction else "mean_return"
-        for (t, s, agent), runs in groups.items():
-            if (t, s) != (task, steps) or not all(r.evals for r in runs):
+        for agent, runs in by_agent.items():
+            if not all(r.evals for r in runs):
                 continue
             for ax, column in ((top, key), (bottom, "validity")):
                 x, med, lo, hi = _curve(runs, column)
