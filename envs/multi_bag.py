@@ -9,7 +9,13 @@ from typing import Any
 from ase import Atoms
 
 from molgym.chem import bag_size, format_formula, hill_order
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_MIN_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
+from molgym.envs.base import (
+    DEFAULT_INVALID_REWARD,
+    DEFAULT_MIN_REWARD,
+    DEFAULT_WORKSPACE,
+    MolecularEnv,
+    check_reset_options,
+)
 from molgym.envs.single_bag import parse_task_formula
 from molgym.potentials.base import Potential
 

@@ -9,7 +9,13 @@ from typing import Any
 from ase import Atoms
 
 from molgym.chem import bag_size, format_formula, parse_formula
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_MIN_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
+from molgym.envs.base import (
+    DEFAULT_INVALID_REWARD,
+    DEFAULT_MIN_REWARD,
+    DEFAULT_WORKSPACE,
+    MolecularEnv,
+    check_reset_options,
+)
 from molgym.potentials.base import Potential
 
 __all__ = ["SingleBagEnv", "parse_task_formula"]
@@ -80,8 +86,8 @@ class SingleBagEnv(MolecularEnv):
 
     ## Episode End
 
-    Terminated when the bag is empty, after an invalid placement or after a step floored at ``min_reward``; never truncated (an episode has at most
-    ``len(formula)`` steps). The final ``info`` holds ``episode_return``, ``formula`` and
+    Terminated when the bag is empty, after an invalid placement or after a step floored at ``min_reward``; never
+    truncated (an episode has at most ``len(formula)`` steps). The final ``info`` holds ``episode_return``, ``formula`` and
     ``best_known_return``: the return of the best known isomer of the formula under the same potential
     (:mod:`molgym.best_known`), or ``None`` when none is known for this potential (``info["best_known"]`` at
     reset explains). ``env.unwrapped.write_molecule(path)`` / ``write_trajectory(path)`` export to extended XYZ.

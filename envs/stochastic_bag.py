@@ -11,7 +11,13 @@ from ase import Atoms
 
 from molgym.chem import bag_from_numbers, format_formula
 from molgym.envs.bags import bag_contains, is_closed_shell_feasible, sample_bag
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_MIN_REWARD, DEFAULT_WORKSPACE, MolecularEnv, check_reset_options
+from molgym.envs.base import (
+    DEFAULT_INVALID_REWARD,
+    DEFAULT_MIN_REWARD,
+    DEFAULT_WORKSPACE,
+    MolecularEnv,
+    check_reset_options,
+)
 from molgym.envs.single_bag import parse_task_formula
 from molgym.potentials.base import Potential
 
