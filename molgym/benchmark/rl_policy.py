@@ -4,8 +4,9 @@ For each sample it makes the task's environment (environments register on ``impo
 ``gymnasium.make("MolGym/SingleBag-v0", formula=<the sample's bag>, potential=...)`` for formula, shape and
 unconditional tasks, and ``gymnasium.make("MolGym/MultiBag-v0", formulas=<the task's formulas>, ...)`` reset with
 ``options={"formula": <the sample's bag>}`` for stochastic-bag tasks (so a policy trained on that MultiBag fits
-every sample). With ``checkpoint="shipped"`` each sample of a stochastic-bag task is rolled out instead by the
-shipped checkpoint for its bag, in that formula's SingleBag environment (the task needs one for each formula).
+every sample). With per-formula checkpoints (``checkpoint="shipped"``, or a mapping formula -> path) each sample
+is rolled out instead by the checkpoint for its own bag, in that formula's SingleBag environment (a stochastic-bag
+task needs one for each of its formulas).
 It resets the environment with a per-sample seed and steps the policy until the episode ends; the final canvas
 is the generated molecule (an episode ended by an invalid placement yields the partial molecule, which the
 metrics then score as not matching the task). A policy whose observation space does not
@@ -16,7 +17,9 @@ untouched. Potential calls made by the environment are counted.
 Args (``--option rl_policy.KEY=VALUE`` on the command line):
     checkpoint: path of the SB3 ``.zip`` (required), or ``"shipped"``: for each sample's formula, the checkpoint
         that ships with molgym for it (:mod:`molgym.agents.shipped`; sha256-checked; a formula without one is
-        refused with the list of those that have one; the runner skips such tasks and unconditional ones).
+        refused with the list of those that have one; the runner skips such tasks and unconditional ones), or a
+        mapping formula -> path (e.g. ``{"C7H10O2": "runs/a/model.zip", "C7H8N2O2": "runs/b/model.zip"}``, the
+        agents a refinement round harvests from), which is treated like the shipped table.
         Loading a checkpoint unpickles it: load only files you trust.
     algorithm: SB3 class name (``"PPO"``, ``"A2C"``, ``"SAC"``, ...) or ``"auto"`` (try PPO, A2C, SAC, TD3, DDPG).
     deterministic: use the policy's mode instead of sampling (default False).
@@ -28,6 +31,7 @@ Args (``--option rl_policy.KEY=VALUE`` on the command line):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from ase import Atoms
@@ -39,49 +43,92 @@ __all__ = ["RLPolicy"]
 _ALGORITHMS = ("PPO", "A2C", "SAC", "TD3", "DDPG")
 
 
+def _formula_table(checkpoints: Mapping[str, str]) -> dict[str, Path]:
+    """``{formula: path}`` with each formula checked and written in Hill order (``"OCH4"`` -> ``"CH4O"``)."""
+    from molgym.chem import format_formula, parse_formula
+
+    table: dict[str, Path] = {}
+    for formula, path in checkpoints.items():
+        try:
+            key = format_formula(parse_formula(str(formula)))
+        except ValueError as err:
+            raise ValueError(f"rl_policy checkpoint table: bad formula {formula!r}: {err}") from None
+        if key in table:
+            raise ValueError(f"rl_policy checkpoint table names {key} twice")
+        if not isinstance(path, (str, Path)) or not str(path):
+            raise ValueError(f"rl_policy checkpoint table: the checkpoint for {formula!r} must be a path, "
+                             f"got {path!r}")
+        table[key] = Path(path).expanduser()
+    if not table:
+        raise ValueError("rl_policy checkpoint table is empty: give at least one formula -> PATH.zip")
+    return table
+
+
 class RLPolicy(Generator):
     """Generator backed by a trained SB3 policy and a MolGym environment."""
 
     name = "rl_policy"
     version = "1"
 
-    def __init__(self, potential="auto", checkpoint: str | None = None, algorithm: str = "auto",
-                 deterministic: bool = False, env_id: str = "auto", env_kwargs: dict | None = None,
-                 device: str = "cpu"):
+    def __init__(self, potential="auto", checkpoint: str | Mapping[str, str] | None = None,
+                 algorithm: str = "auto", deterministic: bool = False, env_id: str = "auto",
+                 env_kwargs: dict | None = None, device: str = "cpu"):
         if not checkpoint:
-            raise ValueError("rl_policy needs a checkpoint: --option rl_policy.checkpoint=PATH.zip (or =shipped)")
+            raise ValueError("rl_policy needs a checkpoint: --option rl_policy.checkpoint=PATH.zip (or =shipped, "
+                             "or a JSON object formula -> PATH.zip)")
         if algorithm != "auto" and algorithm not in _ALGORITHMS:
             raise ValueError(f"unknown SB3 algorithm {algorithm!r}; allowed: auto, {', '.join(_ALGORITHMS)}")
-        super().__init__(potential=potential, checkpoint=str(checkpoint), algorithm=algorithm,
+        #: per-formula checkpoints (Hill formula -> path), or None for one checkpoint for every task
+        self.per_formula: dict[str, Path] | None = None
+        if isinstance(checkpoint, Mapping):
+            self.per_formula = _formula_table(checkpoint)
+            recorded = {formula: str(path) for formula, path in self.per_formula.items()}
+        else:
+            recorded = str(checkpoint)
+        super().__init__(potential=potential, checkpoint=recorded, algorithm=algorithm,
                          deterministic=bool(deterministic), env_id=env_id, env_kwargs=dict(env_kwargs or {}),
                          device=device)
         self.shipped = str(checkpoint) == "shipped"
-        self.checkpoint = None if self.shipped else Path(checkpoint).expanduser()
+        self.checkpoint = None if self.shipped or self.per_formula else Path(checkpoint).expanduser()
         self.algorithm, self.deterministic, self.env_id = algorithm, bool(deterministic), env_id
         self.env_kwargs, self.device = dict(env_kwargs or {}), device
         self._models: dict[Path, object] = {}
         self._envs: dict[tuple[Path, str], object] = {}
 
-    def unsupported(self, task) -> str | None:
-        """With shipped checkpoints: the reason when none fits ``task`` (unconditional tasks, formulas nobody
-        shipped a checkpoint for; a stochastic-bag task needs one for each of its formulas)."""
-        if not self.shipped:
-            return None
-        if task.kind == "unconditional":
-            return f"shipped checkpoints are per formula; unconditional task {task.name!r} needs checkpoint=PATH.zip"
+    def _table(self) -> dict[str, object]:
+        """Formula -> checkpoint entry, for per-formula checkpoints (shipped or given)."""
+        if self.per_formula is not None:
+            return dict(self.per_formula)
         from molgym.agents.shipped import shipped_checkpoints
+
+        return shipped_checkpoints()
+
+    def unsupported(self, task) -> str | None:
+        """With per-formula checkpoints: the reason when none fits ``task`` (unconditional tasks, formulas without
+        a checkpoint; a stochastic-bag task needs one for each of its formulas)."""
+        if not (self.shipped or self.per_formula):
+            return None
+        which = "shipped" if self.shipped else "given"
+        if task.kind == "unconditional":
+            return (f"{which} checkpoints are per formula; unconditional task {task.name!r} needs "
+                    "checkpoint=PATH.zip")
         from molgym.chem import format_formula, parse_formula
 
         formulas = task.formulas if task.kind == "bag" else (task.formula,)
-        missing = sorted({format_formula(parse_formula(f)) for f in formulas} - set(shipped_checkpoints()))
+        table = self._table()
+        missing = sorted({format_formula(parse_formula(f)) for f in formulas} - set(table))
         if missing:
-            shipped = ", ".join(sorted(shipped_checkpoints()))
-            return f"no shipped checkpoint for {', '.join(missing)} (shipped: {shipped})"
+            return f"no {which} checkpoint for {', '.join(missing)} ({which}: {', '.join(sorted(table))})"
         return None
 
     def _checkpoint_for(self, task, formula: str) -> Path:
-        """The checkpoint that rolls out ``formula``: the one given, or the shipped one for that formula (for a
-        stochastic-bag task, the one for each sample's bag)."""
+        """The checkpoint that rolls out ``formula``: the one given, or the per-formula one (shipped or given)
+        for that formula (for a stochastic-bag task, the one for each sample's bag)."""
+        if self.per_formula is not None:
+            if formula not in self.per_formula:
+                raise ValueError(f"task {task.name!r}: no given checkpoint for {formula} "
+                                 f"(given: {', '.join(sorted(self.per_formula))})")
+            return self.per_formula[formula]
         if not self.shipped:
             return self.checkpoint
         from molgym.agents.shipped import shipped_checkpoint
@@ -112,8 +159,9 @@ class RLPolicy(Generator):
     def _env(self, task, formula: str, path: Path):
         """The environment for one sample (cached), checked against the observation space of the policy in
         ``path``."""
-        # one policy for every bag of a stochastic task plays MultiBag; shipped per-formula ones play SingleBag
-        multi = task.kind == "bag" and not self.shipped and self.env_id in ("auto", "MolGym/MultiBag-v0")
+        # one policy for every bag of a stochastic task plays MultiBag; per-formula ones play SingleBag
+        multi = (task.kind == "bag" and self.checkpoint is not None
+                 and self.env_id in ("auto", "MolGym/MultiBag-v0"))
         key = (path, "multi" if multi else formula)
         if key not in self._envs:
             import gymnasium

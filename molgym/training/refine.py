@@ -447,6 +447,12 @@ def refine(config: RefineConfig, out: str | os.PathLike, progress: bool = True) 
         stop = previous is not None and mean_before > (1 - config.tolerance) * previous
         record = {
             "round": r,
+            # what this round sampled (a resumed run may change it between rounds; settings.json holds the last)
+            "sampling": {"formulas": list(config.formulas), "generators": list(config.generators),
+                         "generator_options": config.generator_options,
+                         "samples_per_formula": config.samples_per_formula,
+                         "relaxations_per_formula": config.relaxations_per_formula,
+                         "md_starts": config.md_starts},
             "candidates": len(candidates),
             "selected": len(labelled) + failures,
             "labelled": len(labelled),

@@ -349,3 +349,28 @@ def test_cli_bench_errors_and_list():
     assert main(["bench", "--suite", "nope", "--out", "/tmp/never"]) == 2
     assert main(["bench", "--option", "nodot=1"]) == 2
     assert main(["report", "/nonexistent/dir"]) == 2
+
+
+def test_rl_policy_with_a_checkpoint_table_plays_each_formula_with_its_own(tmp_path):
+    from molgym.agents.shipped import shipped_checkpoint
+
+    table = {"OCH4": str(shipped_checkpoint("CH4O")), "CH3NO": str(shipped_checkpoint("CH3NO"))}
+    gen = get_generator("rl_policy", checkpoint=table, potential="default")
+    assert gen.settings["checkpoint"] == {"CH4O": table["OCH4"], "CH3NO": table["CH3NO"]}  # Hill order
+    assert gen.unsupported(get_task("CH4O")) is None
+    assert gen.unsupported(get_task("C2H2O2")) == "no given checkpoint for C2H2O2 (given: CH3NO, CH4O)"
+    assert "per formula" in gen.unsupported(get_task("qm9-unconditional"))
+    with pytest.raises(ValueError, match=r"task 'C2H2O2': no given checkpoint for C2H2O2 \(given: CH3NO, CH4O\)"):
+        gen.generate(get_task("C2H2O2"), 1, seed=0)
+    for task in ("CH4O", "CH3NO"):
+        mols = gen.generate(get_task(task), 2, seed=1)
+        placed = [parse_formula(m.get_chemical_formula(mode="hill")) for m in mols]
+        assert all(set(p) <= set(parse_formula(task)) for p in placed)  # its own bag's atoms only
+        assert gen._checkpoint_for(get_task(task), task) == Path(table["OCH4" if task == "CH4O" else task])
+
+    with pytest.raises(ValueError, match="bad formula 'C3Xx'"):
+        get_generator("rl_policy", checkpoint={"C3Xx": "a.zip"})
+    with pytest.raises(ValueError, match="names CH4O twice"):
+        get_generator("rl_policy", checkpoint={"CH4O": "a.zip", "OCH4": "b.zip"})
+    with pytest.raises(ValueError, match="checkpoint for 'CH4O' must be a path, got 3"):
+        get_generator("rl_policy", checkpoint={"CH4O": 3})

@@ -42,6 +42,7 @@ def test_one_round_end_to_end_then_resume_without_redoing(tiny_run, tmp_path, mo
     assert len(records) == 1
     r = records[0]
     assert r["round"] == 1 and r["candidates"] > 0
+    assert r["sampling"]["generators"] == ["random_search"] and r["sampling"]["formulas"] == ["CH4O"]
     assert 1 <= r["labelled"] <= 4 and r["labelled"] + r["scf_failures"] == r["selected"]
     import ase.io
 
