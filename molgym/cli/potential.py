@@ -147,6 +147,9 @@ def register(subparsers) -> None:
     rf.add_argument("--temperature", type=float, default=500.0, help="MD temperature in K (default 500)")
     rf.add_argument("--tau", type=float, default=1.0, help="bias strength: MD runs on E - tau*sigma (default 1)")
     rf.add_argument("--select", type=int, default=64, help="structures labelled per round (default 64)")
+    rf.add_argument("--xtb-relax-frames", type=int, default=0,
+                    help="also label this many frames of the GFN2-xTB relaxation of each selected generator "
+                         "molecule (default 0: off), so the refit sees its strain energy, not only its energy")
     rf.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per round (default 1)")
     rf.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
     rf.add_argument("--harvest-weight", type=int, default=4,
@@ -352,7 +355,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
         generators=tuple(args.generator) if args.generator else RefineConfig.generators,
         samples_per_formula=args.samples if args.generator else 0, relaxations_per_formula=args.relaxations,
         relax_steps=args.relax_steps, md_starts=args.md_starts, md_steps=args.md_steps,
-        temperature_K=args.temperature, tau=args.tau, select=args.select, epochs=args.epochs,
+        temperature_K=args.temperature, tau=args.tau, select=args.select, xtb_relax_frames=args.xtb_relax_frames,
+        epochs=args.epochs,
         harvest_weight=args.harvest_weight, lr=args.lr, members=args.members, tolerance=args.tolerance, seed=args.seed,
         threads=args.threads, device=args.device,
     )

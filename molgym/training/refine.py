@@ -71,6 +71,11 @@ class RefineConfig:
     max_sigma: float = 20.0
     select: int = 64
     min_distance: float = 0.6
+    #: for each selected final molecule of a generator, also label this many frames of its GFN2-xTB relaxation
+    #: (BFGS, at most ``xtb_relax_steps`` steps); 0 = off. A strained agent molecule alone teaches the refit only
+    #: that its energy is higher; with frames down to its xTB minimum the refit sees the strain energy itself
+    xtb_relax_frames: int = 0
+    xtb_relax_steps: int = 60
     epochs: int = 1
     #: learning rate of the fine-tuning (the start checkpoint's own, 0.008 for the default, made the model worse)
     lr: float = 1e-3
@@ -109,7 +114,8 @@ class RefineConfig:
                 raise ValueError(f"{name} must be an integer {allowed}, got {shown!r}")
         if int(self.relax_interval) != self.relax_interval or self.relax_interval < 1:
             raise ValueError(f"relax_interval must be an integer >= 1, got {self.relax_interval!r}")
-        for name in ("samples_per_formula", "md_starts", "md_steps", "relaxations_per_formula", "relax_steps"):
+        for name in ("samples_per_formula", "md_starts", "md_steps", "relaxations_per_formula", "relax_steps",
+                     "xtb_relax_frames", "xtb_relax_steps"):
             value = getattr(self, name)
             if int(value) != value or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -292,6 +298,43 @@ def label_with_xtb(structures: Sequence[Atoms], say=None) -> tuple[list[Atoms], 
     return labelled, failures
 
 
+def xtb_relaxation_frames(structures: Sequence[Atoms], frames: int, steps: int,
+                          generators: Sequence[str]) -> list[Atoms]:
+    """``frames`` evenly spaced frames (the last one included) of the GFN2-xTB BFGS relaxation of each structure
+    that is a generator's final molecule (``source`` is ``"<generator>:<formula>"``, not a build prefix).
+
+    Unlabelled: pass them through :func:`label_with_xtb`. A relaxation that fails to converge an SCF keeps the
+    frames it reached.
+    """
+    from ase.optimize import BFGS
+
+    from molgym.potentials import SCFConvergenceError, load_potential
+
+    xtb = load_potential("xtb")
+    out: list[Atoms] = []
+    for atoms in structures:
+        source = str(atoms.info.get("source", ""))
+        if source.split(":")[0] not in generators or source.endswith(":prefix"):
+            continue
+        work = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy())
+        work.calc = xtb.as_calculator()
+        path: list[np.ndarray] = []
+        opt = BFGS(work, logfile=None)
+        opt.attach(lambda: path.append(work.positions.copy()), interval=1)
+        try:
+            opt.run(fmax=0.05, steps=steps)
+        except SCFConvergenceError:
+            pass
+        if len(path) < 2:
+            continue
+        picks = np.unique(np.linspace(1, len(path) - 1, frames).round().astype(int))
+        for k in picks:
+            frame = Atoms(numbers=atoms.numbers, positions=path[k])
+            frame.info.update(source=f"{source}:xtb-relax", xtb_relax_step=int(k))
+            out.append(frame)
+    return out
+
+
 def _test_mae(potential, data: Path) -> dict:
     from molgym.io import read_structures
     from molgym.potentials.evaluation import stored_labels
@@ -396,7 +439,8 @@ def refine(config: RefineConfig, out: str | os.PathLike, progress: bool = True) 
         failures_path = rdir / "labelled.json"
         if labelled_path.is_file() and failures_path.is_file():
             labelled = read_structures(labelled_path)
-            failures = json.loads(failures_path.read_text())["scf_failures"]
+            counts = json.loads(failures_path.read_text())
+            failures = counts["scf_failures"]
         else:
             chosen = select_uncertain(candidates, sigma_before, config.select, config.min_distance)
             picked = []
@@ -406,9 +450,16 @@ def refine(config: RefineConfig, out: str | os.PathLike, progress: bool = True) 
                 picked.append(atoms)
             t = time.time()
             labelled, failures = label_with_xtb(picked)
+            frames = (xtb_relaxation_frames(labelled, config.xtb_relax_frames, config.xtb_relax_steps,
+                                            config.generators) if config.xtb_relax_frames else [])
+            relaxed, _ = label_with_xtb(frames)
+            counts = {"selected": len(picked), "labelled": len(labelled), "scf_failures": failures,
+                      "xtb_relax_frames": len(relaxed)}
+            labelled += relaxed
             write_xyz(labelled_path, labelled)
-            write_json(failures_path, {"selected": len(picked), "labelled": len(labelled), "scf_failures": failures})
-            say(f"  labelled {len(labelled)} with GFN2-xTB ({failures} SCF failures) in {time.time() - t:.0f} s")
+            write_json(failures_path, counts)
+            say(f"  labelled {counts['labelled']} with GFN2-xTB ({failures} SCF failures) and {len(relaxed)} "
+                f"frames of their xTB relaxations in {time.time() - t:.0f} s")
         errors_before = _errors(pot, labelled)
 
         # 4. refit: fine-tune on train + everything labelled so far, then the committee on the new model
@@ -454,8 +505,9 @@ def refine(config: RefineConfig, out: str | os.PathLike, progress: bool = True) 
                          "relaxations_per_formula": config.relaxations_per_formula,
                          "md_starts": config.md_starts},
             "candidates": len(candidates),
-            "selected": len(labelled) + failures,
-            "labelled": len(labelled),
+            "selected": counts["selected"],
+            "labelled": counts["labelled"],
+            "xtb_relax_frames": counts.get("xtb_relax_frames", 0),
             "scf_failures": failures,
             "new_structure_errors_before_refit": errors_before,
             "new_structure_errors_after_refit": _errors(new_pot, labelled),

@@ -38,7 +38,7 @@ def _config(data, train_dir, **kw) -> RefineConfig:
 def test_one_round_end_to_end_then_resume_without_redoing(tiny_run, tmp_path, monkeypatch):
     data, train_dir = tiny_run
     out = tmp_path / "refine"
-    records = refine(_config(data, train_dir), out, progress=False)
+    records = refine(_config(data, train_dir, xtb_relax_frames=2), out, progress=False)
     assert len(records) == 1
     r = records[0]
     assert r["round"] == 1 and r["candidates"] > 0
@@ -49,7 +49,7 @@ def test_one_round_end_to_end_then_resume_without_redoing(tiny_run, tmp_path, mo
     sources = {a.info["source"].split(":")[0] for a in ase.io.read(out / "round-01" / "candidates.xyz", index=":")}
     assert sources == {"random_search", "relax", "hal_md"}
     assert r["fresh_sigma_before"]["mean"] > 0 and np.isfinite(r["fresh_sigma_after"]["mean"])
-    assert r["new_structure_errors_before_refit"]["n"] == r["labelled"]
+    assert r["new_structure_errors_before_refit"]["n"] == r["labelled"] + r["xtb_relax_frames"]
     assert np.isfinite(r["test_after"]["energy_mae_meV"])
     rdir = out / "round-01"
     for name in ("candidates.xyz", "labelled.xyz", "committee.npz", "round.json", "train/model.model"):
@@ -57,6 +57,8 @@ def test_one_round_end_to_end_then_resume_without_redoing(tiny_run, tmp_path, mo
     import ase.io
 
     labelled = ase.io.read(rdir / "labelled.xyz", index=":")
+    assert len(labelled) == r["labelled"] + r["xtb_relax_frames"]
+    assert r["xtb_relax_frames"] == sum(a.info["source"].endswith(":xtb-relax") for a in labelled)
     assert all("REF_energy" in a.info and a.arrays["REF_forces"].shape == (len(a), 3) for a in labelled)
     assert read_log(out) == records
 
@@ -70,7 +72,7 @@ def test_one_round_end_to_end_then_resume_without_redoing(tiny_run, tmp_path, mo
     monkeypatch.setattr(refine_module, "_biased_md", forbidden)
     monkeypatch.setattr(refine_module, "_generator_samples", forbidden)
     monkeypatch.setattr(refine_module, "_relaxation_paths", forbidden)
-    again = refine(_config(data, train_dir), out, progress=False)
+    again = refine(_config(data, train_dir, xtb_relax_frames=2), out, progress=False)
     assert again == records
     assert json.loads((rdir / "round.json").read_text()) == records[0]
 
@@ -116,3 +118,25 @@ def test_cli_rejects_bad_inputs_with_a_message(tiny_run, tmp_path, capsys):
     assert main(args + ["--select", "0"]) == 2
     assert "select must be an integer >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing was started
+
+
+def test_xtb_relaxation_frames_follow_generator_molecules_down_to_their_minimum():
+    from ase.build import molecule
+
+    from molgym.potentials import load_potential
+    from molgym.training.refine import xtb_relaxation_frames
+
+    strained = molecule("CH3OH")
+    strained.positions *= 1.08  # every bond 8% too long
+    strained.info["source"] = "rl_policy:CH4O"
+    prefix = strained[:3].copy()
+    prefix.info["source"] = "rl_policy:CH4O:prefix"
+    md = strained.copy()
+    md.info["source"] = "hal_md:3"
+    frames = xtb_relaxation_frames([strained, prefix, md], frames=3, steps=40, generators=("rl_policy",))
+    assert len(frames) == 3  # only the generator's final molecule is relaxed
+    assert all(f.info["source"] == "rl_policy:CH4O:xtb-relax" for f in frames)
+    steps = [f.info["xtb_relax_step"] for f in frames]
+    assert steps == sorted(steps) and steps[0] >= 1
+    energies = load_potential("xtb").energies([strained] + frames)
+    assert np.all(np.diff(energies) < 0) and energies[0] - energies[-1] > 0.3  # strain released, step by step
