@@ -289,13 +289,18 @@ def label_with_xtb(structures: Sequence[Atoms], say=None) -> tuple[list[Atoms], 
         except SCFConvergenceError:
             failures += 1
             continue
-        out = Atoms(numbers=atoms.numbers, positions=atoms.positions)
-        out.info.update(atoms.info)
-        out.info["REF_energy"] = float(e[0])
-        out.info["category"] = "hal"
-        out.arrays["REF_forces"] = np.asarray(f[0])
-        labelled.append(out)
+        labelled.append(_with_label(atoms, float(e[0]), f[0]))
     return labelled, failures
+
+
+def _with_label(atoms: Atoms, energy: float, forces: np.ndarray) -> Atoms:
+    """A copy of ``atoms`` (positions and info) carrying a GFN2-xTB label as the dataset stores it."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions)
+    out.info.update(atoms.info)
+    out.info["REF_energy"] = float(energy)
+    out.info["category"] = "hal"
+    out.arrays["REF_forces"] = np.array(forces, dtype=float)
+    return out
 
 
 def xtb_relaxation_frames(structures: Sequence[Atoms], frames: int, steps: int,
@@ -303,8 +308,8 @@ def xtb_relaxation_frames(structures: Sequence[Atoms], frames: int, steps: int,
     """``frames`` evenly spaced frames (the last one included) of the GFN2-xTB BFGS relaxation of each structure
     that is a generator's final molecule (``source`` is ``"<generator>:<formula>"``, not a build prefix).
 
-    Unlabelled: pass them through :func:`label_with_xtb`. A relaxation that fails to converge an SCF keeps the
-    frames it reached.
+    Each frame carries the GFN2-xTB energy and forces the relaxation computed at it (labelled as
+    :func:`label_with_xtb` labels). A relaxation that fails to converge an SCF keeps the frames it reached.
     """
     from ase.optimize import BFGS
 
@@ -318,9 +323,14 @@ def xtb_relaxation_frames(structures: Sequence[Atoms], frames: int, steps: int,
             continue
         work = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy())
         work.calc = xtb.as_calculator()
-        path: list[np.ndarray] = []
+        path: list[Atoms] = []
+
+        def keep(work=work, path=path):  # observers run after the forces at the new positions are computed
+            frame = Atoms(numbers=work.numbers, positions=work.positions.copy())
+            path.append(_with_label(frame, work.get_potential_energy(), work.get_forces()))
+
         opt = BFGS(work, logfile=None)
-        opt.attach(lambda: path.append(work.positions.copy()), interval=1)
+        opt.attach(keep, interval=1)
         try:
             opt.run(fmax=0.05, steps=steps)
         except SCFConvergenceError:
@@ -329,9 +339,8 @@ def xtb_relaxation_frames(structures: Sequence[Atoms], frames: int, steps: int,
             continue
         picks = np.unique(np.linspace(1, len(path) - 1, frames).round().astype(int))
         for k in picks:
-            frame = Atoms(numbers=atoms.numbers, positions=path[k])
-            frame.info.update(source=f"{source}:xtb-relax", xtb_relax_step=int(k))
-            out.append(frame)
+            path[k].info.update(source=f"{source}:xtb-relax", xtb_relax_step=int(k))
+            out.append(path[k])
     return out
 
 
@@ -450,9 +459,8 @@ def refine(config: RefineConfig, out: str | os.PathLike, progress: bool = True) 
                 picked.append(atoms)
             t = time.time()
             labelled, failures = label_with_xtb(picked)
-            frames = (xtb_relaxation_frames(labelled, config.xtb_relax_frames, config.xtb_relax_steps,
-                                            config.generators) if config.xtb_relax_frames else [])
-            relaxed, _ = label_with_xtb(frames)
+            relaxed = (xtb_relaxation_frames(labelled, config.xtb_relax_frames, config.xtb_relax_steps,
+                                             config.generators) if config.xtb_relax_frames else [])
             counts = {"selected": len(picked), "labelled": len(labelled), "scf_failures": failures,
                       "xtb_relax_frames": len(relaxed)}
             labelled += relaxed

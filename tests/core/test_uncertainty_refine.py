@@ -138,5 +138,8 @@ def test_xtb_relaxation_frames_follow_generator_molecules_down_to_their_minimum(
     assert all(f.info["source"] == "rl_policy:CH4O:xtb-relax" for f in frames)
     steps = [f.info["xtb_relax_step"] for f in frames]
     assert steps == sorted(steps) and steps[0] >= 1
-    energies = load_potential("xtb").energies([strained] + frames)
+    energies, forces = load_potential("xtb").energies_and_forces([strained] + frames)
     assert np.all(np.diff(energies) < 0) and energies[0] - energies[-1] > 0.3  # strain released, step by step
+    for frame, e, f in zip(frames, energies[1:], forces[1:], strict=True):  # labelled as the relaxation saw them
+        assert frame.info["REF_energy"] == pytest.approx(e, abs=1e-6) and frame.info["category"] == "hal"
+        assert np.allclose(frame.arrays["REF_forces"], f, atol=1e-6)
