@@ -106,28 +106,35 @@ class RLPolicy(Generator):
     def unsupported(self, task) -> str | None:
         """With per-formula checkpoints: the reason when none fits ``task`` (unconditional tasks, formulas without
         a checkpoint; a stochastic-bag task needs one for each of its formulas)."""
-        if not (self.shipped or self.per_formula):
+        if self.checkpoint is not None:
             return None
-        which = "shipped" if self.shipped else "given"
         if task.kind == "unconditional":
-            return (f"{which} checkpoints are per formula; unconditional task {task.name!r} needs "
+            return (f"{self._which} checkpoints are per formula; unconditional task {task.name!r} needs "
                     "checkpoint=PATH.zip")
+        return self._missing(task.formulas if task.kind == "bag" else (task.formula,))
+
+    @property
+    def _which(self) -> str:
+        return "shipped" if self.shipped else "given"
+
+    def _missing(self, formulas) -> str | None:
+        """The reason when some of ``formulas`` has no per-formula checkpoint (shipped or given), else None."""
         from molgym.chem import format_formula, parse_formula
 
-        formulas = task.formulas if task.kind == "bag" else (task.formula,)
         table = self._table()
         missing = sorted({format_formula(parse_formula(f)) for f in formulas} - set(table))
         if missing:
-            return f"no {which} checkpoint for {', '.join(missing)} ({which}: {', '.join(sorted(table))})"
+            return (f"no {self._which} checkpoint for {', '.join(missing)} "
+                    f"({self._which}: {', '.join(sorted(table))})")
         return None
 
     def _checkpoint_for(self, task, formula: str) -> Path:
         """The checkpoint that rolls out ``formula``: the one given, or the per-formula one (shipped or given)
         for that formula (for a stochastic-bag task, the one for each sample's bag)."""
         if self.per_formula is not None:
-            if formula not in self.per_formula:
-                raise ValueError(f"task {task.name!r}: no given checkpoint for {formula} "
-                                 f"(given: {', '.join(sorted(self.per_formula))})")
+            reason = self._missing([formula])
+            if reason:
+                raise ValueError(f"task {task.name!r}: {reason}")
             return self.per_formula[formula]
         if not self.shipped:
             return self.checkpoint
