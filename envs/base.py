@@ -12,6 +12,13 @@ returns the committee members' energies; the uncertainty of a step is the calibr
 rewards for that step, reported as ``info["uncertainty"]``, optionally subtracted from the reward
 (``uncertainty_penalty``) or used to end the episode (``uncertainty_threshold``).
 
+With a ``reference`` potential (``reference="xtb"``), the per-step rewards stay the potential's, and the step
+that ends the episode (any ending: bag empty, invalid placement, reward floor, uncertainty threshold) adds
+:func:`molgym.reward.reference_correction`, so the episode's undiscounted return is the reference's build return
+of the final canvas plus the rule penalties. That ending needs one reference evaluation of the final canvas;
+:mod:`molgym.envs.vector` evaluates those of all sub-environments that end in a step in one call
+(:meth:`MolecularEnv._ending_structures` / :meth:`MolecularEnv._settle_ending`).
+
 Subclasses choose the bag of each episode (:meth:`_new_episode`) and may add reward terms (:meth:`_extra_terms`)
 or refill the bag (:meth:`_on_bag_empty`).
 """
@@ -31,7 +38,13 @@ from gymnasium import spaces
 
 from molgym.chem import atomic_number, bag_from_numbers, element, format_formula, hill_order, symbol
 from molgym.potentials.base import Potential, PotentialError
-from molgym.reward import interaction_reward, isolated_atom_energies, placement_problem
+from molgym.reward import (
+    build_return,
+    interaction_reward,
+    isolated_atom_energies,
+    placement_problem,
+    reference_correction,
+)
 from molgym.envs.potentials import shared_potential
 
 __all__ = ["MolecularEnv", "DEFAULT_INVALID_REWARD", "DEFAULT_MIN_REWARD", "DEFAULT_WORKSPACE"]
@@ -53,6 +66,15 @@ class _Pending:
     position: np.ndarray | None = None
     invalid_reason: str = ""
     needs_energy: bool = False
+
+
+@dataclass
+class _Ending:
+    """An episode that ended and waits for its reference correction (:meth:`MolecularEnv._settle_ending`)."""
+
+    result: tuple
+    final: Atoms
+    start: Atoms | None  # the start structure, when its reference energy is not known yet
 
 
 class MolecularEnv(gym.Env):
@@ -77,6 +99,9 @@ class MolecularEnv(gym.Env):
             uncertainties, e.g. the default MACE model with its committee).
         uncertainty_threshold: end the episode (``info["terminated_by"] == "uncertainty"``) after a step whose
             uncertainty exceeds this many eV (> 0, or ``None`` for never).
+        reference: a potential spec (``"xtb"``, ``"pm6"``, a MACE model path) or ``Potential`` whose build return
+            the episode return equals (see the module docstring), or ``None`` (default) for the potential's own
+            rewards only. A reference identical to ``potential`` is a no-op (the correction is exactly 0).
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
@@ -95,6 +120,7 @@ class MolecularEnv(gym.Env):
         extra_numbers: Sequence[int] = (),
         uncertainty_penalty: float = 0.0,
         uncertainty_threshold: float | None = None,
+        reference: str | os.PathLike | Potential | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
@@ -129,6 +155,11 @@ class MolecularEnv(gym.Env):
         self.potential = shared_potential(potential, device=device)
         self._check_species(set(self.element_numbers.tolist()) | {int(z) for z in extra_numbers})
         self._atom_energy = isolated_atom_energies(self.potential, self.element_numbers.tolist())
+        numbers = set(self.element_numbers.tolist()) | {int(z) for z in extra_numbers}
+        self._reference_spec, self.reference = _load_reference(reference, self.potential, device, numbers)
+        if self.reference is not None:
+            isolated_atom_energies(self.reference, sorted(numbers))  # computed (and cached) before any episode
+        self._reference_start_energy: dict[bytes, float] = {}  # E_ref of start structures (a solute), by content
         #: whether each evaluation also gives committee energies (then ``info["uncertainty"]`` is reported)
         self.reports_uncertainty = bool(getattr(self.potential, "provides_uncertainty", False))
         if (self.uncertainty_penalty > 0 or self.uncertainty_threshold is not None) and not self.reports_uncertainty:
@@ -161,6 +192,10 @@ class MolecularEnv(gym.Env):
         self._return = 0.0
         self._done = True
         self._pending: _Pending | None = None
+        self._ending: _Ending | None = None
+        self._n_start = 0  # atoms of the start structure (not placed by the episode)
+        self._start_energy = 0.0  # E(start structure) under the potential
+        self._floor_total = 0.0  # the min_reward floor terms received this episode
         self._frames: list[tuple] = []
         self._task_formula: str | None = None
         self.best_known = None
@@ -179,12 +214,16 @@ class MolecularEnv(gym.Env):
         state = self.__dict__.copy()
         if isinstance(self._potential_spec, str):
             state["potential"] = None  # reloaded (from the per-process cache) on unpickling
+        if isinstance(self._reference_spec, str):
+            state["reference"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if self.potential is None:
             self.potential = shared_potential(self._potential_spec, device=self.device)
+        if self.reference is None and isinstance(self._reference_spec, str):
+            self.reference = shared_potential(self._reference_spec, device=self.device)
 
     # ----------------------------------------------------------------------------------- hooks for subclasses
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:
@@ -241,10 +280,14 @@ class MolecularEnv(gym.Env):
         self._numbers, self._positions = numbers, positions
         self._bag = hill_order(bag)
         self._energy, self._canvas_dev = self._structure_energy(numbers, positions)
+        self._start_energy = self._energy
+        self._n_start = len(numbers)
+        self._floor_total = 0.0
         self._return = 0.0
         self._rewards = [0.0] * len(numbers)
         self._done = False
         self._pending = None
+        self._ending = None
         self._frames = [self._frame(step=0, reward=0.0)]
         self._task_formula = self._formula_of_task()
         self.best_known = self._lookup_best_known()
@@ -253,14 +296,31 @@ class MolecularEnv(gym.Env):
         info["task_formula"] = self._task_formula or ""
         info["best_known_return"] = None if self.best_known is None else self.best_known.value
         info["best_known"] = self._best_known_note()
+        info["reference"] = self.reference_name
         return self._observation(), info
 
     def step(self, action):
         """Place one atom; see the class docstring for the reward and the invalid placements."""
         structure = self._begin_step(action)
         if structure is None:
-            return self._finish_step(None, "")
-        return self._finish_step(*_evaluate_one(self.potential, structure, self.reports_uncertainty))
+            result = self._finish_step(None, "")
+        else:
+            result = self._finish_step(*_evaluate_one(self.potential, structure, self.reports_uncertainty))
+        if self._ending is not None:
+            needed = self._ending_structures()
+            return self._settle_ending(evaluate_batch(self.reference, needed) if needed else ())
+        return result
+
+    @property
+    def reference_name(self) -> str | None:
+        """Name of the potential whose build return the episode return equals (``None``: the potential's own)."""
+        return None if self.reference is None else self.reference.name
+
+    @property
+    def return_potential(self) -> Potential:
+        """The potential the episode return is measured in: the reference when there is one, else the potential
+        (best-known returns are looked up for it)."""
+        return self.reference if self.reference is not None else self.potential
 
     def action_masks(self) -> np.ndarray:
         """Boolean mask over :attr:`elements`: which elements are still in the bag (SB3-contrib convention)."""
@@ -366,7 +426,7 @@ class MolecularEnv(gym.Env):
             info = self._info(invalid_reason=reason, terms={"interaction": 0.0, "invalid": reward}, uncertainty=0.0)
             info.update(self._end_info())
             info["terminated_by"] = "invalid"
-            return self._observation(), float(reward), True, False, info
+            return self._end_episode((self._observation(), float(reward), True, False, info))
 
         e_atom = self._atom_energy[pending.number]
         e_after = float(energy) if pending.needs_energy else e_atom
@@ -381,6 +441,7 @@ class MolecularEnv(gym.Env):
         floored = self.min_reward is not None and reward < self.min_reward
         floor_term = self.min_reward - reward if floored else 0.0
         reward += floor_term
+        self._floor_total += floor_term
         self._numbers = np.append(self._numbers, pending.number)
         self._positions = np.vstack([self._positions, pending.position[None, :]])
         self._rewards.append(reward)
@@ -399,10 +460,88 @@ class MolecularEnv(gym.Env):
             self._done = True
         terms = {"interaction": interaction, "invalid": 0.0, **extra, "floor": floor_term}
         info = self._info(invalid_reason="", terms=terms, uncertainty=sigma)
+        result = (self._observation(), float(reward), bool(terminated), False, info)
         if terminated:
             info.update(self._end_info())
             info["terminated_by"] = "bag_empty" if bag_empty else "min_reward" if floored else "uncertainty"
-        return self._observation(), float(reward), bool(terminated), False, info
+            return self._end_episode(result)
+        return result
+
+    # ----------------------------------------------------------------------------- the reference correction
+    def _end_episode(self, result: tuple) -> tuple:
+        """Record the ending for its reference correction (when there is a reference), or return ``result``."""
+        if self.reference is None:
+            return result
+        final = Atoms(numbers=self._numbers.copy(), positions=self._positions.copy())
+        start = None
+        if self._n_start > 1:
+            key = self._start_key()
+            if key not in self._reference_start_energy:
+                start = Atoms(numbers=self._numbers[: self._n_start], positions=self._positions[: self._n_start])
+        self._ending = _Ending(result=result, final=final, start=start)
+        return result
+
+    def _start_key(self) -> bytes:
+        n = self._n_start
+        return self._numbers[:n].tobytes() + self._positions[:n].tobytes()
+
+    def _ending_structures(self) -> list[Atoms]:
+        """The structures whose reference energies the pending ending needs: the final canvas, then the start
+        structure when its energy is not cached. Empty when no ending is pending or it needs no evaluation
+        (nothing placed, or a canvas of one atom, whose energy is the cached isolated-atom energy)."""
+        ending = self._ending
+        if ending is None or len(ending.final) <= max(1, self._n_start):
+            return []
+        return [ending.final] + ([ending.start] if ending.start is not None else [])
+
+    def _settle_ending(self, evaluated: Sequence[tuple] = ()) -> tuple:
+        """Finish the pending ending with the reference energies of :meth:`_ending_structures` (``evaluated``:
+        ``(energy, error, members)`` per structure, as :func:`evaluate_batch` gives) and return its step result,
+        the correction added to its reward."""
+        ending, self._ending = self._ending, None
+        if ending is None:
+            raise RuntimeError("_settle_ending() without a pending ending")
+        obs, reward, terminated, truncated, info = ending.result
+        placed = self._numbers[self._n_start:].tolist()
+        potential_return = build_return(self._energy, self._start_energy, [self._atom_energy[z] for z in placed])
+        reference_return, error = self._reference_return(ending, placed, evaluated)
+        if error:
+            # the reference cannot score what was built: the episode scores as an invalid one, whatever the
+            # potential said of it (a policy must not gain from structures the reference cannot evaluate)
+            correction = self.invalid_reward - self._return
+            info.update(invalid=True, invalid_reason=f"reference {self.reference.name} could not evaluate the final "
+                        f"canvas: {error}")
+        else:
+            correction = reference_correction(reference_return, potential_return, self._floor_total)
+        self._return += correction
+        if self._frames:
+            self._frames[-1][3]["episode_return"] = float(self._return)
+        info.update(reward_reference=float(correction), potential_return=float(potential_return),
+                    reference_return=float(reference_return), reference_failed=bool(error),
+                    episode_return=float(self._return))
+        return obs, float(reward) + correction, terminated, truncated, info
+
+    def _reference_return(self, ending: _Ending, placed: list[int], evaluated: Sequence[tuple]) -> tuple[float, str]:
+        """``(R_ref(final), "")``, or ``(nan, why)`` when the reference failed on a structure it needed."""
+        if not placed:
+            return 0.0, ""  # nothing placed: no return under any potential
+        e_atom = isolated_atom_energies(self.reference, sorted({*placed, *self._numbers[: self._n_start].tolist()}))
+        energies = [(e, err) for e, err, *_ in evaluated]
+        if any(e is None or not np.isfinite(e) for e, _ in energies):
+            return math.nan, next(err or f"energy {e}" for e, err in energies if e is None or not np.isfinite(e))
+        if len(ending.final) == 1:
+            e_final = e_atom[int(ending.final.numbers[0])]
+        else:
+            e_final = energies[0][0]
+        if self._n_start == 0:
+            e_start = 0.0
+        elif self._n_start == 1:
+            e_start = e_atom[int(self._numbers[0])]
+        elif ending.start is not None:
+            e_start = self._reference_start_energy[self._start_key()] = float(energies[-1][0])
+        else:
+            e_start = self._reference_start_energy[self._start_key()]
+        return build_return(e_final, e_start, [e_atom[z] for z in placed]), ""
 
     def _parse_action(self, action) -> tuple[int, np.ndarray] | str:
         if isinstance(action, Mapping):
@@ -501,7 +640,7 @@ class MolecularEnv(gym.Env):
             from molgym.best_known import best_known
 
             try:
-                found = best_known(formula, self.potential)
+                found = best_known(formula, self.return_potential)
             except (OSError, ValueError) as err:  # a damaged table must not stop training
                 gym.logger.warn(f"could not read best-known returns: {err}")
                 found = None
@@ -514,7 +653,7 @@ class MolecularEnv(gym.Env):
             return f"{b.value:.4f} eV for {b.formula} under {b.potential} ({b.method}; {b.date})"
         if not self._task_formula:
             return "not applicable to this task"
-        return f"unknown for {self._task_formula} under {self.potential.name}"
+        return f"unknown for {self._task_formula} under {self.return_potential.name}"
 
     def _observation(self) -> dict[str, np.ndarray]:
         n = len(self._numbers)
@@ -592,6 +731,36 @@ def check_uncertainty_options(penalty: float, threshold: float | None) -> tuple[
         if not np.isfinite(threshold) or threshold <= 0:
             raise ValueError(f"uncertainty_threshold must be None or a finite number > 0 (eV), got {threshold!r}")
     return penalty, threshold
+
+
+def _load_reference(
+    reference: str | os.PathLike | Potential | None, potential: Potential, device: str | None, numbers: set[int]
+) -> tuple[str | Potential | None, Potential | None]:
+    """``(spec, potential)`` of an environment's reference, or ``(None, None)`` for none. Unknown specs and
+    references that do not cover the task's elements raise ``ValueError``; a reference with the same energies as
+    the potential (the same object, model file or method) is a no-op and also gives ``(None, None)``."""
+    if reference is None:
+        return None, None
+    if not isinstance(reference, (str, os.PathLike, Potential)):
+        raise ValueError(
+            f"reference must be None, a potential spec ('xtb', 'pm6', a MACE model path) or a Potential, "
+            f"got {reference!r}"
+        )
+    ref = shared_potential(reference, device=device)  # an unknown spec raises load_potential's ValueError
+    missing = sorted(numbers - set(ref.species))
+    if missing:
+        raise ValueError(
+            f"reference {ref.name} ({reference!r}) does not cover {', '.join(symbol(z) for z in missing)}, which "
+            "this task places"
+        )
+    if ref is potential:
+        return None, None
+    from molgym.best_known import potential_identity
+
+    identity = potential_identity(ref)
+    if identity is not None and identity == potential_identity(potential):
+        return None, None
+    return (ref if isinstance(reference, Potential) else str(reference)), ref
 
 
 def _evaluate(potential: Potential, structures: list[Atoms], committee: bool):

@@ -64,8 +64,7 @@ class MultiBagEnv(MolecularEnv):
 
     - ``formulas``: the formulas an episode's bag is drawn from (at least one).
     - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``min_reward``, ``render_mode``, ``device``,
-      ``uncertainty_penalty``, ``uncertainty_threshold``: as in
-      ``MolGym/SingleBag-v0``.
+      ``uncertainty_penalty``, ``uncertainty_threshold``, ``reference``: as in ``MolGym/SingleBag-v0``.
     """
 
     def __init__(
@@ -80,6 +79,7 @@ class MultiBagEnv(MolecularEnv):
         device: str | None = None,
         uncertainty_penalty: float = 0.0,
         uncertainty_threshold: float | None = None,
+        reference: str | os.PathLike | Potential | None = None,
     ):
         if isinstance(formulas, str) or not isinstance(formulas, Sequence) or len(formulas) == 0:
             raise ValueError(f"formulas must be a non-empty list of formula strings, got {formulas!r}")
@@ -101,6 +101,7 @@ class MultiBagEnv(MolecularEnv):
             device=device,
             uncertainty_penalty=uncertainty_penalty,
             uncertainty_threshold=uncertainty_threshold,
+            reference=reference,
         )
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:

@@ -89,8 +89,7 @@ class SolvationEnv(MolecularEnv):
     - ``max_solute_distance``: Å from the nearest solute atom within which there is no penalty.
     - ``workspace``: half-width of the placement cube in Å (default 10).
     - ``potential``, ``elements``, ``invalid_reward``, ``min_reward``, ``render_mode``, ``device``,
-      ``uncertainty_penalty``, ``uncertainty_threshold``: as in
-      ``MolGym/SingleBag-v0``.
+      ``uncertainty_penalty``, ``uncertainty_threshold``, ``reference``: as in ``MolGym/SingleBag-v0``.
     """
 
     def __init__(
@@ -109,6 +108,7 @@ class SolvationEnv(MolecularEnv):
         device: str | None = None,
         uncertainty_penalty: float = 0.0,
         uncertainty_threshold: float | None = None,
+        reference: str | os.PathLike | Potential | None = None,
     ):
         if isinstance(solute, Atoms):
             if len(solute) == 0 or not np.all(np.isfinite(solute.positions)):
@@ -148,6 +148,7 @@ class SolvationEnv(MolecularEnv):
             device=device,
             uncertainty_penalty=uncertainty_penalty,
             uncertainty_threshold=uncertainty_threshold,
+            reference=reference,
             extra_numbers=solute.numbers.tolist(),
         )
         self._solute_energy: tuple[float, np.ndarray | None] | None = None

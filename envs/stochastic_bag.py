@@ -76,8 +76,7 @@ class StochasticBagEnv(MolecularEnv):
     - ``exclude``: formulas never drawn (held-out bags, e.g. ``("C7H10O2", "C6H8O2")``); they can still be played
       with ``options={"bag": ...}``.
     - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``min_reward``, ``render_mode``, ``device``,
-      ``uncertainty_penalty``, ``uncertainty_threshold``: as in
-      ``MolGym/SingleBag-v0``.
+      ``uncertainty_penalty``, ``uncertainty_threshold``, ``reference``: as in ``MolGym/SingleBag-v0``.
     """
 
     def __init__(
@@ -94,6 +93,7 @@ class StochasticBagEnv(MolecularEnv):
         device: str | None = None,
         uncertainty_penalty: float = 0.0,
         uncertainty_threshold: float | None = None,
+        reference: str | os.PathLike | Potential | None = None,
     ):
         self.template_bag = parse_task_formula(template, "template")
         self.template = format_formula(self.template_bag)
@@ -132,6 +132,7 @@ class StochasticBagEnv(MolecularEnv):
             device=device,
             uncertainty_penalty=uncertainty_penalty,
             uncertainty_threshold=uncertainty_threshold,
+            reference=reference,
         )
 
     def _draw(self, rng: np.random.Generator, part: Mapping[str, int]) -> dict[str, int] | None:

@@ -4,6 +4,9 @@
 :class:`MolGymVectorEnv` (the ids' ``vector_entry_point``). Its ``step`` validates each sub-environment's action,
 gathers every structure that needs an energy, evaluates them in ONE ``potential.energies`` call (a single MACE
 forward pass) and hands the energies back; the per-step rewards are exactly those of the single environments.
+With a ``reference`` (``reference="xtb"``), the final canvases of the sub-environments whose episodes end in a
+step are evaluated by the reference in one more call, after the batched step (the others are not held up by
+anything else).
 ``gymnasium.make_vec(..., vectorization_mode="sync"|"async")`` also works (one call per sub-environment).
 """
 
@@ -36,7 +39,8 @@ __all__ = [
 def batched_step(envs: Sequence[MolecularEnv], actions: Sequence[Any]) -> list[tuple]:
     """Step every environment with its action, evaluating all needed structures in ONE potential call.
 
-    All environments must share one potential object. Returns ``(obs, reward, terminated, truncated, info)``
+    All environments must share one potential object (and one reference, if any); the reference corrections of
+    the episodes that end are computed in one more call for all of them. Returns ``(obs, reward, terminated, truncated, info)``
     per environment, identical to what ``env.step(action)`` would have returned.
     """
     structures, owners = [], []
@@ -49,7 +53,25 @@ def batched_step(envs: Sequence[MolecularEnv], actions: Sequence[Any]) -> list[t
     if structures:
         committee = envs[0].reports_uncertainty
         energies = dict(zip(owners, evaluate_batch(envs[0].potential, structures, committee)))
-    return [env._finish_step(*energies.get(i, (None, "", None))) for i, env in enumerate(envs)]
+    results = [env._finish_step(*energies.get(i, (None, "", None))) for i, env in enumerate(envs)]
+    return _settle_endings(envs, results)
+
+
+def _settle_endings(envs: Sequence[MolecularEnv], results: list[tuple]) -> list[tuple]:
+    """Add the reference corrections of the environments whose episodes ended this step, with ONE reference
+    call for all their final canvases (environments without a reference, or still running, pass through)."""
+    ending = [i for i, env in enumerate(envs) if env._ending is not None]
+    if not ending:
+        return results
+    needed = {i: envs[i]._ending_structures() for i in ending}
+    flat = [s for i in ending for s in needed[i]]
+    evaluated = evaluate_batch(envs[ending[0]].reference, flat) if flat else []
+    k = 0
+    for i in ending:
+        n = len(needed[i])
+        results[i] = envs[i]._settle_ending(evaluated[k:k + n])
+        k += n
+    return results
 
 
 def batch_infos(infos: Sequence[dict[str, Any] | None], num_envs: int) -> dict[str, Any]:
@@ -95,6 +117,8 @@ def _check_shared_potential(envs: Sequence[MolecularEnv]) -> None:
     first = envs[0].potential
     if any(env.potential is not first for env in envs):
         raise ValueError("all sub-environments must share one potential object to be evaluated in one batch")
+    if any(env.reference is not envs[0].reference for env in envs):
+        raise ValueError("all sub-environments must share one reference potential object (or none)")
 
 
 class MolGymVectorEnv(VectorEnv):

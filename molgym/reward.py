@@ -5,6 +5,16 @@
 One definition serves the environments (rewards), the dataset builder (build-trajectory labels) and the
 potential's evaluation (per-step reward errors), so they cannot drift apart. ``E(atom)`` is the energy of the
 isolated neutral atom in its lowest spin state, computed once per potential and element and cached.
+
+The rewards of an episode telescope to its *build return* under the potential (:func:`build_return`),
+
+    R(final) = E(start) + sum_{placed atoms} E(atom) - E(final)
+
+(the atomisation energy of the molecule when the episode starts from an empty canvas). An environment with a
+*reference* (e.g. GFN2-xTB) keeps the potential's per-step rewards as dense shaping and adds, on the step that
+ends the episode, :func:`reference_correction` ``= R_ref(final) - R_potential(final)`` (minus the floor terms it
+added), so the undiscounted return of every episode is the reference's build return of what was built, plus
+the rule penalties (``invalid_reward``, task terms): no policy can gain from the potential's errors.
 """
 
 from __future__ import annotations
@@ -50,6 +60,26 @@ def prefix_rewards(prefix_energies: np.ndarray, atom_energies: np.ndarray) -> np
     energies = np.asarray(prefix_energies, dtype=float)
     before = np.concatenate([[0.0], energies[:-1]])
     return interaction_reward(energies, before, np.asarray(atom_energies, dtype=float))
+
+
+def build_return(e_final: float, e_start: float, placed_atom_energies: Sequence[float]) -> float:
+    """``E(start) + sum E(atom) - E(final)``: the sum of an episode's interaction rewards (eV).
+
+    ``e_start`` is the energy of the start structure (0 for an empty canvas), ``placed_atom_energies`` the
+    isolated energies of the atoms the episode placed and ``e_final`` the energy of the final canvas, all under one
+    potential (each potential's own isolated-atom energies, so two potentials' returns are comparable).
+    """
+    return float(e_start) + float(np.sum(placed_atom_energies, dtype=float)) - float(e_final)
+
+
+def reference_correction(reference_return: float, potential_return: float, floor_total: float = 0.0) -> float:
+    """The reward added on the step that ends an episode so that its return is the reference's build return.
+
+    ``potential_return`` is the sum of the episode's interaction rewards (:func:`build_return` under the
+    potential) and ``floor_total`` the sum of the ``min_reward`` floor terms the episode received; the floor
+    guards the value function step by step, but the episode's total must still be the true one.
+    """
+    return float(reference_return) - float(potential_return) - float(floor_total)
 
 
 def placement_problem(canvas: Atoms, number: int, position: np.ndarray) -> str | None:

@@ -65,3 +65,9 @@ class CountingPotential(Potential):
 @pytest.fixture
 def counting_potential(tiny_potential) -> CountingPotential:
     return CountingPotential(tiny_potential)
+
+
+@pytest.fixture
+def count_calls():
+    """Wrap any potential in a :class:`CountingPotential` (``count_calls(xtb)``)."""
+    return CountingPotential
