@@ -27,7 +27,7 @@ from molgym.benchmark.tasks import Suite, Task, get_suite, get_task, task_from_d
 __all__ = ["plan_jobs", "run_job", "run_job_safe", "run_suite", "job_id", "load_job"]
 
 JOB_SCHEMA = 1
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MOLGYM_XTB_WORKERS")
 
 
 def job_id(generator: str, task: str, seed: int) -> str:
@@ -138,11 +138,12 @@ def run_job(spec: dict) -> dict:
     if m["referee_sample"] > 0:
         referee = metric_potential.inner if metric_potential.name == "GFN2-xTB" else load_potential("xtb")
     best = best_known_return(task.formula, metric_potential.inner) if task.kind == "formula" else None
+    referee_best = best_known_return(task.formula, referee) if referee is not None and task.kind == "formula" else None
     bags = None if task.kind == "unconditional" else task.bags(spec["n"], spec["seed"])  # no bag to match
     records = molecule_records(
         samples, metric_potential, bags=bags, target=task.target_array, best_known=best,
         relax_fmax=m["relax_fmax"], relax_steps=m["relax_steps"], referee=referee,
-        referee_sample=m["referee_sample"], seed=spec["seed"],
+        referee_sample=m["referee_sample"], referee_best_known=referee_best, seed=spec["seed"],
     )
     summary = summarize_records(records)
     metric_seconds = time.perf_counter() - start
@@ -161,6 +162,7 @@ def run_job(spec: dict) -> dict:
         "n_generated": len(samples),
         "potential": {"spec": spec["potential"], "name": metric_potential.name},
         "best_known_return": best,
+        "referee_best_known_return": referee_best,
         "summary": summary,
         "cost": {
             "generate_seconds": generate_seconds,

@@ -84,7 +84,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     # One OpenMP thread per job (xTB): jobs already run in parallel, and oversubscribed threads on a busy
     # machine make each xTB call tens of times slower. Set OMP_NUM_THREADS yourself to override.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MOLGYM_XTB_WORKERS"):
         os.environ.setdefault(var, "1")
     from molgym.benchmark.runner import run_suite
 

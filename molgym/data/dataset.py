@@ -542,8 +542,9 @@ def _run_shard(shard: Shard, config: DatasetConfig) -> tuple[list[Atoms], Counte
 
 
 def _worker_init() -> None:
-    # one OpenMP thread per worker process: the workers already use every core
+    # one OpenMP thread and one xTB thread per worker process: the workers already use every core
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MOLGYM_XTB_WORKERS"] = "1"
     logging.basicConfig(level=logging.WARNING)
 
 

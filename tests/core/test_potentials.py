@@ -311,3 +311,21 @@ def test_provisional_shipped_model_warns(tmp_path, monkeypatch, tiny_mace_file):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ProvisionalModelWarning)
         load_potential("default", device="cpu")
+
+
+def test_xtb_workers_give_the_same_results_and_the_first_failure():
+    from molgym.potentials.xtb import XTBPotential
+
+    structures = [molecule(name) for name in ("H2O", "CH4", "C2H6", "NH3", "CH3OH")]
+    serial, threaded = XTBPotential(workers=1), XTBPotential(workers=2)
+    assert np.array_equal(serial.energies(structures), threaded.energies(structures))
+    e1, f1 = serial.energies_and_forces(structures)
+    e2, f2 = threaded.energies_and_forces(structures)
+    # tblite's gradients differ in the last bit from call to call, threads or not
+    assert np.array_equal(e1, e2) and all(np.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(f1, f2))
+    failing = XTBPotential(workers=2, max_iterations=1)
+    with pytest.raises(SCFConvergenceError) as info:
+        failing.energies(structures)
+    assert info.value.index == 0
+    with pytest.raises(ValueError, match="workers"):
+        XTBPotential(workers=0)
