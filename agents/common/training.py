@@ -53,6 +53,9 @@ class TrainConfig:
     env_id: str = "MolGym/SingleBag-v0"
     formula: str | None = "CH4O"
     potential: str = "default"
+    #: potential whose build return every episode's return equals (``None``: the potential's own rewards);
+    #: ``molgym train`` resolves its ``--reference auto`` default before it gets here (see ``resolve_reference``)
+    reference: str | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     steps: int = 10_000
     n_envs: int = 4
@@ -80,6 +83,8 @@ class TrainConfig:
         if self.formula is not None:
             kwargs["formula"] = self.formula
         kwargs["potential"] = self.potential
+        if self.reference is not None:
+            kwargs["reference"] = self.reference
         if self.device not in ("cpu", "auto"):
             kwargs.setdefault("device", self.device)
         return kwargs
@@ -96,6 +101,20 @@ class TrainConfig:
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+#: potentials that are quantum-chemical methods: their rewards are already reference rewards
+QUANTUM_POTENTIALS = ("xtb", "gfn2-xtb", "gfn1-xtb", "ipea1-xtb", "pm6")
+
+
+def resolve_reference(reference: str | None, potential: str) -> str | None:
+    """The reference a run uses: ``"auto"`` is GFN2-xTB for a learned (MACE) potential and none for a
+    quantum-chemical one; ``"none"``/``None`` is none; anything else is a potential spec, kept as given."""
+    if reference is None or str(reference).strip().lower() == "none":
+        return None
+    if str(reference).strip().lower() == "auto":
+        return None if str(potential).strip().lower() in QUANTUM_POTENTIALS else "xtb"
+    return str(reference)
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -125,6 +144,10 @@ def validate_config(cfg: TrainConfig) -> None:
 
     import molgym  # noqa: F401  (registers the MolGym/* ids)
 
+    if "reference" in cfg.env_kwargs:
+        raise ValueError("give the reference with --reference (TrainConfig.reference), not in --env-kwargs")
+    if cfg.reference is not None:
+        _check_reference_spec(cfg.reference)
     if cfg.env_id not in gym.registry:
         ids = sorted(k for k in gym.registry if k.startswith("MolGym/"))
         raise ValueError(f"unknown environment {cfg.env_id!r}; molgym's environments: {', '.join(ids)}")
@@ -140,6 +163,17 @@ def validate_config(cfg: TrainConfig) -> None:
 
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but torch sees no CUDA device; use --device cpu")
+
+
+def _check_reference_spec(spec: str) -> None:
+    """A reference must be a named potential or an existing MACE model file (checked before anything loads)."""
+    from molgym.potentials.registry import NAMED_SPECS
+
+    if str(spec).strip().lower() not in NAMED_SPECS and not Path(spec).expanduser().is_file():
+        raise ValueError(
+            f"unknown reference {spec!r}: expected 'auto', 'none', one of {', '.join(NAMED_SPECS)} or the path of "
+            "a MACE model file"
+        )
 
 
 def _policy_class(agent: str):
@@ -232,7 +266,7 @@ def _is_stable(atoms) -> bool:
 def _reward_rules(env: Any) -> dict[str, Any]:
     """The environment's reward settings, so that a summary says which rules its returns were earned under (the
     ``min_reward`` floor arrived after the first learning runs)."""
-    names = ("invalid_reward", "min_reward", "uncertainty_penalty", "uncertainty_threshold")
+    names = ("invalid_reward", "min_reward", "uncertainty_penalty", "uncertainty_threshold", "reference_name")
     return {name: getattr(env, name, None) for name in names}
 
 
@@ -412,6 +446,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     write_xyz(out / "molecules.xyz", [r["atoms"] for r in greedy + sampled + held_out])
     summary = {
         "agent": cfg.agent, "env_id": cfg.env_id, "formula": cfg.formula, "potential": cfg.potential,
+        "reference": cfg.reference,
         "seed": cfg.seed, "n_envs": cfg.n_envs, "steps": int(model.num_timesteps), "trained_this_session": trained,
         "wall_s": wall,
         "env_steps_per_s": trained / wall if trained and wall > 0 else None,

@@ -30,6 +30,12 @@ def register(subparsers) -> None:
     task.add_argument("--formula", default="CH4O", help="the bag's formula (default CH4O); 'none' to omit it")
     task.add_argument("--potential", default="default",
                       help="reward potential: 'default', 'xtb', 'pm6' or a MACE model file (default 'default')")
+    task.add_argument("--reference", default="auto",
+                      help="potential whose return each episode's return equals: the potential's per-step rewards "
+                      "stay as shaping and the step that ends an episode adds R_ref - R_potential of the final "
+                      "canvas, so agents cannot exploit the potential's errors. 'auto' (default): 'xtb' for a "
+                      "MACE potential, none for xtb/pm6; 'none': the potential's rewards only; or any potential "
+                      "spec")
     task.add_argument("--env-kwargs", default="{}", help="more environment arguments as JSON, e.g. '{\"workspace\": 6}'")
     run = p.add_argument_group("run")
     run.add_argument("--agent", choices=AGENT_CHOICES, default="covariant", help="which agent (default covariant)")
@@ -76,9 +82,12 @@ def _json_arg(name: str, text: str) -> dict:
 def config_from_args(args: argparse.Namespace):
     from molgym.agents.common.training import TrainConfig
 
+    from molgym.agents.common.training import resolve_reference
+
     formula = None if str(args.formula).lower() == "none" else args.formula
     return TrainConfig(
         out=str(Path(args.out)), agent=args.agent, env_id=args.env, formula=formula, potential=args.potential,
+        reference=resolve_reference(args.reference, args.potential),
         env_kwargs=_json_arg("--env-kwargs", args.env_kwargs), steps=args.steps, n_envs=args.n_envs, seed=args.seed,
         device=args.device, n_steps=args.n_steps, batch_size=args.batch_size, epochs=args.epochs,
         learning_rate=args.lr, gamma=args.gamma, gae_lambda=args.gae_lambda, clip_range=args.clip_range,

@@ -24,6 +24,8 @@ from molgym.potentials.base import Potential
 MODELS_DIR = Path(__file__).parent / "models"
 SHIPPED_MODELS = ("default",)
 _NAMED = ("default", "xtb", "gfn2-xtb", "gfn1-xtb", "ipea1-xtb", "pm6")
+#: the named specs ``load_potential`` accepts besides model files
+NAMED_SPECS = _NAMED
 _ALIASES = {"gfn2-xtb": "xtb"}
 
 

@@ -25,7 +25,8 @@ def test_train_run_writes_every_output(agent, tmp_path, tiny_mace_file, capsys):
     assert summary["steps"] == 32 and summary["agent"] == agent
     assert summary["env_steps_per_s"] > 0
     assert summary["reward_rules"] == {"invalid_reward": -1.0, "min_reward": -1.0, "uncertainty_penalty": 0.0,
-                                       "uncertainty_threshold": None}
+                                       "uncertainty_threshold": None, "reference_name": "GFN2-xTB"}
+    assert summary["reference"] == "xtb"  # --reference auto: GFN2-xTB corrects a MACE potential's returns
     g, s = summary["final_greedy"], summary["final_sampled"]
     assert g["episodes"] == 1 and s["episodes"] == 2
     assert 0.0 <= s["validity"] <= 1.0 and np.isfinite(s["mean_return"])
@@ -81,6 +82,8 @@ def test_resume_continues_to_the_total(tmp_path, tiny_mace_file):
         (["--batch-size", "999"], "exceeds the rollout size"),
         (["--device", "tpu"], "device must be"),
         (["--model-kwargs", "{oops"], "not valid JSON"),
+        (["--reference", "gfn9"], "unknown reference 'gfn9'"),
+        (["--env-kwargs", '{"reference": "xtb"}'], "give the reference with --reference"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(change, message, tmp_path, capsys):
@@ -121,3 +124,19 @@ def test_training_validity_is_the_benchmarks_chemical_validity():
     apart = methanol.copy()
     apart.positions[apart.get_chemical_symbols().index("O")] += [6.0, 0.0, 0.0]  # O (and its H) far away
     assert not _is_valid(apart)
+
+
+def test_reference_auto_none_and_resume(tmp_path, tiny_mace_file):
+    """'auto' is GFN2-xTB for a MACE potential and nothing for xTB itself; a resumed run keeps its reference."""
+    from molgym.agents.common.training import resolve_reference
+
+    assert resolve_reference("auto", str(tiny_mace_file)) == "xtb"
+    assert resolve_reference("auto", "xtb") is None and resolve_reference("auto", "PM6") is None
+    assert resolve_reference("none", "default") is None and resolve_reference("pm6", "default") == "pm6"
+    out = tmp_path / "plain"
+    assert main(_args(out, tiny_mace_file, "internal", 16, "--reference", "none")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reference"] is None and summary["reward_rules"]["reference_name"] is None
+    # the default (auto -> xtb) differs from the saved run's: resuming must say so instead of mixing rewards
+    assert main(_args(out, tiny_mace_file, "internal", 32, "--resume")) == 2
+    assert main(_args(out, tiny_mace_file, "internal", 32, "--resume", "--reference", "none")) == 0
