@@ -34,6 +34,7 @@ COLUMNS = (
     ("relax_energy_drop", "relax ΔE (eV)", "f3"),
     ("relax_rmsd", "relax RMSD (Å)", "f3"),
     ("referee_return_per_atom", "xTB ret./atom", "f3"),
+    ("referee_fraction_best_known", "xTB frac. best", "pct"),
     ("shape_distance", "shape dist. (Å)", "f3"),
 )
 PLOT_METRICS = ("valid_connected", "molecule_stable", "return_per_atom", "relax_rmsd")

@@ -39,6 +39,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "relax_energy_drop": ("E(generated) - E(relaxed) under the potential (eV)", "value"),
     "relax_rmsd": ("heavy-atom RMSD (Å) between generated and relaxed, after alignment", "value"),
     "referee_return_per_atom": ("GFN2-xTB atomisation energy per atom on a sample (eV/atom)", "value"),
+    "referee_fraction_best_known": ("GFN2-xTB return / GFN2-xTB best-known return for the formula, on the referee "
+                                    "sample (the score no potential error can inflate)", "value"),
     "shape_distance": ("Chamfer distance (Å) of heavy atoms to the target cloud after alignment", "value"),
 }
 #: Range of per-molecule values whose confidence intervals are clipped to it.
@@ -61,13 +63,15 @@ def molecule_records(
     relax_steps: int = 200,
     referee: Potential | None = None,
     referee_sample: int = 0,
+    referee_best_known: float | None = None,
     seed: int = 0,
 ) -> list[dict]:
     """One dict of per-molecule metrics for each structure (see :data:`METRICS`).
 
     ``bags`` (one per structure) or ``formula`` gives the expected composition; ``potential`` enables the energy
     metrics (``relax_steps=0`` skips relaxation); ``referee`` with ``referee_sample > 0`` scores a seeded sample
-    of that many molecules with the referee's atomisation energy.
+    of that many molecules with the referee's atomisation energy, and with ``referee_best_known`` (the formula's
+    best-known return under the referee) the fraction of it that each reaches.
     """
     records: list[dict] = []
     for i, atoms in enumerate(structures):
@@ -125,6 +129,8 @@ def molecule_records(
             except PotentialError:
                 continue
             records[i]["referee_return_per_atom"] = _finite(r[0] / len(structures[i]))
+            if referee_best_known and records[i]["matches_task"] and _finite(r[0]) is not None:
+                records[i]["referee_fraction_best_known"] = float(r[0]) / referee_best_known
     return records
 
 

@@ -13,7 +13,7 @@ from ase import Atoms
 
 from molgym.metrics import bonds, chemistry, physics, shape, stats
 from molgym.chem import parse_formula
-from molgym.metrics.evaluate import evaluate, summarize_records
+from molgym.metrics.evaluate import evaluate, molecule_records, summarize_records
 
 # One OpenMP thread for xTB: on a loaded 2-core machine the default thread count makes each call ~40x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -184,3 +184,21 @@ def test_empty_and_partial_structures_are_scored_not_crashed():
     assert not lone["valid"] and lone["return"] == pytest.approx(0.0, abs=1e-6)
     assert good["valid"] and good["matches_task"] and not empty["matches_task"]
     json.dumps(result, allow_nan=False)  # no NaN/Infinity in results files
+
+
+def test_referee_fraction_of_the_best_known_return():
+    """The referee's return over its own best-known return, for molecules of the task's formula only."""
+    from molgym.metrics.physics import best_known_return
+    from molgym.potentials import load_potential
+
+    xtb = load_potential("xtb")
+    best = best_known_return("CH4O", xtb)
+    assert best == pytest.approx(29.596566)  # the GFN2-xTB entry of molgym/data/best_known.json
+    structures = [_methanol(), Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]])]
+    records = molecule_records(structures, None, bags=[parse_formula("CH4O")] * 2, referee=xtb, referee_sample=2,
+                               referee_best_known=best)
+    methanol, co = records
+    expected = methanol["referee_return_per_atom"] * 6 / best
+    assert methanol["referee_fraction_best_known"] == pytest.approx(expected)
+    assert 0.9 < methanol["referee_fraction_best_known"] <= 1.0 + 1e-3  # an embedded methanol: near the best known
+    assert "referee_fraction_best_known" not in co  # not the task's formula: no fraction
