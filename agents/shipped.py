@@ -16,7 +16,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_DIR", "shipped_checkpoints", "shipped_checkpoint"]
+__all__ = ["CHECKPOINT_DIR", "shipped_checkpoints", "shipped_checkpoint", "ship_checkpoint"]
 
 #: Where the shipped checkpoints and their index live.
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -54,3 +54,71 @@ def shipped_checkpoint(formula: str) -> Path:
     if not path.is_file():
         raise ValueError(f"shipped checkpoint {path} is missing from this installation")
     return check_sha256(path, entry["sha256"], "shipped checkpoint", "its index")
+
+
+def ship_checkpoint(run_dirs: list[str | Path], checkpoint_dir: str | Path = CHECKPOINT_DIR) -> dict:
+    """Ship the median seed of finished ``molgym train`` runs of one formula task: copy its ``model.zip`` to
+    ``covariant-<FORMULA>.zip`` (or ``internal-...``) in ``checkpoint_dir`` and replace that formula's entry of
+    ``index.json`` with its provenance (settings, reward rules, final greedy summary, the command, sha256). Both
+    writes are atomic. Returns the new entry.
+
+    The runs must be seeds of one setting (same agent, formula, potential, reference and budget); the median seed by
+    final greedy fraction of the best-known return is chosen (the lower middle of an even number), so a shipped
+    checkpoint is typical of its setting, not its luckiest seed.
+    """
+    import shutil
+
+    from molgym.agents.common.run_report import load_run
+    from molgym.io import atomic_path, write_json
+    from molgym.potentials.registry import sha256_of
+
+    runs = [load_run(p) for p in run_dirs]
+    if not runs:
+        raise ValueError("ship_checkpoint needs at least one finished run")
+    if len({r.setting for r in runs}) != 1:
+        raise ValueError("the runs are not seeds of one setting: " + ", ".join(str(r.path) for r in runs))
+    first = runs[0]
+    formula, agent = first.config.get("formula"), first.config["agent"]
+    if not formula or first.config["env_id"] != "MolGym/SingleBag-v0":
+        raise ValueError(f"only single-bag formula runs ship as per-formula checkpoints, got {first.task}")
+
+    def fraction(run) -> float:
+        value = (run.summary.get("final_greedy") or {}).get("mean_fraction_of_optimum")
+        return -float("inf") if value is None else float(value)
+
+    ranked = sorted(runs, key=fraction)
+    chosen = ranked[(len(ranked) - 1) // 2]
+    checkpoint_dir = Path(checkpoint_dir)
+    name = f"{agent}-{formula}.zip"
+    with atomic_path(checkpoint_dir / name) as tmp:
+        shutil.copyfile(chosen.path / "model.zip", tmp)
+    cfg, summary = chosen.config, chosen.summary
+    flags = {"--potential": cfg["potential"], "--reference": cfg.get("reference") or "none", "--agent": agent,
+             "--steps": cfg["steps"], "--n-envs": cfg["n_envs"], "--eval-every": cfg["eval_every"],
+             "--eval-episodes": cfg["eval_episodes"], "--checkpoint-every": cfg["checkpoint_every"],
+             "--final-molecules": cfg["final_molecules"], "--seed": cfg["seed"]}
+    entry = {
+        "formula": formula, "file": name, "sha256": sha256_of(checkpoint_dir / name), "agent": agent,
+        "algorithm": "PPO", "env_id": cfg["env_id"], "env_kwargs": cfg.get("env_kwargs", {}),
+        "potential": cfg["potential"], "reference": cfg.get("reference"),
+        "steps": summary["steps"], "seed": cfg["seed"], "n_envs": cfg["n_envs"],
+        "reward_rules": summary.get("reward_rules"), "seeds_trained": len(runs),
+        "chosen": "median seed by final greedy fraction of the best-known return (under the reference, if any)",
+        "final_greedy": summary.get("final_greedy"),
+        "seeds_final_greedy_fraction": {str(r.config["seed"]): fraction(r) for r in runs},
+        "wall_s": summary.get("wall_s"),
+        "command": f"molgym train --formula {formula} " + " ".join(f"{k} {v}" for k, v in flags.items())
+        + " --out DIR",
+    }
+    if cfg["potential"] == "default":
+        from molgym.potentials.registry import shipped_model_card
+
+        entry["potential_sha256"] = shipped_model_card("default")["sha256"]
+    index_path = checkpoint_dir / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {
+        "format": 1, "description": "Trained agent checkpoints shipped with molgym (see molgym/agents/shipped.py)",
+        "checkpoints": []}
+    index["checkpoints"] = [e for e in index["checkpoints"] if e["formula"] != formula] + [entry]
+    write_json(index_path, index)
+    shipped_checkpoints.cache_clear()
+    return entry

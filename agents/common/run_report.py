@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TrainingRun", "find_runs", "load_run", "group_runs", "learning_table", "held_out_table",
-           "plot_learning_curves", "write_training_report"]
+           "referee_table", "plot_learning_curves", "write_training_report"]
 
 #: Config keys that do not change what is learned: runs differing only in these are seeds of one setting.
 BOOKKEEPING = ("out", "seed", "device", "threads", "eval_every", "eval_episodes", "checkpoint_every",
@@ -58,6 +58,12 @@ class TrainingRun:
     def held_out_bags(self) -> dict[str, Any]:
         """``summary.json["held_out"]["bags"]``: per held-out bag, its greedy and sampled summaries (may be empty)."""
         return (self.summary.get("held_out") or {}).get("bags") or {}
+
+    @property
+    def reward(self) -> str:
+        """What the returns were earned under: ``default``, ``xtb``, or ``default + xtb correction``."""
+        reference = self.config.get("reference")
+        return self.config["potential"] + (f" + {reference} correction" if reference else "")
 
     @property
     def setting(self) -> str:
@@ -190,6 +196,39 @@ def held_out_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str
                      "sampled episodes", "sampled mean return (eV)", "sampled valid"], rows)
 
 
+def referee_table(groups: dict[tuple[str, int, str], list[TrainingRun]], referee: str = "xtb",
+                  checkpoints: dict[str, str] | None = None, log=print) -> str:
+    """Markdown table of the final greedy molecules judged by ``referee`` (:mod:`molgym.agents.common.referee`):
+    per group, the referee's return / its best-known return, validity, relaxation energy drop and RMSD under the
+    referee (median over seeds [min, max]) and the training cost; ``checkpoints`` (label -> ``FORMULA=path.zip``)
+    adds one row per policy file, played greedily."""
+    from molgym.agents.common.referee import judge_checkpoint, judge_run
+    from molgym.benchmark.report import md_table
+
+    rows = []
+    for (task, steps, agent), runs in groups.items():
+        log(f"judging {task}, {steps:,} steps, {agent} ({len(runs)} runs) with {referee}")
+        judged = [judge_run(r.path, referee)["summary"] for r in runs]
+        cost = [c for r in runs if (c := r.summary.get("s_per_10k_steps")) is not None]
+        rows.append([task, f"{steps:,}", agent, runs[0].reward, str(len(runs)),
+                     _median_range([j["referee_fraction"] for j in judged if j["referee_fraction"] is not None]),
+                     _pct([j["valid"] for j in judged if j["valid"] is not None]),
+                     _median_range([j["relax_drop"] for j in judged if j["relax_drop"] is not None]),
+                     _median_range([j["relax_rmsd"] for j in judged if j["relax_rmsd"] is not None]),
+                     f"{statistics.median(cost):.0f}" if cost else "n/a"])
+    for label, spec in (checkpoints or {}).items():
+        formula, _, path = spec.partition("=")
+        log(f"judging checkpoint {label} ({path}) on {formula} with {referee}")
+        j = judge_checkpoint(path, formula, referee)["summary"]
+        rows.append([formula, "n/a", label, "checkpoint", "1",
+                     _median_range([j["referee_fraction"]] if j["referee_fraction"] is not None else []),
+                     _pct([j["valid"]]), _median_range([j["relax_drop"]] if j["relax_drop"] is not None else []),
+                     _median_range([j["relax_rmsd"]] if j["relax_rmsd"] is not None else []), "n/a"])
+    return md_table(["task", "steps", "agent", "reward", "seeds", f"greedy {referee} return / {referee} best-known",
+                     "greedy valid", f"{referee} relaxation drop (eV)", "relaxation heavy-atom RMSD (Å)",
+                     "s per 10k steps"], rows)
+
+
 def _curve(runs: list[TrainingRun], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
     """Steps, median, min and max over seeds of an eval.csv column, at the steps every seed evaluated."""
     per_seed = [{int(e["step"]): e[key] for e in r.evals if e.get(key) is not None} for r in runs]
@@ -259,8 +298,11 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
     return path
 
 
-def write_training_report(paths: list[str | Path], out: str | Path, log=print) -> tuple[Path, Path | None]:
-    """Write ``training_report.md`` and ``learning_curves.png`` under ``out`` for the finished runs in ``paths``."""
+def write_training_report(paths: list[str | Path], out: str | Path, log=print, referee: str | None = None,
+                          checkpoints: dict[str, str] | None = None) -> tuple[Path, Path | None]:
+    """Write ``training_report.md`` and ``learning_curves.png`` under ``out`` for the finished runs in ``paths``;
+    with ``referee`` (e.g. ``"xtb"``) also the table of :func:`referee_table` (``checkpoints`` adds policy files to
+    it)."""
     from molgym.io import write_text
 
     runs, unfinished = find_runs(paths)
@@ -279,6 +321,13 @@ def write_training_report(paths: list[str | Path], out: str | Path, log=print) -
     held = held_out_table(groups)
     if held:
         lines += ["## Held-out bags", "", held, ""]
+    if referee:
+        lines += [f"## Judged by {referee}", "", "The final greedy molecules of each run (distinct ones; one per run "
+                  "on a fixed-bag task) under the referee: its build return over its own best-known return, the "
+                  "energy released by relaxing the molecule under it (BFGS, fmax 0.05 eV/Å, at most 300 steps) and "
+                  "the heavy-atom RMSD of that relaxation; median over seeds [min, max]. Reward: the potential the "
+                  "agent was trained on, and the correction added at each episode's end.", "",
+                  referee_table(groups, referee, checkpoints, log), ""]
     if png is not None:
         lines += [f"![learning curves]({png.name})", ""]
     settings = {f"{task}, {steps:,} steps, {label}": runs[0].setting

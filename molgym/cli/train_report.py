@@ -22,6 +22,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
     p.add_argument("--out", required=True, help="where to write training_report.md and learning_curves.png")
+    p.add_argument("--referee", default=None,
+                   help="also judge each run's final greedy molecules with this potential (e.g. 'xtb'): its return "
+                   "/ best-known, validity, relaxation energy drop and RMSD (cached in each run folder)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="LABEL:FORMULA=PATH",
+                   help="with --referee, also play this policy file greedily on FORMULA and judge it (repeatable)")
     p.set_defaults(func=cmd_train_report)
 
 
@@ -29,7 +34,15 @@ def cmd_train_report(args: argparse.Namespace) -> int:
     """Write the report and print the learning table."""
     from molgym.agents.common.run_report import write_training_report
 
-    md, png = write_training_report(args.runs, args.out)
+    checkpoints = {}
+    for item in args.checkpoint:
+        label, sep, spec = item.partition(":")
+        if not sep or "=" not in spec:
+            raise ValueError(f"--checkpoint must be LABEL:FORMULA=PATH, got {item!r}")
+        checkpoints[label] = spec
+    if checkpoints and not args.referee:
+        raise ValueError("--checkpoint needs --referee (the checkpoints are judged by it)")
+    md, png = write_training_report(args.runs, args.out, referee=args.referee, checkpoints=checkpoints)
     print(f"wrote {md}")
     if png is not None:
         print(f"wrote {png}")

@@ -67,6 +67,17 @@ def test_train_report_over_real_runs(tmp_path, tiny_mace_file, capsys):
     speed = sum(s["env_steps_per_s"] for s in summaries) / 2  # the median of two
     assert row.endswith(f"| {speed:.0f} |")
     assert (tmp_path / "report" / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # judged by GFN2-xTB: a row per group and per checkpoint file, the judgement cached in each run folder
+    checkpoint = f"own:CH2O={tmp_path / 'runs' / 's3' / 'model.zip'}"
+    assert main(["train-report", str(tmp_path / "runs"), "--out", str(tmp_path / "judged"), "--referee", "xtb",
+                 "--checkpoint", checkpoint]) == 0
+    judged = (tmp_path / "judged" / "training_report.md").read_text().split("## Judged by xtb")[1]
+    assert "| CH2O | 16 | internal | " in judged and "+ xtb correction | 2 |" in judged
+    assert "| CH2O | n/a | own | checkpoint | 1 |" in judged
+    cache = json.loads((tmp_path / "runs" / "s3" / "referee-xtb.json").read_text())
+    assert cache["referee"] == "GFN2-xTB" and len(cache["records"]) == 1  # greedy episodes are identical
+    assert main(["train-report", str(tmp_path / "runs"), "--out", str(tmp_path / "r2"), "--checkpoint",
+                 checkpoint]) == 2  # a checkpoint needs a referee
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
@@ -77,3 +88,61 @@ def test_train_report_without_runs_is_a_clear_error(make, tmp_path, capsys):
     assert main(["train-report", str(target), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert str(target) in err and ("no such run folder" in err or "holds no molgym train run" in err)
+
+
+def test_referee_judges_return_strain_and_validity():
+    """A relaxed methanol is near GFN2-xTB's best-known CH4O return with no strain; stretching its C-O bond costs
+    return, releases energy on relaxation and breaks validity."""
+    from ase.build import molecule
+    from ase.optimize import BFGS
+
+    from molgym.agents.common.referee import judge_molecules, summarise_judged
+    from molgym.potentials import load_potential
+
+    xtb = load_potential("xtb")
+    relaxed = molecule("CH3OH")
+    relaxed.calc = xtb.as_calculator()
+    BFGS(relaxed, logfile=None).run(fmax=0.01)
+    stretched = relaxed.copy()
+    stretched.set_distance(0, 1, 1.9, fix=0)  # C-O from 1.42 to 1.9 Å
+    good, bad = judge_molecules([relaxed, stretched], xtb)
+    assert good["valid"] and good["referee_fraction"] == pytest.approx(1.0, abs=0.01)
+    assert good["relax_drop"] == pytest.approx(0.0, abs=0.01) and good["relax_rmsd"] < 0.01
+    assert not bad["valid"] and bad["referee_fraction"] < good["referee_fraction"] - 0.03
+    assert bad["relax_drop"] > 0.5 and bad["relax_rmsd"] > 0.1
+    summary = summarise_judged([good, bad])
+    assert summary["valid"] == 0.5 and summary["molecules"] == 2
+
+
+def test_ship_checkpoint_copies_the_median_seed_and_indexes_it(tmp_path, tiny_mace_file):
+    from molgym.agents.shipped import ship_checkpoint
+    from molgym.potentials.registry import sha256_of
+
+    runs = []
+    for seed in (3, 4, 5):
+        out = tmp_path / "runs" / f"s{seed}"
+        args = train_args(out, tiny_mace_file, "internal", 16)
+        args[args.index("--seed") + 1] = str(seed)
+        assert main(args) == 0
+        runs.append(out)
+    fractions = {}
+    for out in runs:  # the tiny model has no best-known return: give the runs fractions to rank
+        summary = json.loads((out / "summary.json").read_text())
+        fractions[out.name] = summary["final_greedy"]["mean_fraction_of_optimum"] = {"s3": 0.9, "s4": 0.5,
+                                                                                     "s5": 0.7}[out.name]
+        (out / "summary.json").write_text(json.dumps(summary))
+    target = tmp_path / "checkpoints"
+    target.mkdir()
+    entry = ship_checkpoint(runs, target)
+    assert entry["seed"] == 5 and entry["seeds_trained"] == 3  # the median of 0.5, 0.7, 0.9
+    shipped = target / "internal-CH2O.zip"
+    assert shipped.read_bytes() == (tmp_path / "runs" / "s5" / "model.zip").read_bytes()
+    index = json.loads((target / "index.json").read_text())
+    assert [e["formula"] for e in index["checkpoints"]] == ["CH2O"]
+    assert index["checkpoints"][0]["sha256"] == sha256_of(shipped)
+    assert entry["reference"] == "xtb" and "--reference xtb" in entry["command"]
+    other = tmp_path / "runs" / "other"
+    args = train_args(other, tiny_mace_file, "internal", 16, "--reference", "none")
+    assert main(args) == 0
+    with pytest.raises(ValueError, match="not seeds of one setting"):
+        ship_checkpoint(runs + [other], target)
