@@ -44,6 +44,7 @@ from molgym.reward import (
     isolated_atom_energies,
     placement_problem,
     reference_correction,
+    structure_problem,
 )
 from molgym.envs.potentials import shared_potential
 
@@ -578,6 +579,10 @@ class MolecularEnv(gym.Env):
             w = self.workspace
             raise ValueError(f"options['canvas'] has atoms outside the workspace [-{w}, {w}]^3 Å")
         self._check_species(set(canvas.numbers.tolist()))
+        problem = structure_problem(np.concatenate([numbers, canvas.numbers]),
+                                    np.concatenate([positions, canvas.positions]))
+        if problem:  # a start canvas obeys the rules every step obeys
+            raise ValueError(f"options['canvas'] breaks the placement rules: {problem}")
         allowed = set(self.element_numbers.tolist())
         bad = sorted(set(canvas.numbers.tolist()) - allowed)
         if bad:

@@ -82,6 +82,33 @@ def reference_correction(reference_return: float, potential_return: float, floor
     return float(reference_return) - float(potential_return) - float(floor_total)
 
 
+def structure_problem(numbers: np.ndarray, positions: np.ndarray) -> str | None:
+    """Why a whole structure breaks the placement rules, or ``None``: the rules of :func:`placement_problem` for
+    every atom at once (finite coordinates; no two atoms closer than :data:`MIN_DISTANCE`; every H and F within
+    :data:`MAX_TERMINAL_DISTANCE` of a heavy atom when the structure has one), independent of atom order. A start
+    canvas must pass it, so an episode cannot begin where no sequence of valid steps could lead."""
+    numbers = np.asarray(numbers)
+    positions = np.asarray(positions, dtype=float).reshape(-1, 3)
+    if not np.isfinite(positions).all():
+        return "non-finite coordinates"
+    if len(numbers) < 2:
+        return None
+    delta = positions[:, None, :] - positions[None, :, :]
+    distances = np.sqrt(np.einsum("ijk,ijk->ij", delta, delta))
+    np.fill_diagonal(distances, np.inf)
+    i, j = np.unravel_index(int(distances.argmin()), distances.shape)
+    if distances[i, j] < MIN_DISTANCE:
+        return f"atoms {min(i, j)} and {max(i, j)} are {distances[i, j]:.2f} Å apart (minimum {MIN_DISTANCE} Å)"
+    heavy = (numbers != 1) & (numbers != 9)
+    if heavy.any():
+        for k in np.flatnonzero(~heavy):
+            nearest = float(distances[k, heavy].min())
+            if nearest > MAX_TERMINAL_DISTANCE:
+                return (f"terminal atom {k} is {nearest:.2f} Å from the nearest heavy atom "
+                        f"(maximum {MAX_TERMINAL_DISTANCE} Å)")
+    return None
+
+
 def placement_problem(canvas: Atoms, number: int, position: np.ndarray) -> str | None:
     """Why placing atom ``number`` at ``position`` on ``canvas`` is invalid, or ``None`` if it is valid.
 

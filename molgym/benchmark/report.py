@@ -24,6 +24,7 @@ __all__ = ["write_report", "load_results", "best_molecules", "md_table"]
 #: Columns of the per-task tables: (metric, header, format).
 COLUMNS = (
     ("valid_connected", "valid+conn.", "pct"),
+    ("plausible", "plausible", "pct"),
     ("atom_stability", "atom stab.", "pct"),
     ("molecule_stable", "mol. stab.", "pct"),
     ("uniqueness", "unique", "pct"),

@@ -37,8 +37,9 @@ __all__ = ["SCHEMA_VERSION", "build_results", "machine_info", "HEADLINE_METRICS"
 
 SCHEMA_VERSION = 1
 #: Metrics shown in the overall table, in order.
-HEADLINE_METRICS = ("valid_connected", "atom_stability", "molecule_stable", "uniqueness", "novelty",
-                    "return_per_atom", "fraction_best_known", "relax_rmsd", "shape_distance")
+HEADLINE_METRICS = ("valid_connected", "plausible", "atom_stability", "molecule_stable", "uniqueness", "novelty",
+                    "return_per_atom", "fraction_best_known", "referee_fraction_best_known", "relax_rmsd",
+                    "shape_distance")
 
 
 def machine_info() -> dict:

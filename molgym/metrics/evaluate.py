@@ -27,6 +27,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "valid": ("RDKit sanitises the perceived molecule; every fragment neutral, no radicals", "fraction"),
     "connected": ("bond graph is one fragment", "fraction"),
     "valid_connected": ("valid and one fragment", "fraction"),
+    "plausible": ("no fused atoms (closer than 0.6 x their covalent radii or 0.6 Å): only plausible molecules get "
+                  "energy-based scores", "fraction"),
     "atom_stability": ("fraction of atoms whose EDM bond orders sum to their valence", "value"),
     "molecule_stable": ("every atom EDM-stable", "fraction"),
     "uniqueness": ("distinct SMILES / valid", "set"),
@@ -92,11 +94,16 @@ def molecule_records(
             "atom_stability": float(stable.mean()) if len(stable) else 0.0,
             "molecule_stable": bool(len(stable) and stable.all()),
         }
+        problem = physics.implausibility(atoms)
+        rec["plausible"] = problem is None
+        if problem:
+            rec["implausible_reason"] = problem
         if target is not None:
             rec["shape_distance"] = _finite(shape.shape_distance(atoms, target))  # None without heavy atoms
         records.append(rec)
 
-    nonempty = [i for i, a in enumerate(structures) if len(a)]  # an empty canvas has no energy to score
+    # an empty canvas has no energy to score, and an implausible (fused) structure no meaningful one
+    nonempty = [i for i, a in enumerate(structures) if len(a) and records[i]["plausible"]]
     if potential is not None and nonempty:
         energies, returns = physics.atomisation_energies(potential, [structures[i] for i in nonempty])
         for k, e, r in zip(nonempty, energies, returns):
@@ -114,6 +121,9 @@ def molecule_records(
                     relaxed, steps = physics.relax(atoms, potential, fmax=relax_fmax, steps=relax_steps)
                     e_relaxed = float(potential.energies([relaxed])[0])
                 except (PotentialError, ValueError, np.linalg.LinAlgError):
+                    continue
+                if physics.implausibility(relaxed):  # the relaxation left the trusted domain: no score
+                    rec["relax_left_domain"] = True
                     continue
                 heavy = atoms.numbers > 1
                 rec["relax_energy_drop"] = _finite(rec["energy"] - e_relaxed)

@@ -16,6 +16,12 @@ Definitions:
   alignment (Kabsch); small means the generated geometry was already near a minimum.
 - **referee energy**: atomisation energy per atom (eV/atom) under GFN2-xTB on a seeded sample, so that
   generators tuned against a learned potential are also judged by a quantum-chemical method.
+- **plausibility** (:func:`implausibility`): the gate before every energy-based score. Two atoms closer than
+  ``max(MIN_DISTANCE, CLOSE_CONTACT_FACTOR x (r_cov,i + r_cov,j))`` are fused: no molecule has such a contact
+  (a C≡C triple bond is 0.79 of the C-C covalent sum, H2 1.19 of H-H), the potentials are not trained there
+  (molgym's dataset stops at 0.6 Å; learned potentials score fused atoms at returns of thousands of eV), and
+  xTB's SCF often fails on them. An implausible molecule gets no energy, return, relaxation or referee score; a
+  relaxation that ends implausible gives no relaxation score either.
 """
 
 from __future__ import annotations
@@ -26,15 +32,43 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from molgym.chem import covalent_radius
 from molgym.potentials.base import Potential, PotentialError
-from molgym.reward import isolated_atom_energies
+from molgym.reward import MIN_DISTANCE, isolated_atom_energies
 
 __all__ = [
     "atomisation_energies",
     "relax",
     "kabsch_rmsd",
     "best_known_return",
+    "implausibility",
+    "CLOSE_CONTACT_FACTOR",
 ]
+
+#: Atoms closer than this fraction of the sum of their covalent radii are fused (see :func:`implausibility`).
+CLOSE_CONTACT_FACTOR = 0.6
+
+
+def implausibility(atoms: Atoms) -> str | None:
+    """Why ``atoms`` is outside the domain where an energy means anything (fused atoms, non-finite coordinates),
+    or ``None`` when it is plausible. The one gate of every energy-based metric (module docstring)."""
+    positions = np.asarray(atoms.positions, dtype=float)
+    if not np.isfinite(positions).all():
+        return "non-finite coordinates"
+    if len(atoms) < 2:
+        return None
+    radii = np.array([covalent_radius(int(z)) for z in atoms.numbers])
+    limit = np.maximum(MIN_DISTANCE, CLOSE_CONTACT_FACTOR * (radii[:, None] + radii[None, :]))
+    delta = positions[:, None, :] - positions[None, :, :]
+    distances = np.sqrt(np.einsum("ijk,ijk->ij", delta, delta))
+    ratio = distances / limit
+    np.fill_diagonal(ratio, np.inf)
+    i, j = np.unravel_index(int(ratio.argmin()), ratio.shape)
+    if ratio[i, j] < 1.0:
+        i, j = min(i, j), max(i, j)
+        return (f"fused atoms: {atoms[i].symbol}{i} and {atoms[j].symbol}{j} are {distances[i, j]:.2f} Å apart "
+                f"(plausible from {limit[i, j]:.2f} Å)")
+    return None
 
 
 def atomisation_energies(potential: Potential, structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:

@@ -202,3 +202,19 @@ def test_referee_fraction_of_the_best_known_return():
     assert methanol["referee_fraction_best_known"] == pytest.approx(expected)
     assert 0.9 < methanol["referee_fraction_best_known"] <= 1.0 + 1e-3  # an embedded methanol: near the best known
     assert "referee_fraction_best_known" not in co  # not the task's formula: no fraction
+
+
+def test_fused_atoms_are_implausible_and_get_no_energy_score(tiny_mace):
+    """The plausibility gate: fused atoms (random search's 0.01-0.13 Å contacts) are counted, never scored."""
+    methanol = _methanol()
+    fused = methanol.copy()
+    fused.positions[2] = fused.positions[0] + [0.3, 0.0, 0.0]  # an H 0.3 Å from the C
+    triple = Atoms("C2H2", positions=[[0, 0, 0], [1.20, 0, 0], [-1.06, 0, 0], [2.26, 0, 0]])  # acetylene
+    assert physics.implausibility(methanol) is None and physics.implausibility(triple) is None
+    assert "fused atoms: C0 and H2 are 0.30 Å apart" in physics.implausibility(fused)
+    carbons = Atoms("CC", positions=[[0, 0, 0], [0.85, 0, 0]])  # above 0.6 Å, below 0.6 x (0.76 + 0.76)
+    assert "plausible from 0.91 Å" in physics.implausibility(carbons)
+    good, bad = molecule_records([methanol, fused], tiny_mace, relax_steps=0)
+    assert good["plausible"] and good["energy"] is not None and good["return"] is not None
+    assert not bad["plausible"] and "energy" not in bad and "return" not in bad
+    assert summarize_records([good, bad])["plausible"]["mean"] == 0.5

@@ -177,7 +177,14 @@ def test_start_from_a_partial_canvas(tiny_potential):
     with pytest.raises(ValueError, match="not part of"):
         env.reset(options={"canvas": Atoms("CC", positions=[[0, 0, 0], [1.5, 0, 0]])})
     with pytest.raises(ValueError, match="whole bag"):
-        env.reset(options={"canvas": Atoms("CH4O", positions=np.arange(18).reshape(6, 3) * 0.3)})
+        from ase.build import molecule
+
+        env.reset(options={"canvas": molecule("CH3OH")})
+    # a start canvas obeys the rules every step obeys: no fused atoms, no stray H
+    with pytest.raises(ValueError, match=r"breaks the placement rules: atoms 0 and 1 are 0.10 Å apart"):
+        env.reset(options={"canvas": Atoms("CO", positions=[[0, 0, 0], [0.1, 0, 0]])})
+    with pytest.raises(ValueError, match="terminal atom 1 is 3.00 Å from the nearest heavy atom"):
+        env.reset(options={"canvas": Atoms("CH", positions=[[0, 0, 0], [3.0, 0, 0]])})
     with pytest.raises(ValueError, match="unknown reset option"):
         env.reset(options={"canvass": canvas})
     multi = MultiBagEnv(formulas=["CH4O", "C2H2O2"], potential=tiny_potential)
