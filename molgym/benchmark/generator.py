@@ -27,6 +27,7 @@ __all__ = [
     "get_generator",
     "resolve_potential_spec",
     "check_sample_count",
+    "generator_options",
 ]
 
 
@@ -167,8 +168,34 @@ def register_generator(name: str, target: str, overwrite: bool = False) -> None:
     GENERATORS[name] = target
 
 
+def generator_options(cls: type[Generator]) -> list[str] | None:
+    """The option names the generator class ``cls`` takes: the named parameters of its constructor and, while a
+    constructor takes ``**kwargs``, of its parents' constructors, up to :class:`Generator` (whose ``**settings``
+    only records what subclasses pass it, so a name no class declares would do nothing). A generator that reads
+    arbitrary keywords itself should name them as parameters. ``None`` (anything goes) when the chain reaches a
+    class outside :class:`Generator`'s hierarchy (a mixin) whose constructor takes ``**kwargs``."""
+    import inspect
+
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters
+        names += [n for n, p in params.items() if n != "self" and n not in names
+                  and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        if klass is Generator or not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return names
+        if not issubclass(klass, Generator):
+            return None
+    return names
+
+
 def get_generator(name: str, **options) -> Generator:
-    """Instantiate the generator registered as ``name`` (or given as ``"module:Class"``) with ``options``."""
+    """Instantiate the generator registered as ``name`` (or given as ``"module:Class"``) with ``options``.
+
+    An option that is not a parameter of the generator's constructor (:func:`generator_options`) raises a
+    ``ValueError`` naming it and listing the allowed ones, instead of a ``TypeError`` from the constructor.
+    """
     target = GENERATORS.get(name, name if ":" in name else None)
     if target is None:
         raise ValueError(f"unknown generator {name!r}; available: {', '.join(sorted(GENERATORS))} "
@@ -181,4 +208,9 @@ def get_generator(name: str, **options) -> Generator:
     cls = getattr(module, class_name, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, Generator)):
         raise ValueError(f"{target!r} is not a molgym Generator class")
+    allowed = generator_options(cls)
+    unknown = [k for k in options if allowed is not None and k not in allowed]
+    if unknown:
+        raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} "
+                         f"for generator {name!r}; allowed: {', '.join(sorted(allowed))}")
     return cls(**options)

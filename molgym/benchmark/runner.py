@@ -2,6 +2,7 @@
 
 Layout of an output directory::
 
+    OUT/settings.json                the settings the results were made with (molgym.benchmark.settings)
     OUT/results.json                 the results (schema below), rewritten atomically after every job
     OUT/jobs/<job>.json              one job: its spec, per-molecule metrics, summary, cost (atomic write)
     OUT/samples/<job>.extxyz         the job's molecules (extended XYZ, per-molecule metrics in info)
@@ -9,7 +10,9 @@ Layout of an output directory::
 A job is *finished* when its ``jobs/<job>.json`` exists and carries the same configuration hash; rerunning
 the same command skips finished jobs, so a run killed midway resumes where it stopped. Because every file is
 written to a temporary name and renamed, a killed job leaves no partial file behind. A job that raises is listed
-in ``results.json["failed_jobs"]`` with its error while the other jobs go on; rerunning retries it.
+in ``results.json["failed_jobs"]`` with its error while the other jobs go on; rerunning retries it. A rerun
+with other settings (``--n``, seeds, tasks, potential, a recorded generator's options) is refused before any job
+instead of replacing finished results, unless ``overwrite`` starts afresh; adding generators resumes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from molgym.benchmark.tasks import Suite, Task, get_suite, get_task, task_from_dict
 
-__all__ = ["plan_jobs", "run_job", "run_job_safe", "run_suite", "job_id", "load_job"]
+__all__ = ["plan_jobs", "run_job", "run_job_safe", "run_suite", "job_id", "load_job", "check_task_elements"]
 
 JOB_SCHEMA = 1
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MOLGYM_XTB_WORKERS")
@@ -231,7 +234,11 @@ def _execute_ray(specs: list[dict], workers: int, address: str | None, on_done: 
     except ImportError as err:
         raise ImportError("--executor ray needs Ray: pip install 'molgym[ray]'") from err
     if not ray.is_initialized():
+        from molgym.potentials.registry import WARNED_ENV
+
         env = {"env_vars": {var: "1" for var in _THREAD_VARS}}
+        if os.environ.get(WARNED_ENV):  # warnings this run already printed are not repeated by every Ray worker
+            env["env_vars"][WARNED_ENV] = os.environ[WARNED_ENV]
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False)
         else:
@@ -242,6 +249,25 @@ def _execute_ray(specs: list[dict], workers: int, address: str | None, on_done: 
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
             on_done(ray.get(ref))
+
+
+def check_task_elements(tasks: Sequence[Task], potential, spec: str) -> None:
+    """Raise ``ValueError`` when a task needs an element ``potential`` (loaded from ``spec``) does not cover,
+    naming each such task, its missing elements and the potential, so that a run fails before its first job
+    rather than in every job of that task after the others have run."""
+    from ase.data import chemical_symbols
+
+    from molgym.chem import atomic_number
+
+    covered = sorted(int(z) for z in potential.species)
+    problems = [f"task {t.name!r} needs {', '.join(missing)}" for t in tasks
+                if (missing := [e for e in t.elements() if atomic_number(e) not in covered])]
+    if problems:
+        names = [chemical_symbols[z] for z in covered]
+        listed = ", ".join(names) if len(names) <= 20 else f"{len(names)} elements, {names[0]} to {names[-1]}"
+        raise ValueError(f"potential {spec!r} ({potential.name}) does not cover every element of this run: "
+                         f"{'; '.join(problems)}; it covers {listed}. Choose another --potential (xtb covers "
+                         "them all) or leave those tasks out (--tasks)")
 
 
 def run_suite(
@@ -258,13 +284,19 @@ def run_suite(
     n_samples: int | None = None,
     generator_options: dict | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Run (or resume) a suite and return the results dict also written to ``OUT/results.json``.
 
-    Bad names (suite, task, generator, potential, executor) raise ``ValueError`` before any job starts.
+    Bad names (suite, task, generator, potential, executor), unknown generator options, options for a generator
+    the run does not include, and tasks with elements the potential does not cover raise ``ValueError`` before
+    any job starts. So does an ``out`` holding results made with other settings
+    (:class:`molgym.benchmark.settings.SettingsMismatchError`, naming each difference), unless ``overwrite``
+    deletes those results first; see :mod:`molgym.benchmark.settings` for what may change between reruns.
     """
     from molgym.benchmark.generator import get_generator, resolve_potential_spec
     from molgym.benchmark.results import build_results
+    from molgym.benchmark.settings import prepare_output, run_settings
     from molgym.io import write_json
 
     suite = get_suite(suite)
@@ -275,18 +307,24 @@ def run_suite(
     spec, why = resolve_potential_spec(potential)
     from molgym.potentials import load_potential
 
-    load_potential(spec)  # fails fast on a bad spec or a missing model file
+    check_task_elements(task_objs, load_potential(spec), spec)  # also fails fast on a bad spec or missing file
     options = generator_options or {}
+    strays = [g for g in options if g not in generators]
+    if strays:
+        raise ValueError(f"options given for {', '.join(repr(g) for g in strays)}, which this run does not include "
+                         f"(generators: {', '.join(generators)})")
     skipped: list[dict] = []
+    merged_options: dict[str, dict] = {}
     for g in generators:  # fails fast on unknown generators or bad options
-        merged = {**suite.generator_options.get(g, {}), **options.get(g, {})}
-        generator = get_generator(g, potential=spec, **merged)
+        merged_options[g] = {**suite.generator_options.get(g, {}), **options.get(g, {})}
+        generator = get_generator(g, potential=spec, **merged_options[g])
         for task in task_objs:
             reason = generator.unsupported(task)
             if reason:
                 skipped.append({"generator": g, "task": task.name, "reason": reason})
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output(out, run_settings(suite, task_objs, seeds if seeds is not None else suite.seeds,
+                                     n_samples or suite.n_samples, spec, merged_options), overwrite=overwrite)
     specs = plan_jobs(suite, generators, spec, out, tasks=task_objs, seeds=seeds, n_samples=n_samples,
                       generator_options=options, skip={(s["generator"], s["task"]) for s in skipped})
 

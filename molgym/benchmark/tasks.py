@@ -41,6 +41,8 @@ __all__ = [
 FORMULAS: tuple[str, ...] = ("CH4O", "CH3NO", "C2H2O2", "C3H5NO3", "C4H7N", "C3H8O", "C7H10O2", "C7H8N2O2")
 
 KINDS = ("formula", "unconditional", "shape", "bag")
+#: The elements of QM9, the bags of ``unconditional`` tasks.
+QM9_ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,16 @@ class Task:
     def target_array(self) -> np.ndarray | None:
         """Target points as an ``(n, 3)`` array (shape tasks), else ``None``."""
         return None if self.target is None else np.asarray(self.target, dtype=float)
+
+    def elements(self) -> tuple[str, ...]:
+        """Every element a sample of this task can contain (its formulas', or QM9's for unconditional tasks),
+        so a run can check its potential covers them before any job starts."""
+        if self.kind == "unconditional":
+            return QM9_ELEMENTS
+        found: dict[str, None] = {}
+        for f in ([self.formula] if self.formula else []) + list(self.formulas):
+            found.update(dict.fromkeys(parse_formula(f)))
+        return tuple(found)
 
     def bags(self, n: int, seed: int) -> list[dict[str, int]]:
         """The bag (``{symbol: count}``) of each of ``n`` samples; seeded, identical for every generator."""

@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         help="run a benchmark suite: generators x tasks x seeds, results.json + samples + report",
         description="Run every (generator, task, seed) job of a suite and write OUT/results.json, OUT/jobs/*.json, "
         "OUT/samples/*.extxyz and the report (report.md, report.html). Rerunning the same command resumes: "
-        "finished jobs are not rerun.",
+        "finished jobs are not rerun. OUT/settings.json records the settings; a rerun into OUT with other settings "
+        "(--suite, --tasks, --seeds, --n, --potential, a recorded generator's --option, or leaving out a recorded "
+        "generator) is refused unless --overwrite; adding generators resumes.",
     )
     p.add_argument("--suite", default="quick", help="suite name: quick (CI, < 3 min on 2 cores) or v1 (default quick)")
     p.add_argument("--generators", default=None,
@@ -31,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (with --executor ray); default: local Ray")
     p.add_argument("--workers", type=int, default=2, help="parallel jobs (local processes or local Ray CPUs)")
     p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the results already in --out (made with other settings) and start fresh")
     p.add_argument("--no-report", action="store_true", help="skip writing report.md/report.html")
     p.add_argument("--list", action="store_true", help="list suites, tasks and generators and exit")
     p.set_defaults(func=cmd_bench)
@@ -91,7 +95,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results = run_suite(
         args.suite, _split(args.generators), args.out, potential=args.potential, executor=args.executor,
         workers=args.workers, address=args.address, tasks=_split(args.tasks), seeds=seeds, n_samples=args.n,
-        generator_options=_parse_options(args.option),
+        generator_options=_parse_options(args.option), overwrite=args.overwrite,
     )
     print(f"{results['jobs_finished']}/{results['jobs_planned']} jobs; potential {results['potential']['name']} "
           f"({results['potential']['selected_because']})")

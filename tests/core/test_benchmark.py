@@ -374,3 +374,76 @@ def test_rl_policy_with_a_checkpoint_table_plays_each_formula_with_its_own(tmp_p
         get_generator("rl_policy", checkpoint={"CH4O": "a.zip", "OCH4": "b.zip"})
     with pytest.raises(ValueError, match="checkpoint for 'CH4O' must be a path, got 3"):
         get_generator("rl_policy", checkpoint={"CH4O": 3})
+
+
+# ---------------------------------------------------------------- a results directory keeps its settings
+
+
+def test_rerun_with_other_settings_never_replaces_finished_results(tmp_path, capsys):
+    """OUT remembers its settings: other --n/--seeds/options are refused (naming them) unless --overwrite; the
+    same settings resume; adding a generator resumes too, dropping one is refused."""
+    from molgym.cli import main
+
+    out = tmp_path / "run"
+
+    def bench(*extra: str, generators: str = "qm9", n: str = "1") -> int:
+        return main(["bench", "--suite", "quick", "--tasks", "CH4O", "--seeds", "0", "--potential", "xtb",
+                     "--workers", "1", "--no-report", "--generators", generators, "--n", n, "--out", str(out),
+                     *extra])
+
+    def stamps() -> dict:
+        return {p.name: p.stat().st_mtime_ns for p in (out / "jobs").glob("*.json")}
+
+    assert bench() == 0
+    assert json.loads((out / "settings.json").read_text())["n_samples"] == 1
+    first = stamps()
+    capsys.readouterr()
+    for kwargs, extra, named in [({"n": "2"}, (), "n_samples"), ({}, ("--seeds", "0,1"), "seeds"),
+                                 ({}, ("--tasks", "CH4O,C2H2O2"), "tasks"),
+                                 ({}, ("--potential", "gfn1-xtb"), "potential")]:
+        assert bench(*extra, **kwargs) == 2
+        err = capsys.readouterr().err
+        assert named in err and "--overwrite" in err and "Traceback" not in err, err
+        assert stamps() == first
+    assert bench() == 0 and stamps() == first  # same settings: resumes, nothing rerun
+
+    both = "qm9,random_search"
+    assert bench("--option", "random_search.steps=0", generators=both) == 0  # adding a generator resumes
+    now = stamps()
+    assert now["qm9__CH4O__seed0.json"] == first["qm9__CH4O__seed0.json"] and len(now) == 2
+    capsys.readouterr()
+    assert bench("--option", "random_search.steps=1", generators=both) == 2
+    assert "random_search" in capsys.readouterr().err
+    assert bench() == 2  # random_search's results would drop out of results.json
+    assert "random_search" in capsys.readouterr().err
+    assert stamps() == now
+
+    assert bench("--overwrite", n="2") == 0  # starts fresh
+    assert json.loads((out / "results.json").read_text())["n_samples"] == 2
+    assert list(stamps()) == ["qm9__CH4O__seed0.json"] and not list((out / "samples").glob("random_search*"))
+
+
+def test_elements_missing_from_the_potential_fail_before_any_job(tmp_path, tiny_mace_file):
+    from molgym.benchmark.runner import run_suite
+
+    suite = Suite(name="elements-test", version="0", description="", tasks=("CH4O", "CH3Cl"), n_samples=1,
+                  seeds=(0,), relax_steps=0, referee_sample=0)
+    with pytest.raises(ValueError, match=r"tiny\.model.*task 'CH3Cl' needs Cl") as err:
+        run_suite(suite, ["qm9"], tmp_path, potential=str(tiny_mace_file), workers=1, progress=False)
+    assert "H, C, N, O, F" in str(err.value)
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_unknown_generator_options_name_the_allowed_ones(tmp_path, capsys):
+    from molgym.cli import main
+
+    out = tmp_path / "never"
+    argv = ["bench", "--potential", "xtb", "--no-report", "--out", str(out)]
+    assert main(argv + ["--option", "random_search.bogus=4"]) == 2
+    err = capsys.readouterr().err
+    assert "'bogus'" in err and "tries" in err and "steps" in err and "Traceback" not in err
+    assert main(argv + ["--option", "simgen.steps=4"]) == 2  # not a generator of this run
+    assert "simgen" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="unknown option 'oops' for generator 'qm9'; allowed: potential"):
+        get_generator("qm9", oops=1)
