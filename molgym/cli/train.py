@@ -36,10 +36,14 @@ def register(subparsers) -> None:
                       "canvas, so agents cannot exploit the potential's errors. 'auto' (default): 'xtb' for a "
                       "MACE potential, none for xtb/pm6; 'none': the potential's rewards only; or any potential "
                       "spec")
-    task.add_argument("--env-kwargs", default="{}", help="more environment arguments as JSON, e.g. '{\"workspace\": 6}'")
+    task.add_argument("--env-kwargs", default="{}", help="more environment arguments as JSON, e.g. "
+                      "'{\"workspace\": 6}'; the keys must be parameters of the environment's constructor")
     run = p.add_argument_group("run")
     run.add_argument("--agent", choices=AGENT_CHOICES, default="covariant", help="which agent (default covariant)")
-    run.add_argument("--steps", type=int, default=10_000, help="total environment steps (default 10000)")
+    run.add_argument("--steps", type=int, default=10_000,
+                     help="total environment steps (default 10000). PPO trains in whole rollouts of --n-steps x "
+                     "--n-envs steps, so a count that is not a multiple is rounded up to the next whole rollout "
+                     "(the rounded count is printed before training starts)")
     run.add_argument("--n-envs", type=int, default=4, help="parallel environments, one batched potential call "
                      "per step (default 4)")
     run.add_argument("--seed", type=int, default=0, help="seed of the environments, weights and sampling")
@@ -98,15 +102,74 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def check_env_kwargs(env_id: str, env_kwargs: dict) -> None:
+    """Raise ``ValueError`` naming the keys of ``env_kwargs`` that the constructor of ``env_id``'s environment
+    class does not take, and listing those it does (an environment that takes ``**kwargs`` accepts any key).
+    Imports the environment's module, loads nothing."""
+    import inspect
+
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    import molgym  # noqa: F401  (registers the MolGym/* ids)
+
+    entry = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    params = inspect.signature(creator).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [name for name, p in params.items()
+               if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = [key for key in env_kwargs if key not in allowed]
+    if unknown:
+        raise ValueError(f"--env-kwargs: unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(repr(k) for k in unknown)} for {env_id} ({getattr(creator, '__name__', entry)}); "
+                         f"allowed: {', '.join(allowed)}")
+
+
+def _checkpoint_step(out: Path) -> int | None:
+    """The step count saved in ``out/checkpoints/latest.zip`` (SB3 archives keep it in their ``data`` JSON), or
+    ``None`` when there is none to read."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(out / "checkpoints" / "latest.zip") as archive:
+            return int(json.loads(archive.read("data"))["num_timesteps"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def state_rounded_steps(cfg, resume: bool, log=print) -> int | None:
+    """Say (with ``log``) how many steps the run will reach when ``cfg.steps`` is not a whole number of PPO
+    rollouts (``n_steps x n_envs`` steps each; SB3 only stops between rollouts) and return that count; ``None``
+    when nothing is rounded. A resumed run counts from the step of its latest checkpoint."""
+    start = (_checkpoint_step(Path(cfg.out)) if resume else 0) or 0
+    rollout = cfg.n_steps * cfg.n_envs
+    remaining = cfg.steps - start
+    if remaining <= 0 or remaining % rollout == 0:
+        return None
+    total = start + -(-remaining // rollout) * rollout
+    span = (f"the {remaining} steps from the checkpoint at step {start} to --steps {cfg.steps} are" if start
+            else f"--steps {cfg.steps} is")
+    log(f"note: PPO trains in whole rollouts of n_steps x n_envs = {cfg.n_steps} x {cfg.n_envs} = {rollout} steps; "
+        f"{span} not a whole number of rollouts, so this run trains to {total} steps")
+    return total
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from molgym.agents.common.training import train, validate_config
 
     cfg = config_from_args(args)
     validate_config(cfg)  # bad settings fail here, before any model or potential loads
+    check_env_kwargs(cfg.env_id, cfg.env_kwargs)
+    state_rounded_steps(cfg, args.resume)
     summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"trained {summary['agent']} on {summary['env_id']}{' ' + summary['formula'] if summary['formula'] else ''} for {summary['steps']} steps "
           f"({summary['trained_this_session']} this session, {summary['wall_s']:.0f} s"
           + (f", {summary['env_steps_per_s']:.1f} env steps/s" if summary["env_steps_per_s"] else "") + ")")
+    reference = summary.get("reward_rules", {}).get("reference_name")
+    print(f"rewards: {summary['potential']} per step" + (f"; episode returns corrected to {reference} at each "
+          "episode's end (returns and fractions below are the reference's)" if reference else ""))
     for label, g in (("greedy", summary["final_greedy"]), ("sampled", summary["final_sampled"])):
         if g and g["episodes"]:
             frac = g.get("mean_fraction_of_optimum")
