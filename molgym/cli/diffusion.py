@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from molgym.cli.generate import _add_common, _positive_int, run_generation, sample_with_progress
+from molgym.cli.generate import _add_common, _positive_int, check_output_path, run_generation, sample_with_progress
 
 
 def _float_at_least(text: str, low: float, strict: bool, wanted: str) -> float:
@@ -283,6 +283,7 @@ def register_generate(commands) -> None:
 
 
 def cmd_generate(args) -> int:
+    check_output_path(args.out)  # before the sampler loads its model
     from molgym.agents.diffusion import DiffusionSampler
 
     generator = DiffusionSampler(model=args.model, steps=args.steps, churn=args.churn, sigma_max=args.sigma_max,

@@ -19,8 +19,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--num", type=int, default=10, help="number of molecules (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same molecules")
     parser.add_argument("--out", required=True,
-                        help="output file (.xyz, extended XYZ); a directory gets molecules.xyz. A JSON summary "
-                             "(settings, timing, validity) is written next to it")
+                        help="output file (.xyz or .extxyz, written as extended XYZ); a directory (existing, ending "
+                             "in '/' or without an extension) gets molecules.xyz. A JSON summary (settings, timing, "
+                             "validity) is written next to it. Checked before anything is generated")
     parser.add_argument("--task", default=None,
                         help="a benchmark task (molgym.benchmark.get_task: a formula, qm9-unconditional, shape-ring, "
                              "shape-line, shape:FILE.xyz, ...) instead of the free settings")
@@ -97,11 +98,61 @@ def register(subparsers) -> None:
         register_method(commands)
 
 
+#: File name endings ``--out`` may have: the molecules are written as extended XYZ.
+OUTPUT_SUFFIXES = (".xyz", ".extxyz")
+
+
 def _output_path(out: str) -> Path:
     path = Path(out)
     if path.is_dir() or out.endswith(("/", "\\")) or not path.suffix:
         return path / "molecules.xyz"
     return path
+
+
+def check_output_path(out: str) -> Path:
+    """The molecules file that ``--out`` names, checked before anything is generated (so that minutes of
+    generation never end in an unwritable path): an extended-XYZ name, neither it nor its JSON summary an
+    existing directory, and its folder either existing and writable or creatable (the nearest existing parent is
+    a writable directory). Raises :class:`molgym.cli.CLIError` naming the problem."""
+    import os
+
+    from molgym.cli import CLIError
+
+    path = _output_path(out)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise CLIError(f"--out {out!r}: molecules are written as extended XYZ, so give a file name ending in "
+                       f"{' or '.join(OUTPUT_SUFFIXES)}, or a directory (end it with '/' if it does not exist yet)")
+    for target in (path, path.with_suffix(".json")):
+        if target.is_dir():
+            raise CLIError(f"--out {out!r}: {target} is an existing directory, so it cannot be written as a file; "
+                           "choose another --out")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"--out {out!r}: cannot create the directory {path.parent}, because {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out!r}: {existing} is not writable")
+    return path
+
+
+def _save_or_rescue(path: Path, molecules: list) -> None:
+    """Write ``molecules`` to ``path``; if that fails, save them to a temporary file and raise a
+    :class:`molgym.cli.CLIError` naming both, so generated molecules are never lost."""
+    import os
+    import tempfile
+
+    from molgym import io as molgym_io
+    from molgym.cli import CLIError
+
+    try:
+        molgym_io.write_xyz(path, molecules)
+    except OSError as err:
+        fd, rescue = tempfile.mkstemp(prefix="molgym-generate-", suffix=".xyz")
+        os.close(fd)
+        molgym_io.write_xyz(rescue, molecules)
+        raise CLIError(f"could not write {path} ({err}); the {len(molecules)} generated molecules were saved to "
+                       f"{rescue}") from None
 
 
 def sample_with_progress(generator, n: int, seed: int, task=None, progress: bool = True,
@@ -135,11 +186,11 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
     import numpy as np
 
     from molgym.cli import CLIError
-    from molgym.io import write_json, write_xyz
+    from molgym.io import write_json
 
     if n < 1:
         raise CLIError(f"-n must be at least 1, got {n}")
-    path = _output_path(out)
+    path = check_output_path(out)
     task_obj = None
     if task is not None:
         from molgym.benchmark import get_task
@@ -154,7 +205,7 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
         m.info["connected"] = bool(p.connected)
         if p.smiles:
             m.info["smiles"] = p.smiles
-    write_xyz(path, molecules)
+    _save_or_rescue(path, molecules)
     valid = sum(p.valid for p in perceptions)
     from molgym.metrics.chemistry import novelty
 
@@ -186,7 +237,11 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
         "generator": generator.metadata(),
         "molecules": str(path),
     }
-    write_json(path.with_suffix(".json"), summary)
+    try:
+        write_json(path.with_suffix(".json"), summary)
+    except OSError as err:
+        raise CLIError(f"wrote the molecules to {path}, but not their summary {path.with_suffix('.json')}: "
+                       f"{err}") from None
     shape = "" if prior_distance is None else f", heavy atoms {prior_distance:.2f} Å from the prior"
     print(f"wrote {len(molecules)} molecules to {path} ({valid} valid, {summary['unique_valid']} unique valid, "
           f"{elapsed:.1f} s, {summary['valid_per_minute']} valid/min{shape}); summary: {path.with_suffix('.json')}")
@@ -194,6 +249,7 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
 
 
 def cmd_simgen(args) -> int:
+    check_output_path(args.out)  # before the generator loads its models
     from molgym.agents.simgen import SiMGen
 
     options = {}

@@ -164,11 +164,17 @@ def register(subparsers) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    import contextlib
+    import sys
+
     from ase.data import chemical_symbols
 
     from molgym.potentials import load_potential
 
-    pot = load_potential(args.spec, device=args.device)
+    # Backends print while they import and load (mace: "cuequivariance ... is not available"): send that to
+    # stderr, so that stdout holds only our output and `--json` is valid JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        pot = load_potential(args.spec, device=args.device)
     info: dict = {
         "spec": args.spec,
         "name": pot.name,

@@ -89,12 +89,24 @@ class ProvisionalModelWarning(UserWarning):
     """The shipped model works but does not yet meet molgym's accuracy targets (see its model card)."""
 
 
+#: Environment variable listing the provisional models (``name:sha256-prefix``, comma-separated) this run has
+#: already warned about. The first warning sets it, so the warning is printed once per process, and worker
+#: processes started afterwards (``molgym bench`` jobs, which load the potential again) inherit it and stay quiet.
+WARNED_ENV = "MOLGYM_PROVISIONAL_WARNED"
+
+
 def _warn_if_provisional(name: str) -> None:
+    """Warn (:class:`ProvisionalModelWarning`) that shipped model ``name`` is not a release, once per run."""
     card = shipped_model_card(name)
     status = card.get("status", "release")
     if status != "release":
         import warnings
 
+        key = f"{name}:{str(card.get('sha256', ''))[:16]}"
+        warned = [k for k in os.environ.get(WARNED_ENV, "").split(",") if k]
+        if key in warned:
+            return
+        os.environ[WARNED_ENV] = ",".join([*warned, key])
         warnings.warn(
             f"the shipped '{name}' MACE model is {status}: its test errors exceed molgym's accuracy targets "
             f"(figures in molgym/potentials/models/{name}.md); for reference-quality rewards use potential='xtb'",

@@ -91,3 +91,99 @@ def test_evaluate_without_labels_asks_for_a_reference(tmp_path, capsys):
     write_xyz(data, [molecule("H2O")])
     assert main(["potential", "evaluate", "--potential", "xtb", "--data", str(data)]) == 2
     assert "no stored energy" in capsys.readouterr().err
+
+
+def test_potential_info_json_is_json_only(tiny_mace_file):
+    """Third-party import chatter (mace's cuequivariance line) must not reach stdout of a JSON command."""
+    import os
+
+    cmd = [sys.executable, "-m", "molgym", "potential", "info", str(tiny_mace_file), "--device", "cpu", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    info = json.loads(out.stdout)
+    assert info["backend"] == "MACEPotential" and info["species"] == ["H", "C", "N", "O", "F"]
+
+
+def test_provisional_warning_is_printed_once_per_run_workers_included(tmp_path, monkeypatch, tiny_mace_file):
+    import os
+    import warnings
+
+    from molgym.potentials import load_potential, registry
+
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path)
+    monkeypatch.setenv(registry.WARNED_ENV, "")  # nothing warned yet in this "run"
+    (tmp_path / "default.model").write_bytes(tiny_mace_file.read_bytes())
+    card = {"file": "default.model", "sha256": registry.sha256_of(tiny_mace_file), "status": "provisional"}
+    (tmp_path / "default.json").write_text(json.dumps(card))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            load_potential("default", device="cpu", committee=False)
+    assert sum(issubclass(w.category, registry.ProvisionalModelWarning) for w in caught) == 1
+
+    # a worker process of this run (e.g. a `molgym bench` job) inherits the environment and stays quiet ...
+    code = ("import pathlib, warnings; from molgym.potentials import registry; warnings.simplefilter('always'); "
+            f"registry.MODELS_DIR = pathlib.Path({str(tmp_path)!r}); registry._warn_if_provisional('default')")
+    worker = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "provisional" not in worker.stderr
+    # ... while a new run warns again
+    env = {k: v for k, v in os.environ.items() if k != registry.WARNED_ENV}
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert "is provisional" in fresh.stderr
+
+
+@pytest.mark.parametrize("method, module, cls", [("simgen", "molgym.agents.simgen", "SiMGen"),
+                                                 ("diffusion", "molgym.agents.diffusion", "DiffusionSampler")])
+def test_generate_checks_out_before_generating(method, module, cls, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    def never(*args, **kwargs):
+        raise AssertionError("the generator was built before --out was checked")
+
+    monkeypatch.setattr(importlib.import_module(module), cls, never)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    (tmp_path / "taken.json").mkdir()  # where the summary of taken.xyz would go
+    for out, message in [(a_file / "mols.xyz", "is a file"), (tmp_path / "mols.pdb", ".xyz or .extxyz"),
+                         (tmp_path / "taken.xyz", "is an existing directory")]:
+        assert main(["generate", method, "-n", "2", "--no-progress", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (a_file.parent / "mols.pdb").exists()
+
+
+def test_generated_molecules_survive_a_failed_write(tmp_path, monkeypatch):
+    """If writing fails anyway (disk full, a directory removed meanwhile), the molecules go to a temp file."""
+    import tempfile
+    from pathlib import Path
+
+    import ase.io
+
+    import molgym.io
+    from molgym.cli import CLIError
+    from molgym.cli.generate import run_generation
+
+    class Methane:
+        name = "methane"
+
+        def generate_molecules(self, n, seed, task=None, progress=None):
+            return [molecule("CH4") for _ in range(n)]
+
+        def metadata(self):
+            return {"name": self.name}
+
+    target = tmp_path / "out" / "mols.xyz"
+    real_write = molgym.io.write_xyz
+
+    def full_disk(path, structures):
+        if Path(path) == target:
+            raise OSError(28, "No space left on device")
+        real_write(path, structures)
+
+    monkeypatch.setattr(molgym.io, "write_xyz", full_disk)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    with pytest.raises(CLIError, match="No space left on device") as err:
+        run_generation(Methane(), 3, 0, str(target), False, "test")
+    saved = list((tmp_path / "tmp").glob("*.xyz"))
+    assert len(saved) == 1 and str(saved[0]) in str(err.value)
+    assert len(ase.io.read(saved[0], index=":")) == 3
