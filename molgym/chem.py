@@ -24,6 +24,7 @@ __all__ = [
     "symbol",
     "parse_formula",
     "format_formula",
+    "MAX_FORMULA_ATOMS",
     "bag_from_numbers",
     "bag_size",
     "bag_electrons",
@@ -77,6 +78,13 @@ _PERIODIC_TABLE = (
 
 _TOKEN = re.compile(r"([A-Z][a-z]?)(\d*)")
 
+#: The most atoms a formula may have. molgym's tasks place atoms one per step, and observation sizes, episode
+#: lengths and potential calls all grow with the bag: QM9 molecules have at most 29 atoms and the largest MolGym
+#: task 19, so 100 leaves room for larger molecules while a slip such as ``C1000`` fails at once, with this bound
+#: in the message, instead of starting an absurd run.
+MAX_FORMULA_ATOMS = 100
+_HUGE_COUNT = 10**9
+
 
 def element(key: str | int) -> Element:
     """Look up an element by symbol (``"C"``) or atomic number (``6``); raise ``ValueError`` if unsupported."""
@@ -118,9 +126,12 @@ def valences(key: str | int) -> tuple[int, ...]:
 def parse_formula(formula: str) -> dict[str, int]:
     """Parse a chemical formula into a bag ``{symbol: count}`` in Hill order.
 
-    Accepts formulas such as ``"C7H8N2O2"``, ``"CH4O"`` and ``"CH3OH"`` (repeated elements are summed).
+    Accepts formulas such as ``"C7H8N2O2"``, ``"CH4O"`` and ``"CH3OH"`` (repeated elements are summed). A symbol
+    without a count means one atom, as in chemistry: ``"C7H"`` is C7H1 (43 electrons, a radical), not a
+    shorthand for any other hydrogen count.
     Raises ``ValueError`` naming the problem for empty strings, lower-case symbols (``"c2h6"``), unknown or
-    unsupported elements (``"Xx2"``), zero counts and any other character (``"C-1"``).
+    unsupported elements (``"Xx2"``), zero counts, any other character (``"C-1"``) and formulas of more than
+    :data:`MAX_FORMULA_ATOMS` atoms (``"C1000"``).
     """
     if not isinstance(formula, str):
         raise TypeError(f"formula must be a string, got {type(formula).__name__}")
@@ -140,7 +151,8 @@ def parse_formula(formula: str) -> dict[str, int]:
             break
         sym, digits = match.group(1), match.group(2)
         element(sym)  # raises with the list of supported elements
-        count = int(digits) if digits else 1
+        # a count of ten or more digits is over the size bound anyway; capping it keeps int() off huge strings
+        count = 1 if not digits else (int(digits) if len(digits.lstrip("0")) < 10 else _HUGE_COUNT)
         if count == 0:
             raise ValueError(f"malformed formula {formula!r}: element {sym!r} has a count of zero")
         bag[sym] = bag.get(sym, 0) + count
@@ -149,6 +161,12 @@ def parse_formula(formula: str) -> dict[str, int]:
         raise ValueError(
             f"malformed formula {formula!r}: unexpected {text[pos]!r} at position {pos}; "
             "expected element symbols each followed by an optional positive count, e.g. 'C7H8N2O2'"
+        )
+    if sum(bag.values()) > MAX_FORMULA_ATOMS:
+        size = sum(bag.values()) if sum(bag.values()) < _HUGE_COUNT else "over a billion"
+        raise ValueError(
+            f"formula {formula!r} has {size} atoms; molgym's atom-placement tasks take at most "
+            f"{MAX_FORMULA_ATOMS} atoms (molgym.chem.MAX_FORMULA_ATOMS)"
         )
     return hill_order(bag)
 

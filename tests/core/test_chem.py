@@ -83,3 +83,18 @@ def test_bag_helpers():
 
 def test_hill_order_without_carbon_is_alphabetical():
     assert chem.format_formula(chem.parse_formula("NH3")) == "H3N"
+
+
+def test_implicit_count_is_one():
+    assert chem.parse_formula("C7H") == {"C": 7, "H": 1}  # 'C7H' is C7H1, not a typo for C7H8
+    assert chem.format_formula(chem.parse_formula("C7H1")) == "C7H"
+
+
+def test_formula_size_is_bounded():
+    """Atom-placement tasks place atoms one by one: absurd sizes are refused, naming the bound, in one place."""
+    limit = chem.MAX_FORMULA_ATOMS
+    assert limit == 100
+    assert chem.bag_size(chem.parse_formula(f"C{limit - 2}H2")) == limit
+    for formula in ("C1000", f"C{limit}H", "C" + "9" * 5000):
+        with pytest.raises(ValueError, match=rf"at most {limit} atoms"):
+            chem.parse_formula(formula)
