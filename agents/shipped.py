@@ -56,11 +56,13 @@ def shipped_checkpoint(formula: str) -> Path:
     return check_sha256(path, entry["sha256"], "shipped checkpoint", "its index")
 
 
-def ship_checkpoint(run_dirs: list[str | Path], checkpoint_dir: str | Path = CHECKPOINT_DIR) -> dict:
+def ship_checkpoint(run_dirs: list[str | Path], checkpoint_dir: str | Path = CHECKPOINT_DIR,
+                    note: str | None = None) -> dict:
     """Ship the median seed of finished ``molgym train`` runs of one formula task: copy its ``model.zip`` to
     ``covariant-<FORMULA>.zip`` (or ``internal-...``) in ``checkpoint_dir`` and replace that formula's entry of
-    ``index.json`` with its provenance (settings, reward rules, final greedy summary, the command, sha256). Both
-    writes are atomic. Returns the new entry.
+    ``index.json`` with its provenance (settings, reward rules, final greedy summary, the command, sha256, and
+    ``note``: how the runs came about, when their seeds alone do not say it). Both writes are atomic. Returns the
+    new entry.
 
     The runs must be seeds of one setting (same agent, formula, potential, reference and budget); the median seed by
     final greedy fraction of the best-known return is chosen (the lower middle of an even number), so a shipped
@@ -107,6 +109,7 @@ def ship_checkpoint(run_dirs: list[str | Path], checkpoint_dir: str | Path = CHE
         "final_greedy": summary.get("final_greedy"),
         "seeds_final_greedy_fraction": {str(r.config["seed"]): fraction(r) for r in runs},
         "wall_s": summary.get("wall_s"),
+        **({"note": note} if note else {}),
         "command": f"molgym train --formula {formula} " + " ".join(f"{k} {v}" for k, v in flags.items())
         + " --out DIR",
     }
