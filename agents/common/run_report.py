@@ -197,11 +197,11 @@ def held_out_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str
 
 
 def referee_table(groups: dict[tuple[str, int, str], list[TrainingRun]], referee: str = "xtb",
-                  checkpoints: dict[str, str] | None = None, log=print) -> str:
+                  checkpoints: list[tuple[str, str]] | None = None, log=print) -> str:
     """Markdown table of the final greedy molecules judged by ``referee`` (:mod:`molgym.agents.common.referee`):
     per group, the referee's return / its best-known return, validity, relaxation energy drop and RMSD under the
-    referee (median over seeds [min, max]) and the training cost; ``checkpoints`` (label -> ``FORMULA=path.zip``)
-    adds one row per policy file, played greedily."""
+    referee (median over seeds [min, max]) and the training cost; ``checkpoints`` (``(label, "FORMULA=path.zip")``
+    pairs) adds one row per policy file, played greedily."""
     from molgym.agents.common.referee import judge_checkpoint, judge_run
     from molgym.benchmark.report import md_table
 
@@ -216,7 +216,7 @@ def referee_table(groups: dict[tuple[str, int, str], list[TrainingRun]], referee
                      _median_range([j["relax_drop"] for j in judged if j["relax_drop"] is not None]),
                      _median_range([j["relax_rmsd"] for j in judged if j["relax_rmsd"] is not None]),
                      f"{statistics.median(cost):.0f}" if cost else "n/a"])
-    for label, spec in (checkpoints or {}).items():
+    for label, spec in checkpoints or ():
         formula, _, path = spec.partition("=")
         log(f"judging checkpoint {label} ({path}) on {formula} with {referee}")
         j = judge_checkpoint(path, formula, referee)["summary"]
@@ -299,7 +299,7 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
 
 
 def write_training_report(paths: list[str | Path], out: str | Path, log=print, referee: str | None = None,
-                          checkpoints: dict[str, str] | None = None) -> tuple[Path, Path | None]:
+                          checkpoints: list[tuple[str, str]] | None = None) -> tuple[Path, Path | None]:
     """Write ``training_report.md`` and ``learning_curves.png`` under ``out`` for the finished runs in ``paths``;
     with ``referee`` (e.g. ``"xtb"``) also the table of :func:`referee_table` (``checkpoints`` adds policy files to
     it)."""
@@ -315,7 +315,7 @@ def write_training_report(paths: list[str | Path], out: str | Path, log=print, r
     png = plot_learning_curves(groups, out / "learning_curves.png")
     lines = ["# Training runs", "", f"{len(runs)} finished runs in {len(groups)} groups (seeds of one setting). "
              "Greedy return / best-known: the final greedy policy's mean return over the best-known return of the "
-             "formula under the same potential. Valid: one connected molecule that RDKit sanitises after bond "
+             "formula under the potential its returns are measured in (the reference, for runs with one). Valid: one connected molecule that RDKit sanitises after bond "
              "perception. First eval: the first periodic greedy evaluation at or above "
              f"{TARGET_FRACTION:.0%} of the best-known return.", "", learning_table(groups), ""]
     held = held_out_table(groups)

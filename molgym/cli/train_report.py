@@ -34,12 +34,12 @@ def cmd_train_report(args: argparse.Namespace) -> int:
     """Write the report and print the learning table."""
     from molgym.agents.common.run_report import write_training_report
 
-    checkpoints = {}
+    checkpoints = []
     for item in args.checkpoint:
         label, sep, spec = item.partition(":")
         if not sep or "=" not in spec:
             raise ValueError(f"--checkpoint must be LABEL:FORMULA=PATH, got {item!r}")
-        checkpoints[label] = spec
+        checkpoints.append((label, spec))
     if checkpoints and not args.referee:
         raise ValueError("--checkpoint needs --referee (the checkpoints are judged by it)")
     md, png = write_training_report(args.runs, args.out, referee=args.referee, checkpoints=checkpoints)
