@@ -84,9 +84,7 @@ def _json_arg(name: str, text: str) -> dict:
 
 
 def config_from_args(args: argparse.Namespace):
-    from molgym.agents.common.training import TrainConfig
-
-    from molgym.agents.common.training import resolve_reference
+    from molgym.agents.common.training import TrainConfig, resolve_reference
 
     formula = None if str(args.formula).lower() == "none" else args.formula
     return TrainConfig(
