@@ -157,7 +157,7 @@ def learning_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str
     """The Markdown learning table: one row per (task, budget, agent), figures over the group's seeds."""
     from molgym.benchmark.report import md_table
 
-    header = ["task", "steps", "agent", "seeds", "greedy return / best-known: median [min, max]",
+    header = ["task", "steps", "agent", "reward", "seeds", "greedy return / best-known: median [min, max]",
               "greedy valid (median)", "sampled valid (median)", f"first eval at >= {TARGET_FRACTION:g}, per seed",
               "s per 10k steps (median)", "env steps/s (median)"]
     rows = []
@@ -167,7 +167,8 @@ def learning_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str
         sampled_valid = [v for r in runs if (v := _final(r, "sampled", "validity")) is not None]
         cost = [c for r in runs if (c := r.summary.get("s_per_10k_steps")) is not None]
         speed = [c for r in runs if (c := r.summary.get("env_steps_per_s")) is not None]
-        rows.append([task, f"{steps:,}", agent, str(len(runs)), _median_range(fractions), _pct(greedy_valid),
+        rows.append([task, f"{steps:,}", agent, runs[0].reward, str(len(runs)), _median_range(fractions),
+                     _pct(greedy_valid),
                      _pct(sampled_valid), ", ".join(_first_at_target(r) for r in runs),
                      f"{statistics.median(cost):.0f}" if cost else "n/a",
                      f"{statistics.median(speed):.0f}" if speed else "n/a"])

@@ -41,8 +41,8 @@ def test_table_takes_medians_over_seeds_and_separates_settings(tmp_path):
     assert {k: len(v) for k, v in groups.items()} == {("CH4O", 12000, "internal [1]"): 3,
                                                        ("CH4O", 12000, "internal [2]"): 1}
     table = learning_table(groups).splitlines()
-    assert table[2] == ("| CH4O | 12,000 | internal [1] | 3 | 0.700 [0.500, 0.900] | 100% | 50% | never, 4,000, 2,000 "
-                        "| 41 | 249 |")
+    assert table[2] == ("| CH4O | 12,000 | internal [1] | default | 3 | 0.700 [0.500, 0.900] | 100% | 50% | never, "
+                        "4,000, 2,000 | 41 | 249 |")
     assert "| 0.300 [0.300, 0.300] | 0% | 0% | never |" in table[3]
 
 
@@ -59,7 +59,7 @@ def test_train_report_over_real_runs(tmp_path, tiny_mace_file, capsys):
     assert "unfinished: not finished" in printed
     md = (tmp_path / "report" / "training_report.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| CH2O |"))
-    assert "| 16 | internal | 2 |" in row
+    assert "| 16 | internal | " in row and " + xtb correction | 2 |" in row  # --reference auto: xtb
     summaries = [json.loads((tmp_path / "runs" / f"s{s}" / "summary.json").read_text()) for s in (3, 4)]
     # a user's model file has no best-known returns: the fraction is n/a, the curves plot the return instead
     assert all(s["final_greedy"]["mean_fraction_of_optimum"] is None for s in summaries)
