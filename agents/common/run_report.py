@@ -271,7 +271,7 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
                 continue
             for ax, column in ((top, key), (bottom, "validity")):
                 x, med, lo, hi = _curve(runs, column)
-                ax.plot(x, med, color=colours[agent], label=f"{agent} ({len(runs)})", lw=1.5)
+                ax.plot(x, med, color=colours[agent], label=f"{agent}, {runs[0].reward} ({len(runs)})", lw=1.5)
                 if len(runs) > 1:
                     ax.fill_between(x, lo, hi, color=colours[agent], alpha=0.2, lw=0)
         if use_fraction:
@@ -287,7 +287,7 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
         for ax in (top, bottom):
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-        top.legend(fontsize=7, title="agent (seeds)", title_fontsize=7, loc="lower right")
+        top.legend(fontsize=7, title="agent, reward (seeds)", title_fontsize=7, loc="lower right")
     fig.suptitle("periodic greedy evaluation: median over seeds, band = min-max", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))  # room for the title
     from molgym.io import atomic_path
