@@ -36,39 +36,26 @@ RELAX_STEPS = 300
 
 def judge_molecules(molecules: Sequence[Atoms], referee, fmax: float = RELAX_FMAX,
                     steps: int = RELAX_STEPS) -> list[dict[str, Any]]:
-    """One record per molecule (see the module docstring); molecules of fewer than two atoms get ``None``
-    energies, and a structure the referee cannot evaluate (failed SCF) gets ``None`` with ``referee_error``."""
+    """One record per molecule (see the module docstring), computed by the benchmark's own metrics
+    (:func:`molgym.metrics.evaluate.molecule_records`, plausibility gate included) with the referee as the
+    potential and each molecule's own formula's best-known return; a molecule the referee cannot score (fewer
+    than two atoms, fused atoms, a failed SCF or relaxation) gets ``None`` there."""
     from molgym.chem import bag_from_numbers, format_formula
-    from molgym.metrics.chemistry import perceive
-    from molgym.metrics.physics import atomisation_energies, best_known_return, kabsch_rmsd, relax
-    from molgym.potentials.base import PotentialError
+    from molgym.metrics.evaluate import molecule_records
+    from molgym.metrics.physics import best_known_return
 
     records = []
     for atoms in molecules:
         atoms = Atoms(numbers=atoms.numbers, positions=atoms.positions)
-        p = perceive(atoms)
         formula = format_formula(bag_from_numbers(atoms.numbers)) if len(atoms) else ""
-        rec: dict[str, Any] = {"formula": formula, "n_atoms": len(atoms), "valid": bool(p.valid and p.connected),
-                               "smiles": p.smiles, "referee_return": None, "referee_fraction": None,
-                               "relax_drop": None, "relax_rmsd": None, "relax_steps": None}
-        if len(atoms) >= 2:
-            energies, returns = atomisation_energies(referee, [atoms])
-            if np.isfinite(returns[0]):
-                rec["referee_return"] = float(returns[0])
-                best = best_known_return(formula, referee)
-                rec["referee_fraction"] = None if not best else float(returns[0]) / best
-                try:
-                    relaxed, n = relax(atoms, referee, fmax=fmax, steps=steps)
-                    rec["relax_drop"] = float(energies[0] - referee.energies([relaxed])[0])
-                except (PotentialError, ValueError, np.linalg.LinAlgError) as err:
-                    rec["referee_error"] = f"relaxation failed: {err}"
-                else:
-                    heavy = atoms.numbers > 1
-                    rec["relax_rmsd"] = kabsch_rmsd(atoms.positions[heavy], relaxed.positions[heavy])
-                    rec["relax_steps"] = n
-            else:
-                rec["referee_error"] = f"{referee.name} could not evaluate the molecule"
-        records.append(rec)
+        scorable = len(atoms) >= 2
+        best = best_known_return(formula, referee) if scorable else None
+        m = molecule_records([atoms], referee if scorable else None, formula=formula or None, best_known=best,
+                             relax_fmax=fmax, relax_steps=steps)[0]
+        records.append({"formula": formula, "n_atoms": len(atoms), "valid": bool(m["valid_connected"]),
+                        "smiles": m["smiles"], "referee_return": m.get("return"),
+                        "referee_fraction": m.get("fraction_best_known"), "relax_drop": m.get("relax_energy_drop"),
+                        "relax_rmsd": m.get("relax_rmsd"), "relax_steps": m.get("relax_steps")})
     return records
 
 
