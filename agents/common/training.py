@@ -103,8 +103,12 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-#: potentials that are quantum-chemical methods: their rewards are already reference rewards
-QUANTUM_POTENTIALS = ("xtb", "gfn2-xtb", "gfn1-xtb", "ipea1-xtb", "pm6")
+def _quantum_potentials() -> tuple[str, ...]:
+    """The named specs that are quantum-chemical methods (all but the shipped MACE model): their rewards are
+    already reference rewards."""
+    from molgym.potentials.registry import NAMED_SPECS
+
+    return tuple(spec for spec in NAMED_SPECS if spec != "default")
 
 
 def resolve_reference(reference: str | None, potential: str) -> str | None:
@@ -113,7 +117,7 @@ def resolve_reference(reference: str | None, potential: str) -> str | None:
     if reference is None or str(reference).strip().lower() == "none":
         return None
     if str(reference).strip().lower() == "auto":
-        return None if str(potential).strip().lower() in QUANTUM_POTENTIALS else "xtb"
+        return None if str(potential).strip().lower() in _quantum_potentials() else "xtb"
     return str(reference)
 
 
