@@ -80,6 +80,46 @@ def load_descriptor_model(spec, device: str | None = None):
     return pot
 
 
+#: Share of a batch's progress given to each phase, ``(start, end)`` (roughly their share of the time).
+_PHASES = {"diffusion": (0.0, 0.25), "elements": (0.25, 0.35), "relaxation": (0.35, 1.0)}
+
+
+class _Progress:
+    """Feeds a ``progress(k)`` callback with the molecules done, fractions included, never going back.
+
+    :meth:`batch` starts a batch of ``size`` molecules after ``offset`` done; :meth:`phase` gives the function a
+    phase calls with its own fraction done (0..1), mapped onto its share of the batch; :meth:`whole` reports a
+    whole number when a batch ends. Fractional values are rounded down to hundredths of a molecule and passed on
+    only when they grow, so a callback sees at most ~100 calls per molecule."""
+
+    def __init__(self, callback: Callable[[float], None] | None):
+        self.callback = callback
+        self.offset, self.size = 0, 0
+        self.last: float = 0.0
+        self.calls = 0
+
+    def batch(self, offset: int, size: int) -> None:
+        self.offset, self.size = offset, size
+
+    def phase(self, start: float, end: float) -> Callable[[float], None]:
+        def report(fraction: float) -> None:
+            if self.callback is None:
+                return
+            f = start + (end - start) * min(max(float(fraction), 0.0), 1.0)
+            value = math.floor(100 * (self.offset + self.size * f)) / 100
+            if value > self.last and value < self.offset + self.size:
+                self.last = value
+                self.calls += 1
+                self.callback(value)
+        return report
+
+    def whole(self, done: int) -> None:
+        if self.callback is not None and done > self.last:
+            self.last = done
+            self.calls += 1
+            self.callback(done)
+
+
 @dataclass
 class _Job:
     """One molecule to make: heavy-atom count, element choices and hydrogen target."""
@@ -145,6 +185,8 @@ class SiMGen(Generator):
         max_step: float = 0.25,
         prior_strength: float = 1.0,
         repulsion: tuple[float, float] = (1.35, 0.5),
+        cohesion: float = 0.3,
+        cohesion_start: float = 0.5,
         assignment_width: float = 1.0,
         assignment_rounds: int = 4,
         element_prior: str = "uniform",
@@ -188,6 +230,11 @@ class SiMGen(Generator):
             raise ValueError(f"quench must be in [0, 1), got {quench!r}")
         if not (isinstance(prior_strength, (int, float)) and prior_strength >= 0):
             raise ValueError(f"prior_strength must be >= 0, got {prior_strength!r}")
+        if not (isinstance(cohesion, (int, float)) and not isinstance(cohesion, bool) and 0 <= cohesion <= 1):
+            raise ValueError(f"cohesion must be a number in [0, 1] (0: off), got {cohesion!r}")
+        if not (isinstance(cohesion_start, (int, float)) and not isinstance(cohesion_start, bool)
+                and 0 <= cohesion_start <= 1):
+            raise ValueError(f"cohesion_start must be a fraction of the schedule in [0, 1], got {cohesion_start!r}")
         super().__init__(
             potential=potential if potential is not None else model,
             model=model if isinstance(model, (str, os.PathLike)) else getattr(model, "name", repr(model)),
@@ -197,7 +244,7 @@ class SiMGen(Generator):
                                                     else fragment.get_chemical_formula()),
             particles=particles, steps=steps, kernel_width=list(kernel_width), noise=list(noise), quench=quench,
             step_size=step_size, max_step=max_step, prior_strength=prior_strength, repulsion=list(repulsion),
-            assignment_width=assignment_width, assignment_rounds=assignment_rounds, element_prior=element_prior, relax_steps=relax_steps, relax_fmax=relax_fmax,
+            cohesion=cohesion, cohesion_start=cohesion_start, assignment_width=assignment_width, assignment_rounds=assignment_rounds, element_prior=element_prior, relax_steps=relax_steps, relax_fmax=relax_fmax,
         )
         self.model_spec = model
         self.reference_path = reference
@@ -209,6 +256,7 @@ class SiMGen(Generator):
         self.quench, self.step_size, self.max_step = float(quench), float(step_size), float(max_step)
         self.prior_strength = float(prior_strength)
         self.repulsion = (float(repulsion[0]), float(repulsion[1]))
+        self.cohesion, self.cohesion_start = float(cohesion), float(cohesion_start)
         self.assignment_width = float(assignment_width)
         self.assignment_rounds = int(assignment_rounds)
         self.element_prior = element_prior
@@ -303,14 +351,20 @@ class SiMGen(Generator):
         return jobs
 
     # --- public API -----------------------------------------------------------------------------------------
-    def generate(self, task, n: int, seed: int) -> list[Atoms]:
+    def generate(self, task, n: int, seed: int, progress: Callable[[float], None] | None = None) -> list[Atoms]:
         """``n`` molecules for a benchmark ``task`` (its bag sets the size and, except for unconditional tasks,
-        the elements; a shape task's target becomes the prior), deterministic in ``seed``."""
-        return self.generate_molecules(n, seed, task=task)
+        the elements; a shape task's target becomes the prior), deterministic in ``seed``. ``progress``: as in
+        :meth:`generate_molecules`."""
+        return self.generate_molecules(n, seed, task=task, progress=progress)
 
     def generate_molecules(self, n: int, seed: int, task=None,
-                           progress: Callable[[int], None] | None = None) -> list[Atoms]:
-        """``n`` molecules (task optional); ``progress(k)`` is called after each batch with the molecules done."""
+                           progress: Callable[[float], None] | None = None) -> list[Atoms]:
+        """``n`` molecules (task optional).
+
+        ``progress(k)`` is called with the molecules done so far: during a batch with fractions of molecules (a
+        ``float`` rounded to hundredths, advanced by every integration step, element-search round and relaxation
+        step, so it moves within seconds even for ``n=1``), and after each batch with the whole number done (an
+        ``int``). The values never decrease; the last call is ``progress(n)``."""
         n = check_sample_count(n)
         if n == 0:
             return []
@@ -336,22 +390,26 @@ class SiMGen(Generator):
         # same-size jobs share a batch (the prior energy works on (batch, atoms, 3) tensors)
         order = sorted(range(n), key=lambda i: (jobs[i].n_heavy, i))
         done = 0
+        report = _Progress(progress)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             groups: dict[int, list[int]] = {}
             for i in idx:
                 groups.setdefault(jobs[i].n_heavy, []).append(i)
+            offset = done
             for size, members in groups.items():
                 batch_rng = np.random.default_rng(rng.integers(2**63))
-                for i, mol in zip(members, self._make_batch([jobs[i] for i in members], prior, batch_rng)):
+                report.batch(offset, len(members))
+                for i, mol in zip(members, self._make_batch([jobs[i] for i in members], prior, batch_rng, report)):
                     out[i] = mol
+                offset += len(members)
             done += len(idx)
-            if progress is not None:
-                progress(done)
+            report.whole(done)
         return [m for m in out if m is not None]
 
     # --- one batch --------------------------------------------------------------------------------------------
-    def _make_batch(self, jobs: list[_Job], prior: Prior, rng: np.random.Generator) -> list[Atoms]:
+    def _make_batch(self, jobs: list[_Job], prior: Prior, rng: np.random.Generator,
+                    report: _Progress | None = None) -> list[Atoms]:
         n_free = jobs[0].n_heavy
         fixed = self.fragment
         n_fixed = 0 if fixed is None else len(fixed)
@@ -360,18 +418,20 @@ class SiMGen(Generator):
             prior = GaussianPrior(sigma=float(prior.widths(n_free + n_fixed)[0]))  # sized to the molecule
         starts = np.stack([prior.sample(n_free, rng) for _ in range(n_traj)])  # (T, n_free, 3)
         clock = time.perf_counter()
-        positions = self._diffuse(starts, prior, rng)
+        report = report if report is not None else _Progress(None)
+        positions = self._diffuse(starts, prior, rng, report=report.phase(*_PHASES["diffusion"]))
         # element assignment for every trajectory, then hydrogens, relaxation and the choice per molecule
         particle_jobs = [job for job in jobs for _ in range(self.particles)]
         clock = self._tick("diffusion", clock)
-        numbers, scores = self._assign_elements(positions, particle_jobs, rng)
+        numbers, scores = self._assign_elements(positions, particle_jobs, rng,
+                                                report=report.phase(*_PHASES["elements"]))
         clock = self._tick("elements", clock)
         candidates = [
             [self._build(scores[t], numbers[t], positions[t], job)
              for t in range(k * self.particles, (k + 1) * self.particles)]
             for k, job in enumerate(jobs)
         ]
-        chosen = self._choose(candidates)
+        chosen = self._choose(candidates, report=report.phase(*_PHASES["relaxation"]))
         self._tick("hydrogens_relaxation", clock)
         return chosen
 
@@ -386,8 +446,10 @@ class SiMGen(Generator):
         return Atoms(numbers=np.concatenate([self.fragment.numbers, free_numbers]),
                      positions=np.concatenate([self.fragment.positions, free_positions]))
 
-    def _diffuse(self, starts: np.ndarray, prior: Prior, rng: np.random.Generator) -> np.ndarray:
-        """Integrate the annealed Langevin dynamics; returns the free atoms' final ``(T, n_free, 3)`` positions."""
+    def _diffuse(self, starts: np.ndarray, prior: Prior, rng: np.random.Generator,
+                 report: Callable[[float], None] | None = None) -> np.ndarray:
+        """Integrate the annealed Langevin dynamics; returns the free atoms' final ``(T, n_free, 3)`` positions.
+        ``report(fraction)`` is called after every step."""
         import torch
 
         model = self.descriptor_model()
@@ -450,6 +512,11 @@ class SiMGen(Generator):
             x = x + move
             if sigma > 0:
                 x = x + sigma * rng.normal(size=x.shape)
+            if self.cohesion > 0 and frac >= self.cohesion_start:
+                full = x if fixed_pos is None else np.concatenate([fixed_pos, x], axis=1)
+                x = x + cohesion_moves(full, n_fixed, self.cohesion, self.max_step)
+            if report is not None:
+                report((step + 1) / self.steps)
         return x
 
     def _typed_scores(self, structures: list[Atoms]) -> list[np.ndarray]:
@@ -491,7 +558,8 @@ class SiMGen(Generator):
         over = sum(max(0, d - max(valences(int(z)))) for d, z in zip(degree, atoms.numbers))
         return float(per_atom.sum()) - 100.0 * over
 
-    def _assign_elements(self, positions: np.ndarray, jobs: list[_Job], rng: np.random.Generator):
+    def _assign_elements(self, positions: np.ndarray, jobs: list[_Job], rng: np.random.Generator,
+                         report: Callable[[float], None] | None = None):
         """Greedy search over the free atoms' elements of every trajectory; returns (numbers, scores).
 
         Each round scores the current assignment and every single change (one atom to another allowed element;
@@ -537,6 +605,8 @@ class SiMGen(Generator):
             if not structs:
                 break
             per_atom = self._typed_scores(structs)
+            if report is not None:
+                report((_round + 1) / (self.assignment_rounds + 1))
             moves: dict[int, list[tuple[float, tuple, np.ndarray]]] = {}
             for (t, changed, m), atoms, pa in zip(meta, structs, per_atom):
                 value = self._score(atoms, pa)
@@ -576,26 +646,45 @@ class SiMGen(Generator):
         counts = hydrogens.hydrogen_counts(skel.numbers, orders)
         return score, hydrogens.add_hydrogens(skel, counts), True
 
-    def _choose(self, candidates: list[list[tuple[float, Atoms, bool]]]) -> list[Atoms]:
+    def _choose(self, candidates: list[list[tuple[float, Atoms, bool]]],
+                report: Callable[[float], None] | None = None) -> list[Atoms]:
         """For each molecule, relax its candidates best-score first (one batched relaxation per round, over every
         molecule still without a valid, connected, uncharged candidate) and keep the first valid, connected one
         without formal charges; failing that the first valid and connected one, then the first valid one, then the
-        best-scored one. A candidate whose relaxation made it worse by that order is kept unrelaxed."""
+        best-scored one. A candidate whose relaxation made it worse by that order is kept unrelaxed.
+
+        A round relaxes the next candidate of every molecule still searching, or, when fewer than
+        ``RELAX_ROUND_MIN`` (8) molecules are, the next ``ceil(8 / searching)`` candidates of each (a batched
+        relaxation of a few molecules costs little more than of one: the cost of a call is mostly overhead up to
+        a few molecules), examined in the same order: the choice is the same as with one candidate per round, in
+        fewer rounds (what made small ``n`` slow: 3 molecules took up to 8 rounds of 60 steps)."""
         from molgym.metrics.chemistry import perceive
 
         order = [sorted(c, key=lambda b: -b[0]) for c in candidates]
         chosen: list[tuple[Atoms, int] | None] = [None] * len(order)  # (molecule, quality 0..3)
-        for rnd in range(self.particles):
-            todo = [k for k in range(len(order)) if (chosen[k] is None or chosen[k][1] < 3) and rnd < len(order[k])]
+        taken = [0] * len(order)  # candidates of each molecule examined so far
+        rnd = 0
+        while True:
+            todo = [k for k in range(len(order))
+                    if (chosen[k] is None or chosen[k][1] < 3) and taken[k] < len(order[k])]
             if not todo:
                 break
-            picks = [order[k][rnd] for k in todo]
-            feasible = [i for i, p in enumerate(picks) if p[2]]
-            relaxed = [p[1] for p in picks]
+            per = max(1, -(-RELAX_ROUND_MIN // len(todo)))
+            picks = []  # (molecule, candidate)
+            for k in todo:
+                picks += [(k, c) for c in order[k][taken[k]:taken[k] + per]]
+                taken[k] = min(taken[k] + per, len(order[k]))
+            feasible = [i for i, (_k, p) in enumerate(picks) if p[2]]
+            relaxed = [p[1] for _k, p in picks]
             if feasible:
-                for i, mol in zip(feasible, self._relax_batch([picks[i][1] for i in feasible])):
+                def step(fraction: float, rnd=rnd) -> None:
+                    if report is not None:
+                        report(1 - 0.5**rnd * (1 - 0.5 * fraction))
+                for i, mol in zip(feasible, self._relax_batch([picks[i][1][1] for i in feasible], step)):
                     relaxed[i] = mol
-            for k, (score, unrelaxed, _ok), mol in zip(todo, picks, relaxed):
+            for (k, (score, unrelaxed, _ok)), mol in zip(picks, relaxed):
+                if chosen[k] is not None and chosen[k][1] == 3:
+                    continue  # an earlier candidate of this round already made it
                 quality = _quality(perceive(mol))
                 if mol is not unrelaxed:
                     # the potential may disagree with the bonding found by the kernel (an under-trained model can
@@ -609,11 +698,15 @@ class SiMGen(Generator):
                 mol.info["simgen_score"] = float(score)
                 if chosen[k] is None or quality > chosen[k][1]:
                     chosen[k] = (mol, quality)
+            rnd += 1
+            if report is not None:
+                report(1 - 0.5**rnd)
         return [c[0] for c in chosen]
 
-    def _relax_batch(self, molecules: list[Atoms]) -> list[Atoms]:
+    def _relax_batch(self, molecules: list[Atoms], callback: Callable[[float], None] | None = None) -> list[Atoms]:
         """Relax all ``molecules`` together with FIRE (one batched energies-and-forces call per step; the
-        fragment's atoms stay fixed). Molecules whose evaluation fails are returned unrelaxed."""
+        fragment's atoms stay fixed; ``callback(fraction)`` after every step). Molecules whose evaluation fails are
+        returned unrelaxed."""
         from molgym.potentials.base import PotentialError
 
         if self.relax_steps == 0 or not molecules:
@@ -623,7 +716,7 @@ class SiMGen(Generator):
         n_fixed = 0 if self.fragment is None else len(self.fragment)
         try:
             relaxed, energies = fire_relax(pot, molecules, steps=self.relax_steps, fmax=self.relax_fmax,
-                                           n_fixed=n_fixed)
+                                           n_fixed=n_fixed, callback=callback)
         except (PotentialError, ValueError):
             if len(molecules) == 1:
                 return molecules
@@ -652,10 +745,66 @@ def _quality(perception) -> int:
     return quality
 
 
+#: Fewest candidates one relaxation round of :meth:`SiMGen._choose` relaxes while enough remain.
+RELAX_ROUND_MIN = 8
+
+#: Heavy atoms closer than this (Å) count as one piece for the cohesion pull (below every pair's bonding cutoff
+#: in molgym's tables but C-F's 1.45 Å); pieces are pulled until their closest atoms are ``PIECE_TARGET`` apart.
+PIECE_CUTOFF = 1.5
+PIECE_TARGET = 1.45
+
+
+def pieces(positions: np.ndarray, cutoff: float = PIECE_CUTOFF) -> tuple[np.ndarray, np.ndarray]:
+    """Connected pieces of many point sets at once: ``positions`` ``(T, n, 3)``, two points joined when closer
+    than ``cutoff``. Returns ``(labels, distances)``: ``labels[t, i]`` is the smallest index in ``i``'s piece (so
+    a set is one piece when all its labels are 0) and ``distances`` the ``(T, n, n)`` distance matrices."""
+    d = np.linalg.norm(positions[:, :, None] - positions[:, None], axis=-1)
+    reach = (d < cutoff).astype(np.float32)
+    n = positions.shape[1]
+    for _ in range(max(1, math.ceil(math.log2(max(n, 2))))):  # paths of length up to 2^k
+        reach = np.minimum(reach @ reach, 1.0)
+    return (reach > 0).argmax(axis=2), d
+
+
+def cohesion_moves(full: np.ndarray, n_fixed: int, rate: float, max_step: float,
+                   cutoff: float = PIECE_CUTOFF, target: float = PIECE_TARGET) -> np.ndarray:
+    """Displacements ``(T, n - n_fixed, 3)`` of the free atoms that pull separate pieces together.
+
+    For each structure in ``full`` ``(T, n, 3)`` (the first ``n_fixed`` atoms fixed) that is not one piece, every
+    piece but the main one (the one holding the fixed atoms, else the largest) is translated rigidly towards the
+    closest atom outside it, by ``rate`` of the gap beyond ``target`` (at most ``max_step`` Å), so the pieces join
+    by one bond while keeping their own shapes. Connected structures get zero displacements."""
+    T, n, _ = full.shape
+    moves = np.zeros((T, n - n_fixed, 3))
+    if n < 2 or rate <= 0:
+        return moves
+    labels, d = pieces(full, cutoff)
+    for t in np.nonzero(labels.max(axis=1) > 0)[0]:
+        lab = labels[t]
+        ids, sizes = np.unique(lab, return_counts=True)
+        main = lab[0] if n_fixed else ids[np.argmax(sizes)]
+        for c in ids:
+            members = np.nonzero(lab == c)[0]
+            if c == main or members[0] < n_fixed:
+                continue  # the main piece, or a piece of the fixed fragment: stays put
+            others = np.nonzero(lab != c)[0]
+            sub = d[t][np.ix_(members, others)]
+            i, j = np.unravel_index(np.argmin(sub), sub.shape)
+            gap = sub[i, j]
+            if gap <= target:
+                continue
+            vec = full[t, others[j]] - full[t, members[i]]
+            length = min(rate * (gap - target), max_step)
+            moves[t, members - n_fixed] += vec / gap * length
+    return moves
+
+
 def fire_relax(potential: Potential, molecules: list[Atoms], steps: int = 60, fmax: float = 0.05,
-               n_fixed: int = 0, max_move: float = 0.2) -> tuple[list[Atoms], np.ndarray]:
+               n_fixed: int = 0, max_move: float = 0.2,
+               callback: Callable[[float], None] | None = None) -> tuple[list[Atoms], np.ndarray]:
     """FIRE (Bitzek et al. 2006) on many molecules at once: one ``energies_and_forces`` call per step for all
     molecules not yet converged (max force below ``fmax`` eV/Å). The first ``n_fixed`` atoms of each stay put.
+    ``callback(fraction)`` is called after every step with the fraction of ``steps`` done.
 
     Returns the relaxed molecules (new ``ase.Atoms``) and their final energies (eV).
     """
@@ -700,6 +849,8 @@ def fire_relax(potential: Potential, molecules: list[Atoms], steps: int = 60, fm
             move[:n_fixed] = 0.0
             pos[i] = pos[i] + move
         active = still
+        if callback is not None:
+            callback((_step + 1) / (steps + 1))
     return [Atoms(numbers=m.numbers.copy(), positions=p) for m, p in zip(molecules, pos)], energies
 
 

@@ -74,6 +74,11 @@ def register_simgen(commands) -> None:
     p.add_argument("--kernel-width", type=_pair, default=None, help="START,END kernel width (reference NN units)")
     p.add_argument("--noise", type=_pair, default=None, help="START,END noise per step (Å)")
     p.add_argument("--prior-strength", type=float, default=None, help="multiplies the prior's restoring rate")
+    p.add_argument("--cohesion", type=float, default=None,
+                   help="rate (0..1, 0: off) at which separate pieces are pulled together during the dynamics "
+                        "(default 0.3)")
+    p.add_argument("--cohesion-start", type=float, default=None,
+                   help="fraction of the schedule after which the cohesion pull acts (default 0.5)")
     p.add_argument("--relax-steps", type=int, default=None, help="FIRE relaxation steps (0: none)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="molecules per batch")
     p.add_argument("--device", default=None, help="device of the descriptor model (default: GPU if present)")
@@ -166,9 +171,13 @@ def sample_with_progress(generator, n: int, seed: int, task=None, progress: bool
         bar = tqdm(total=n, unit="mol", desc=desc or generator.name, dynamic_ncols=True)
     done = [0]
 
-    def tick(k: int) -> None:
+    def tick(k: float) -> None:
+        # k: molecules done; a generator may report fractions of molecules during a batch (SiMGen does), so the
+        # bar moves before the first batch ends. Set the count (rounded) rather than adding differences, so that
+        # float steps do not accumulate into 0.30000000000000004 on the bar.
         if bar is not None:
-            bar.update(k - done[0])
+            bar.n = k if isinstance(k, int) else round(float(k), 2)
+            bar.update(0)  # redraws, at most every mininterval
         done[0] = k
 
     start = time.perf_counter()
@@ -253,7 +262,7 @@ def cmd_simgen(args) -> int:
     from molgym.agents.simgen import SiMGen
 
     options = {}
-    for name in ("kernel_width", "noise", "prior_strength", "relax_steps", "batch_size"):
+    for name in ("kernel_width", "noise", "prior_strength", "cohesion", "cohesion_start", "relax_steps", "batch_size"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value

@@ -22,7 +22,7 @@ from molgym.agents.simgen import (
     parse_prior,
 )
 from molgym.agents.simgen import hydrogens
-from molgym.agents.simgen.generator import fire_relax
+from molgym.agents.simgen.generator import PIECE_CUTOFF, PIECE_TARGET, cohesion_moves, fire_relax, pieces
 from molgym.agents.simgen.reference import REFERENCE_FILE, load_reference_molecules, skeleton
 
 
@@ -209,6 +209,114 @@ def test_registry_and_formula_task(tiny_mace, small_reference):
     assert heavy == [6, 6, 6, 8]
     meta = gen.metadata()
     assert meta["name"] == "simgen" and meta["descriptor_calls"] > 0
+
+
+def test_progress_moves_within_one_molecule(tiny_mace, small_reference):
+    """Progress is reported during the work (diffusion steps, element rounds, relaxation steps), not only when a
+    batch ends: for n=1 it is called many times, never goes back, stays below 1 until the molecule is done."""
+    calls = []
+    gen = _gen(tiny_mace, small_reference, particles=2, steps=6, relax_steps=4)
+    (mol,) = gen.generate_molecules(1, seed=0, progress=calls.append)
+    assert len(calls) >= 6 + 2  # at least one per integration step, and more for the later phases
+    assert calls == sorted(calls) and len(set(calls)) == len(calls)
+    assert calls[-1] == 1 and isinstance(calls[-1], int)
+    assert all(0 < c < 1 for c in calls[:-1])
+    assert max(calls[:-1]) > 0.5  # the relaxation phase reports too
+
+
+def test_benchmark_generate_takes_an_optional_progress(tiny_mace, small_reference):
+    from molgym.benchmark import get_task
+
+    gen = _gen(tiny_mace, small_reference)
+    task = get_task("C3H8O")
+    (a,) = gen.generate(task, 1, seed=2)  # the benchmark's call, unchanged
+    calls = []
+    (b,) = gen.generate(task, 1, 2, progress=calls.append)
+    assert np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions)
+    assert calls and calls[-1] == 1
+
+
+def test_several_candidates_per_relaxation_round_choose_the_same(tiny_mace, small_reference):
+    """With few molecules left, a round relaxes several candidates of each; the choice is the one of relaxing
+    them one per round."""
+    from molgym.agents.simgen import generator as gen_mod
+
+    def run(round_min):
+        gen = _gen(tiny_mace, small_reference, particles=4, relax_steps=3)
+        rounds = []
+        relax = gen._relax_batch
+        gen._relax_batch = lambda mols, callback=None: rounds.append(len(mols)) or relax(mols, callback)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(gen_mod, "RELAX_ROUND_MIN", round_min)
+            (mol,) = gen.generate_molecules(1, seed=5)
+        return mol, rounds
+
+    a, one_by_one = run(1)  # one candidate per molecule and round: the old rule
+    b, together = run(8)
+    # the untrained model's candidates are poor, so the old rule takes several rounds of one; now one round
+    assert len(one_by_one) > 1 and set(one_by_one) == {1}
+    assert len(together) == 1 and together[0] >= len(one_by_one)
+    assert np.array_equal(a.numbers, b.numbers)
+    assert np.allclose(a.positions, b.positions, atol=1e-6)
+    assert a.info["simgen_score"] == b.info["simgen_score"]
+
+
+def test_pieces_and_cohesion_join_separate_pieces():
+    chain = np.array([[0.0, 0, 0], [1.4, 0, 0], [2.8, 0, 0]])
+    lone = np.array([[2.8, 4.0, 0.0]])  # 4 Å from the chain's end: its own piece
+    x = np.concatenate([chain, lone])[None]
+    labels, _d = pieces(x)
+    assert labels.tolist() == [[0, 0, 0, 3]]
+    # a connected structure is not moved
+    assert not cohesion_moves(x[:, :3], 0, 0.5, 0.25).any()
+    move = cohesion_moves(x, 0, 0.5, 0.25)
+    assert not move[0, :3].any()  # the main (largest) piece stays
+    assert np.allclose(move[0, 3], [0, -0.25, 0])  # the lone atom goes straight to the nearest atom, capped
+    # a two-atom piece moves rigidly (keeps its own bond)
+    pair = np.concatenate([chain, [[2.8, 4.0, 0.0], [2.8, 5.2, 0.0]]])[None]
+    move = cohesion_moves(pair, 0, 0.5, 0.25)
+    assert np.allclose(move[0, 3], move[0, 4]) and move[0, 3, 1] < 0
+    # applied repeatedly the pieces join, at the target distance (a bond), and stay joined
+    for _ in range(200):
+        x = x + np.concatenate([np.zeros((1, 0, 3)), cohesion_moves(x, 0, 0.5, 0.25)], axis=1)
+    assert pieces(x)[0].max() == 0
+    assert PIECE_TARGET <= np.linalg.norm(x[0, 3] - x[0, 2]) < PIECE_CUTOFF
+    # with a fixed fragment (first atoms), the fragment's piece is the main one even when smaller
+    y = np.array([[[0.0, 0, 0], [5, 0, 0], [6.4, 0, 0], [7.8, 0, 0]]])
+    move = cohesion_moves(y, 1, 0.5, 0.25)
+    assert move.shape == (1, 3, 3) and np.allclose(move[0, :, 0], -0.25)
+
+
+def test_cohesion_joins_pieces_in_the_dynamics(tiny_mace, small_reference):
+    """Same starts and noise with and without cohesion: with it, the atoms end in fewer pieces (the untrained
+    model's kernel pushes atoms apart, so they do not all join in 12 steps)."""
+    def separate(cohesion):
+        gen = _gen(tiny_mace, small_reference, n_atoms=6, cohesion=cohesion, cohesion_start=0.0, steps=12,
+                   prior="gaussian:sigma=2.5")
+        starts = np.stack([gen.prior.sample(6, np.random.default_rng(k)) for k in range(8)])
+        end = gen._diffuse(starts, gen.prior, np.random.default_rng(0))
+        return sum(len(set(labels)) for labels in pieces(end)[0].tolist())
+
+    before, after = separate(0.0), separate(0.5)
+    assert before >= 6 * 6  # spread-out starts: mostly lone atoms without the pull
+    assert after < 0.7 * before
+
+
+def test_reference_descriptors_are_computed_once(tiny_mace, small_reference, monkeypatch):
+    """Generators on the same model share the reference descriptors: a second generator (and a second run)
+    computes none."""
+    from molgym.agents.simgen import reference as ref_mod
+
+    first = _gen(tiny_mace, small_reference)
+    first.generate_molecules(1, seed=0)
+
+    def boom(*_args, **_kw):
+        raise AssertionError("reference descriptors recomputed")
+
+    monkeypatch.setattr(ref_mod, "_compute", boom)
+    second = _gen(tiny_mace, small_reference)
+    second.generate_molecules(1, seed=1)
+    assert second.reference() is first.reference()
 
 
 def test_reference_descriptors_cached_on_disk(tiny_mace, small_reference, tmp_path):
