@@ -16,10 +16,13 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_DIR", "shipped_checkpoints", "shipped_checkpoint", "ship_checkpoint"]
+__all__ = ["CHECKPOINT_DIR", "LEARNING_CURVES", "shipped_checkpoints", "shipped_checkpoint", "ship_checkpoint"]
 
 #: Where the shipped checkpoints and their index live.
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+#: The learning curves of the shipped checkpoints' training runs (periodic greedy evaluation, every seed), made by
+#: ``molgym train-report`` on the runs they were chosen from (docs/agents.md, "Learning under exact returns").
+LEARNING_CURVES = CHECKPOINT_DIR / "learning-curves.png"
 
 
 @lru_cache(maxsize=1)

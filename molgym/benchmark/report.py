@@ -2,9 +2,10 @@
 
 The HTML page needs no network: plots are inline PNG (base64, matplotlib's Agg backend) and molecule pictures
 are inline SVG (RDKit 2D depictions). Contents: run header (suite, versions, potential, machine), the overall
-leaderboard, one leaderboard per task with 95 % confidence intervals, bar charts of the headline metrics, and
-pictures of the best molecules of each task (valid, connected, highest return; QM9 reference excluded when
-other generators found one).
+leaderboard, one leaderboard per task with 95 % confidence intervals, scores above a best-known return (flagged),
+PoseBusters' pass rate per check, bar charts of the headline metrics, figures that generators supply (the shipped
+agents' learning curves), pictures of the best molecules of each task (valid, connected, highest return; QM9
+reference excluded when other generators found one), the conventions of the metrics and their definitions.
 """
 
 from __future__ import annotations
@@ -19,23 +20,29 @@ from pathlib import Path
 
 from molgym.metrics.evaluate import HIGHER_IS_BETTER, METRICS
 
-__all__ = ["write_report", "load_results", "best_molecules", "md_table"]
+__all__ = ["write_report", "load_results", "best_molecules", "md_table", "posebusters_rows", "above_best_known",
+           "generator_figures", "CONVENTIONS"]
 
 #: Columns of the per-task tables: (metric, header, format).
 COLUMNS = (
     ("valid_connected", "valid+conn.", "pct"),
     ("plausible", "plausible", "pct"),
+    ("posebusters", "PB-valid", "pct"),
     ("atom_stability", "atom stab.", "pct"),
     ("molecule_stable", "mol. stab.", "pct"),
     ("uniqueness", "unique", "pct"),
     ("novelty", "novel", "pct"),
     ("diversity", "diversity", "f2"),
+    ("distinct_valid", "distinct valid", "int"),
     ("return_per_atom", "return/atom (eV)", "f3"),
     ("fraction_best_known", "frac. best", "pct"),
     ("relax_energy_drop", "relax ΔE (eV)", "f3"),
     ("relax_rmsd", "relax RMSD (Å)", "f3"),
     ("referee_return_per_atom", "xTB ret./atom", "f3"),
     ("referee_fraction_best_known", "xTB frac. best", "pct"),
+    ("referee_relax_energy", "xTB relax ΔE med / p90 (kcal/mol)", "medp90"),
+    ("referee_relax_rmsd", "xTB relax RMSD med (Å)", "med"),
+    ("referee_graph_kept", "graph kept", "pct"),
     ("shape_distance", "shape dist. (Å)", "f3"),
 )
 PLOT_METRICS = ("valid_connected", "molecule_stable", "return_per_atom", "relax_rmsd")
@@ -56,12 +63,20 @@ def _fmt(value, kind: str) -> str:
         return f"{100 * value:.1f}%"
     if kind == "f2":
         return f"{value:.2f}"
+    if kind == "int":
+        return str(int(value))
+    if kind == "f1":
+        return f"{value:.1f}"
     return f"{value:.3f}"
 
 
 def _cell(entry: dict | None, kind: str) -> str:
     if not entry or entry.get("mean") is None:
         return "–"
+    if kind == "medp90":
+        return f"{_fmt(entry.get('median'), 'f1')} / {_fmt(entry.get('p90'), 'f1')}"
+    if kind == "med":
+        return _fmt(entry.get("median"), "f3")
     text = _fmt(entry["mean"], kind)
     lo, hi = entry.get("ci95", [None, None])
     if lo is not None and hi is not None and not (isinstance(lo, float) and math.isnan(lo)):
@@ -73,23 +88,97 @@ def _cell(entry: dict | None, kind: str) -> str:
 def _table_rows(results: dict, task: str) -> tuple[list[str], list[list[str]]]:
     board = results["leaderboard"].get(task, {})
     present = [c for c in COLUMNS if any(c[0] in row for row in board.values())]
-    header = ["generator"] + [c[1] for c in present] + ["s/valid", "calls/valid"]
+    header = ["generator"] + [c[1] for c in present] + list(COST_HEADERS)
     rows = []
     for gen, row in board.items():
-        cost = row["cost"]
-        rows.append([gen] + [_cell(row.get(m), k) for m, _h, k in present]
-                    + [_fmt(cost.get("seconds_per_valid"), "f3"), _fmt(cost.get("calls_per_valid"), "f2")])
+        rows.append([gen] + [_cell(row.get(m), k) for m, _h, k in present] + _cost_cells(row["cost"]))
     return header, rows
+
+
+#: The cost columns: CPU seconds and potential calls per valid, connected, plausible molecule.
+COST_HEADERS = ("CPU s/valid", "calls/valid")
+
+
+def _cost_cells(cost: dict) -> list[str]:
+    return [_fmt(cost.get("cpu_seconds_per_valid"), "f3"), _fmt(cost.get("calls_per_valid"), "f2")]
 
 
 def _overall_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     cols = [c for c in COLUMNS if any(results["overall"][g].get(c[0]) is not None for g in results["overall"])]
-    header = ["generator", "tasks"] + [c[1] for c in cols] + ["s/valid", "calls/valid"]
+    # strain metrics are per-task medians in the overall table (build_results), shown as such
+    header = ["generator", "tasks"] + [h.replace(" / p90", "") for _m, h, _k in cols] + list(COST_HEADERS)
     rows = []
     for gen, row in results["overall"].items():
-        rows.append([gen, str(row.get("tasks", ""))] + [_fmt(row.get(m), k) for m, _h, k in cols]
-                    + [_fmt(row.get("seconds_per_valid"), "f3"), _fmt(row.get("calls_per_valid"), "f2")])
+        rows.append([gen, str(row.get("tasks", ""))]
+                    + [_fmt(row.get(m), "f1" if k in ("medp90", "med") else k) for m, _h, k in cols]
+                    + _cost_cells(row))
     return header, rows
+
+
+def posebusters_rows(results: dict) -> tuple[list[str], list[list[str]]] | None:
+    """PoseBusters' pass rate per check and generator, pooled over tasks (valid molecules; ``None`` if no check
+    ran)."""
+    passed: dict[str, dict[str, list[float]]] = {}
+    for board in results["leaderboard"].values():
+        for gen, row in board.items():
+            for check, entry in (row.get("posebusters_checks") or {}).items():
+                tally = passed.setdefault(gen, {}).setdefault(check, [0.0, 0])
+                tally[0] += (entry.get("mean") or 0.0) * entry.get("n", 0)
+                tally[1] += entry.get("n", 0)
+    if not passed:
+        return None
+    checks = list(next(iter(passed.values())))
+    header = ["generator", "valid molecules"] + [c.replace("_", " ") for c in checks]
+    rows = [[gen, str(max(t[1] for t in tally.values()))]
+            + [_fmt(tally[c][0] / tally[c][1], "pct") if c in tally and tally[c][1] else "–" for c in checks]
+            for gen, tally in passed.items()]
+    return header, rows
+
+
+def above_best_known(results: dict) -> list[str]:
+    """One line per (task, generator) whose mean fraction of the best-known return is above 1 (under the benchmark
+    potential or the xTB referee): a new record or, far more often, a potential error to check with xTB."""
+    lines = []
+    for task, board in results["leaderboard"].items():
+        for gen, row in board.items():
+            for metric, label in (("fraction_best_known", "potential"), ("referee_fraction_best_known", "GFN2-xTB")):
+                entry = row.get(metric) or {}
+                if entry.get("mean") is not None and entry["mean"] > 1.0:
+                    lines.append(f"{task}: {gen} scores {100 * entry['mean']:.1f}% of the best-known return under "
+                                 f"{label}")
+    return lines
+
+
+def generator_figures(results: dict) -> list[tuple[str, str]]:
+    """``(title, base64 PNG)`` of the figures generators list in their metadata (``figures``: title -> path)."""
+    images = []
+    for meta in results.get("generators", {}).values():
+        for title, path in (meta.get("figures") or {}).items():
+            if Path(path).is_file():
+                images.append((title, base64.b64encode(Path(path).read_bytes()).decode()))
+    return images
+
+
+#: How each family of metrics perceives a molecule (stated in every report).
+CONVENTIONS = (
+    "Bonds: two atoms are bonded when closer than their standard single-bond length + 0.10 Å; bond orders and "
+    "formal charges come from RDKit's DetermineBondOrders for a neutral molecule; hydrogens are explicit atoms "
+    "with their generated 3D positions. Validity, connectivity, SMILES, PoseBusters and graph survival all use "
+    "this one perception.",
+    "SMILES (uniqueness, novelty, diversity, distinct valid): RDKit canonical SMILES of the perceived molecule, "
+    "hydrogens implicit, no stereochemistry; novelty is against all of QM9 canonicalised the same way.",
+    "Stability (atom, molecule): EDM's bond-order rule from distances alone, hydrogens included.",
+    "Plausibility gate: atoms closer than max(0.6 Å, 0.6 x sum of covalent radii) are fused; fused molecules get "
+    "no energy, return, relaxation, referee or cost credit.",
+    "PoseBusters: config 'mol' (all molecule checks, internal energy against an ETKDG/UFF ensemble) on the "
+    "perceived molecule; PB-valid is over all molecules (invalid ones fail), the per-check rates over valid ones.",
+    "GFN2-xTB relaxation (xTB relax ΔE, RMSD, graph kept): a seeded sample of valid, plausible molecules per job "
+    "(the suite's referee_sample), BFGS to 0.05 eV/Å, at most the suite's referee_relax_steps steps; RMSD over "
+    "heavy atoms after Kabsch alignment; graph kept: the bond graph (hydrogens included) unchanged. Non-converged "
+    "or SCF-failed relaxations are left out.",
+    "Cost: CPU seconds of the generating process (all its threads) and potential calls per valid, connected, "
+    "plausible molecule; metric computation is not counted.",
+)
 
 
 def best_molecules(directory: str | os.PathLike, results: dict, per_task: int = 3) -> dict[str, list[dict]]:
@@ -192,7 +281,7 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='tbl'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _header_lines(results: dict) -> list[str]:
@@ -220,31 +309,49 @@ th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
 .mols{display:flex;flex-wrap:wrap;gap:10px}
 .mol{border:1px solid #ddd;padding:4px;font-size:0.8em;text-align:center;width:224px}
 .plots img{max-width:100%;margin:6px 0}.meta{color:#555;font-size:0.9em}code{background:#f4f4f4}
+.warn{color:#a00;font-weight:bold}.tbl{overflow-x:auto}
 """
 
 
 def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` for the run in ``directory`` (into ``out``, default the same)."""
-    from molgym.io import write_text
+    """Write ``report.md`` and ``report.html`` for the run in ``directory`` (into ``out``, default the same);
+    generators' figures are copied to ``out/figures/`` for the Markdown report and inlined in the HTML page."""
+    from molgym.io import atomic_path, write_text
 
     directory = Path(directory)
     out = Path(out) if out else directory
     results = load_results(directory)
     best = best_molecules(directory, results)
     plots = _plots_png(results)
+    figures = generator_figures(results)
+    records = above_best_known(results)
+    checks = posebusters_rows(results)
+    above_note = ("Scores above a best-known return (a new record or a potential error: check the molecules with "
+                  "GFN2-xTB; fused atoms are already unscored):")
+    footnote = ("± are 95 % confidence half-widths (Wilson for fractions, Student-t for means). CPU s/valid: CPU "
+                "seconds of generation per valid, connected, plausible molecule; calls/valid: potential calls per "
+                "such molecule.")
 
     md = ["# molgym benchmark report", ""] + [f"- {line}" for line in _header_lines(results)] + [""]
     md += ["## Overall (mean over tasks)", "", md_table(*_overall_rows(results)), ""]
+    md += ([above_note, ""] + [f"- {line}" for line in records] + [""] if records
+           else ["No generator scores above a best-known return on any formula task.", ""])
     for task in results["leaderboard"]:
         desc = results["tasks"].get(task, {}).get("description", "")
         md += [f"## {task}", "", desc, "", md_table(*_table_rows(results, task)), ""]
         if best.get(task):
             md += ["Best molecules: " + ", ".join(
                 f"`{b['smiles']}` ({b['generator']}, return {_fmt(b['return'], 'f3')} eV)" for b in best[task]), ""]
+    if checks:
+        md += ["## PoseBusters checks (pass rate over valid molecules, all tasks)", "", md_table(*checks), ""]
+    for k, (title, b64) in enumerate(figures):
+        name = f"figures/figure-{k + 1}.png"
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes(base64.b64decode(b64))
+        md += [f"## {title[0].upper()}{title[1:]}", "", f"![{title}]({name})", ""]
+    md += ["## Conventions", ""] + [f"- {line}" for line in CONVENTIONS] + [""]
     md += ["## Metric definitions", ""] + [f"- **{k}**: {v[0]}" for k, v in METRICS.items()]
-    md += ["", "± are 95 % confidence half-widths (Wilson for fractions, Student-t for means). "
-           "s/valid: generation wall time per valid connected molecule; calls/valid: potential calls per valid "
-           "connected molecule.", ""]
+    md += ["", footnote, ""]
     md_path = out / "report.md"
     write_text(md_path, "\n".join(md))
 
@@ -255,6 +362,11 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = N
         parts.append("<li>" + html.escape(line).replace("**", "") + "</li>")
     parts.append("</ul></div><h2>Overall leaderboard (mean over tasks)</h2>")
     parts.append(_html_table(*_overall_rows(results)))
+    if records:
+        parts.append(f"<p class='warn'>{html.escape(above_note)}</p><ul>"
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in records) + "</ul>")
+    else:
+        parts.append("<p>No generator scores above a best-known return on any formula task.</p>")
     if plots:
         parts.append("<h2>Plots</h2><div class='plots'>")
         for title, b64 in plots:
@@ -270,10 +382,16 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = N
                 parts.append(f"<div class='mol'>{_svg(b['smiles'])}<br><code>{html.escape(b['smiles'])}</code><br>"
                              f"{html.escape(b['generator'])}, return {_fmt(b['return'], 'f3')} eV</div>")
             parts.append("</div>")
+    if checks:
+        parts.append("<h2>PoseBusters checks (pass rate over valid molecules, all tasks)</h2>")
+        parts.append(_html_table(*checks))
+    for title, b64 in figures:
+        parts.append(f"<h2>{html.escape(title[0].upper() + title[1:])}</h2><div class='plots'>"
+                     f"<img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'></div>")
+    parts.append("<h2>Conventions</h2><ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in CONVENTIONS) + "</ul>")
     parts.append("<h2>Metric definitions</h2><ul>")
     parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(v[0])}</li>" for k, v in METRICS.items()]
-    parts.append("</ul><p class='meta'>± are 95 % confidence half-widths (Wilson for fractions, Student-t for "
-                 "means).</p></body></html>")
+    parts.append(f"</ul><p class='meta'>{html.escape(footnote)}</p></body></html>")
     html_path = out / "report.html"
     write_text(html_path, "\n".join(parts))
     return md_path, html_path

@@ -14,7 +14,7 @@ Schema (``schema_version`` 1)::
       "jobs_planned": N, "jobs_finished": M, "complete": bool,
       "jobs": [{job_id, generator, task, seed, summary: {metric: {mean, ci95, n}}, cost: {...}}],
       "leaderboard": {task: {generator: {metric: {mean, ci95, n}}, "cost": {...}}},
-      "overall": {generator: {metric: mean over tasks}}
+      "overall": {generator: {metric: mean over tasks (of medians for MEDIAN_METRICS)}}
     }
 
 Per-molecule metrics and the molecules themselves stay in ``jobs/`` and ``samples/``. The leaderboard pools the
@@ -30,16 +30,18 @@ import platform
 from collections.abc import Sequence
 
 import molgym
-from molgym.metrics.evaluate import BOUNDS, METRICS
+from molgym.metrics.evaluate import BOUNDS, METRICS, pooled_counts
 from molgym.metrics.stats import mean_interval, summarize
 
-__all__ = ["SCHEMA_VERSION", "build_results", "machine_info", "HEADLINE_METRICS"]
+__all__ = ["SCHEMA_VERSION", "build_results", "machine_info", "cost_totals", "HEADLINE_METRICS"]
 
 SCHEMA_VERSION = 1
 #: Metrics shown in the overall table, in order.
-HEADLINE_METRICS = ("valid_connected", "plausible", "atom_stability", "molecule_stable", "uniqueness", "novelty",
-                    "return_per_atom", "fraction_best_known", "referee_fraction_best_known", "relax_rmsd",
-                    "shape_distance")
+HEADLINE_METRICS = ("valid_connected", "plausible", "posebusters", "atom_stability", "molecule_stable", "uniqueness",
+                    "novelty", "return_per_atom", "fraction_best_known", "referee_fraction_best_known", "relax_rmsd",
+                    "referee_relax_energy", "referee_graph_kept", "shape_distance")
+#: Metrics reported by their median (strain has a long tail): the overall table averages the tasks' medians.
+MEDIAN_METRICS = ("referee_relax_energy", "referee_relax_rmsd")
 
 
 def machine_info() -> dict:
@@ -55,8 +57,10 @@ def machine_info() -> dict:
 
 def _pooled(jobs: Sequence[dict]) -> dict:
     records = [r for j in jobs for r in j["molecules"]]
-    out: dict = {}
+    out: dict = pooled_counts(records)
     for name, (_d, kind) in METRICS.items():
+        if kind == "count":
+            continue
         if kind == "set":
             values = [j["summary"].get(name, {}).get("mean") for j in jobs]
             values = [v for v in values if v is not None]
@@ -69,19 +73,32 @@ def _pooled(jobs: Sequence[dict]) -> dict:
         vals = [r.get(name) for r in records]
         if any(v is not None for v in vals):
             out[name] = summarize(vals, binary=(kind == "fraction"), bounds=BOUNDS.get(name))
-    gen_s = sum(j["cost"]["generate_seconds"] for j in jobs)
-    calls = sum(j["cost"]["potential_calls"] for j in jobs)
-    valid = sum(j["cost"]["valid_connected"] for j in jobs)
-    out["cost"] = {
+    out["cost"] = {**cost_totals(jobs), "molecules": len(records), "seeds": sorted(j["seed"] for j in jobs)}
+    return out
+
+
+def cost_totals(jobs: Sequence[dict]) -> dict:
+    """Summed generation cost of ``jobs`` and its ratios to the useful molecules, as PMO accounts for it:
+    ``cpu_seconds_per_valid`` and ``calls_per_valid`` per valid, connected, plausible molecule (wall seconds per
+    valid, connected molecule kept as ``seconds_per_valid``). Job files written before CPU time was recorded
+    have no CPU figures (``None``)."""
+    costs = [j["cost"] for j in jobs]
+    gen_s = sum(c["generate_seconds"] for c in costs)
+    calls = sum(c["potential_calls"] for c in costs)
+    valid = sum(c["valid_connected"] for c in costs)
+    known = all("cpu_seconds" in c for c in costs)
+    cpu = sum(c["cpu_seconds"] for c in costs) if known else None
+    useful = sum(c["valid_plausible"] for c in costs) if known else None
+    return {
         "generate_seconds": gen_s,
+        "cpu_seconds": cpu,
         "potential_calls": calls,
         "valid_connected": valid,
-        "molecules": len(records),
+        "valid_plausible": useful,
         "seconds_per_valid": gen_s / valid if valid else None,
-        "calls_per_valid": calls / valid if valid else None,
-        "seeds": sorted(j["seed"] for j in jobs),
+        "cpu_seconds_per_valid": cpu / useful if useful else None,
+        "calls_per_valid": calls / useful if useful else None,
     }
-    return out
 
 
 def _overrides(context: dict) -> dict:
@@ -116,13 +133,13 @@ def build_results(context: dict, jobs: Sequence[dict]) -> dict:
         rows = [leaderboard[t][g] for t in leaderboard if g in leaderboard[t]]
         overall[g] = {}
         for name in HEADLINE_METRICS:
-            vals = [r[name]["mean"] for r in rows if name in r and r[name]["mean"] is not None]
+            key = "median" if name in MEDIAN_METRICS else "mean"
+            vals = [r[name][key] for r in rows if name in r and r[name].get(key) is not None]
             overall[g][name] = sum(vals) / len(vals) if vals else None
-        calls = sum(r["cost"]["potential_calls"] for r in rows)
-        valid = sum(r["cost"]["valid_connected"] for r in rows)
-        secs = sum(r["cost"]["generate_seconds"] for r in rows)
-        overall[g]["calls_per_valid"] = calls / valid if valid else None
-        overall[g]["seconds_per_valid"] = secs / valid if valid else None
+        pair_jobs = [j for t in leaderboard if g in leaderboard[t] for j in by_pair[(t, g)]]
+        totals = cost_totals(pair_jobs)
+        for key in ("calls_per_valid", "seconds_per_valid", "cpu_seconds_per_valid"):
+            overall[g][key] = totals[key]
         overall[g]["tasks"] = len(rows)
     generators: dict[str, dict] = {}
     for j in jobs:

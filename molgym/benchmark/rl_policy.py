@@ -219,3 +219,15 @@ class RLPolicy(Generator):
                 atoms.info = {"episode_return": float(atoms.info.get("episode_return", 0.0)), "steps": steps}
                 out.append(atoms)
         return out
+
+    def metadata(self) -> dict:
+        """The base metadata; with the shipped checkpoints also ``figures``: the learning curves of their training
+        (title -> PNG path), which the benchmark report shows."""
+        meta = super().metadata()
+        if self.shipped:
+            from molgym.agents.shipped import LEARNING_CURVES
+
+            if LEARNING_CURVES.is_file():
+                meta["figures"] = {"learning curves of the shipped rl_policy checkpoints (periodic greedy "
+                                   "evaluation during training; median over seeds, band min-max)": str(LEARNING_CURVES)}
+        return meta

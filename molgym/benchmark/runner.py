@@ -77,8 +77,7 @@ def plan_jobs(
                     "seed": int(seed),
                     "n": int(n_samples or suite.n_samples),
                     "potential": potential,
-                    "metrics": {"relax_steps": suite.relax_steps, "relax_fmax": suite.relax_fmax,
-                                "referee_sample": suite.referee_sample},
+                    "metrics": suite.metric_settings(),
                     "suite": {"name": suite.name, "version": suite.version},
                 }
                 spec["config_hash"] = _config_hash(spec)
@@ -128,9 +127,10 @@ def run_job(spec: dict) -> dict:
     out = Path(spec["out"])
     generator = get_generator(spec["generator"], potential=spec["potential"], **spec["generator_options"])
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     samples = generator.generate(task, spec["n"], spec["seed"])
     generate_seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start  # every thread of this process (torch, xTB workers)
     if len(samples) != spec["n"]:
         raise RuntimeError(f"generator {spec['generator']!r} returned {len(samples)} structures, asked for {spec['n']}")
 
@@ -147,12 +147,14 @@ def run_job(spec: dict) -> dict:
         samples, metric_potential, bags=bags, target=task.target_array, best_known=best,
         relax_fmax=m["relax_fmax"], relax_steps=m["relax_steps"], referee=referee,
         referee_sample=m["referee_sample"], referee_best_known=referee_best, seed=spec["seed"],
+        referee_relax_steps=m["referee_relax_steps"], posebusters=m["posebusters"],
     )
     summary = summarize_records(records)
     metric_seconds = time.perf_counter() - start
 
     meta = generator.metadata()
     n_valid = sum(bool(r["valid_connected"]) for r in records)
+    n_useful = sum(bool(r["valid_connected"] and r["plausible"]) for r in records)
     result = {
         "schema": JOB_SCHEMA,
         "job_id": spec["job_id"],
@@ -169,11 +171,14 @@ def run_job(spec: dict) -> dict:
         "summary": summary,
         "cost": {
             "generate_seconds": generate_seconds,
+            "cpu_seconds": cpu_seconds,
             "metric_seconds": metric_seconds,
             "potential_calls": meta["potential_calls"],
             "valid_connected": n_valid,
+            "valid_plausible": n_useful,
             "seconds_per_valid": generate_seconds / n_valid if n_valid else None,
-            "calls_per_valid": meta["potential_calls"] / n_valid if n_valid else None,
+            "cpu_seconds_per_valid": cpu_seconds / n_useful if n_useful else None,
+            "calls_per_valid": meta["potential_calls"] / n_useful if n_useful else None,
             "metric_potential_calls": metric_potential.calls,
         },
         "molecules": records,

@@ -55,8 +55,7 @@ def run_settings(suite, tasks: Sequence, seeds: Sequence[int], n_samples: int, p
         "seeds": sorted(int(s) for s in seeds),
         "n_samples": int(n_samples),
         "potential": str(potential),
-        "metrics": {"relax_steps": suite.relax_steps, "relax_fmax": suite.relax_fmax,
-                    "referee_sample": suite.referee_sample},
+        "metrics": suite.metric_settings(),
         "generators": {g: dict(o) for g, o in generator_options.items()},
     })
 

@@ -41,6 +41,8 @@ __all__ = [
 FORMULAS: tuple[str, ...] = ("CH4O", "CH3NO", "C2H2O2", "C3H5NO3", "C4H7N", "C3H8O", "C7H10O2", "C7H8N2O2")
 
 KINDS = ("formula", "unconditional", "shape", "bag")
+#: Version of the metric set that jobs are scored with (see :meth:`Suite.metric_settings`).
+METRICS_VERSION = 2
 #: The elements of QM9, the bags of ``unconditional`` tasks.
 QM9_ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F")
 
@@ -108,6 +110,13 @@ class Task:
         qm9 = load_qm9()
         rows = rng.integers(len(qm9), size=n)
         return [bag_from_numbers(qm9.numbers[qm9.offsets[r]: qm9.offsets[r + 1]]) for r in rows]
+
+    def metric_settings(self) -> dict:
+        """The settings of the metrics, recorded with every job (a change makes finished jobs stale).
+        ``version`` counts changes of the metric set itself (2: PoseBusters, xTB relaxation, CPU cost)."""
+        return {"version": METRICS_VERSION, "relax_steps": self.relax_steps, "relax_fmax": self.relax_fmax,
+                "referee_sample": self.referee_sample, "referee_relax_steps": self.referee_relax_steps,
+                "posebusters": self.posebusters}
 
     def to_dict(self) -> dict:
         """JSON-ready description (round-trips through :func:`task_from_dict`)."""
@@ -214,7 +223,9 @@ class Suite:
         n_samples: molecules each generator makes per (task, seed).
         seeds: one job per seed.
         relax_steps: BFGS steps of the relaxation metric (0 disables it); relax_fmax its force threshold.
-        referee_sample: molecules per job scored with the GFN2-xTB referee.
+        referee_sample: molecules per job scored with the GFN2-xTB referee (and valid ones relaxed under it).
+        referee_relax_steps: BFGS steps of the GFN2-xTB relaxation metric (0 disables it).
+        posebusters: run PoseBusters' molecule checks on every molecule.
         generators: the generators run when the user names none.
         generator_options: per-generator options used by this suite (e.g. random search effort).
     """
@@ -228,12 +239,21 @@ class Suite:
     relax_steps: int = 200
     relax_fmax: float = 0.05
     referee_sample: int = 4
+    referee_relax_steps: int = 300
+    posebusters: bool = True
     generators: tuple[str, ...] = ("random_search", "qm9")
     generator_options: dict = field(default_factory=dict)
 
     def get_tasks(self) -> list[Task]:
         """The suite's tasks."""
         return [get_task(t) for t in self.tasks]
+
+    def metric_settings(self) -> dict:
+        """The settings of the metrics, recorded with every job (a change makes finished jobs stale).
+        ``version`` counts changes of the metric set itself (2: PoseBusters, xTB relaxation, CPU cost)."""
+        return {"version": METRICS_VERSION, "relax_steps": self.relax_steps, "relax_fmax": self.relax_fmax,
+                "referee_sample": self.referee_sample, "referee_relax_steps": self.referee_relax_steps,
+                "posebusters": self.posebusters}
 
     def to_dict(self) -> dict:
         """JSON-ready description."""

@@ -29,10 +29,11 @@ __all__ = [
     "TRIPLE",
     "MARGINS",
     "bond_length",
+    "connectivity_cutoff",
+    "connectivity",
     "bond_order_matrix",
     "atom_stability",
     "is_stable",
-    "connectivity_cutoff",
 ]
 
 
@@ -81,6 +82,21 @@ def connectivity_cutoff(a: str, b: str) -> float:
 
         return 1.15 * (covalent_radius(a) + covalent_radius(b))
     return single + MARGINS[0]
+
+
+def connectivity(atoms: Atoms) -> np.ndarray:
+    """Symmetric boolean ``(n, n)`` bond graph: ``i`` and ``j`` bonded when closer than
+    :func:`connectivity_cutoff` (the rule of bond perception and of the validity metric)."""
+    n = len(atoms)
+    bonded = np.zeros((n, n), dtype=bool)
+    if n < 2:
+        return bonded
+    symbols = atoms.get_chemical_symbols()
+    distances = atoms.get_all_distances()
+    for i in range(n):
+        for j in range(i + 1, n):
+            bonded[i, j] = bonded[j, i] = distances[i, j] < connectivity_cutoff(symbols[i], symbols[j])
+    return bonded
 
 
 def bond_order_matrix(atoms: Atoms) -> np.ndarray:

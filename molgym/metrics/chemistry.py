@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from molgym.metrics.bonds import connectivity_cutoff
+from molgym.metrics.bonds import connectivity
 
 __all__ = [
     "Perception",
@@ -59,16 +59,11 @@ def _connectivity_mol(atoms: Atoms):
     from rdkit import Chem
     from rdkit.Geometry import Point3D
 
-    symbols = atoms.get_chemical_symbols()
     mol = Chem.RWMol()
     for z in atoms.numbers:
         mol.AddAtom(Chem.Atom(int(z)))
-    if len(atoms) > 1:
-        distances = atoms.get_all_distances()
-        for i in range(len(atoms)):
-            for j in range(i + 1, len(atoms)):
-                if distances[i, j] < connectivity_cutoff(symbols[i], symbols[j]):
-                    mol.AddBond(i, j, Chem.BondType.SINGLE)
+    for i, j in zip(*np.nonzero(np.triu(connectivity(atoms)))):
+        mol.AddBond(int(i), int(j), Chem.BondType.SINGLE)
     conf = Chem.Conformer(len(atoms))
     for i, p in enumerate(atoms.positions):
         conf.SetAtomPosition(i, Point3D(float(p[0]), float(p[1]), float(p[2])))

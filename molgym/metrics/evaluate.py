@@ -16,12 +16,14 @@ from ase import Atoms
 
 from molgym.chem import bag_from_numbers, format_formula, parse_formula
 from molgym.metrics import bonds, chemistry, physics, shape
-from molgym.metrics.stats import summarize
+from molgym.metrics.posebusters_checks import posebusters_checks
+from molgym.metrics.stats import summarize, wilson_interval
 from molgym.potentials.base import Potential, PotentialError
 
-__all__ = ["METRICS", "HIGHER_IS_BETTER", "evaluate", "molecule_records"]
+__all__ = ["METRICS", "HIGHER_IS_BETTER", "evaluate", "molecule_records", "summarize_records", "pooled_counts"]
 
-#: name -> (description, kind): kind "fraction" (0/1 per molecule), "value" (per molecule) or "set".
+#: name -> (description, kind): kind "fraction" (0/1 per molecule), "value" (per molecule), "set" (a property of
+#: a job's set of molecules, averaged over seeds in the leaderboards) or "count" (pooled over seeds).
 METRICS: dict[str, tuple[str, str]] = {
     "matches_task": ("composition equals the task's bag (formula/shape/bag tasks)", "fraction"),
     "valid": ("RDKit sanitises the perceived molecule; every fragment neutral, no radicals", "fraction"),
@@ -34,6 +36,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "uniqueness": ("distinct SMILES / valid", "set"),
     "novelty": ("valid molecules whose SMILES is not in QM9", "set"),
     "diversity": ("mean pairwise Tanimoto distance (Morgan r=2) of distinct valid molecules", "set"),
+    "distinct_valid": ("distinct valid molecules (canonical SMILES, heavy-atom graph, no stereo), pooled over "
+                       "seeds", "count"),
+    "posebusters": ("passes every PoseBusters molecule check (config 'mol', on molgym's perceived molecule with "
+                    "explicit H); molecules that are not valid fail", "fraction"),
     "energy": ("total energy under the benchmark potential (eV)", "value"),
     "return": ("atomisation energy sum E(atom) - E(mol) under the potential (eV)", "value"),
     "return_per_atom": ("return / number of atoms (eV/atom)", "value"),
@@ -43,6 +49,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "referee_return_per_atom": ("GFN2-xTB atomisation energy per atom on a sample (eV/atom)", "value"),
     "referee_fraction_best_known": ("GFN2-xTB return / GFN2-xTB best-known return for the formula, on the referee "
                                     "sample (the score no potential error can inflate)", "value"),
+    "referee_relax_energy": ("GFN2-xTB relaxation energy E(generated) - E(relaxed) (kcal/mol) of a seeded sample "
+                             "of valid, plausible molecules (BFGS to 0.05 eV/Å); median and 90th percentile",
+                             "value"),
+    "referee_relax_rmsd": ("heavy-atom RMSD (Å) between generated and GFN2-xTB-relaxed, same sample", "value"),
+    "referee_graph_kept": ("bond graph (distance rule, H included) unchanged by the GFN2-xTB relaxation, same "
+                           "sample", "fraction"),
     "shape_distance": ("Chamfer distance (Å) of heavy atoms to the target cloud after alignment", "value"),
 }
 #: Range of per-molecule values whose confidence intervals are clipped to it.
@@ -50,6 +62,7 @@ BOUNDS: dict[str, tuple[float, float]] = {"atom_stability": (0.0, 1.0)}
 #: Direction of each metric for rankings (True: higher is better).
 HIGHER_IS_BETTER: dict[str, bool] = {
     "relax_energy_drop": False, "relax_rmsd": False, "shape_distance": False, "energy": False,
+    "referee_relax_energy": False, "referee_relax_rmsd": False,
 }
 
 
@@ -66,6 +79,8 @@ def molecule_records(
     referee: Potential | None = None,
     referee_sample: int = 0,
     referee_best_known: float | None = None,
+    referee_relax_steps: int = 300,
+    posebusters: bool = True,
     seed: int = 0,
 ) -> list[dict]:
     """One dict of per-molecule metrics for each structure (see :data:`METRICS`).
@@ -73,9 +88,12 @@ def molecule_records(
     ``bags`` (one per structure) or ``formula`` gives the expected composition; ``potential`` enables the energy
     metrics (``relax_steps=0`` skips relaxation); ``referee`` with ``referee_sample > 0`` scores a seeded sample
     of that many molecules with the referee's atomisation energy, and with ``referee_best_known`` (the formula's
-    best-known return under the referee) the fraction of it that each reaches.
+    best-known return under the referee) the fraction of it that each reaches; it also relaxes a seeded sample of
+    that many valid, plausible molecules under the referee (``referee_relax_steps`` BFGS steps at most, 0: no
+    relaxation). ``posebusters`` runs PoseBusters' molecule checks on every molecule.
     """
     records: list[dict] = []
+    mols = []
     for i, atoms in enumerate(structures):
         expected = bags[i] if bags is not None else (parse_formula(formula) if formula else None)
         composition = bag_from_numbers(atoms.numbers) if len(atoms) else {}
@@ -94,6 +112,7 @@ def molecule_records(
             "atom_stability": float(stable.mean()) if len(stable) else 0.0,
             "molecule_stable": bool(len(stable) and stable.all()),
         }
+        mols.append(perception.mol)
         problem = physics.implausibility(atoms)
         rec["plausible"] = problem is None
         if problem:
@@ -101,6 +120,12 @@ def molecule_records(
         if target is not None:
             rec["shape_distance"] = _finite(shape.shape_distance(atoms, target))  # None without heavy atoms
         records.append(rec)
+
+    if posebusters:
+        for rec, checks in zip(records, posebusters_checks(mols)):
+            rec["posebusters"] = bool(checks) and all(checks.values())
+            if checks is not None:
+                rec["posebusters_checks"] = checks
 
     # an empty canvas has no energy to score, and an implausible (fused) structure no meaningful one
     nonempty = [i for i, a in enumerate(structures) if len(a) and records[i]["plausible"]]
@@ -141,6 +166,10 @@ def molecule_records(
             records[i]["referee_return_per_atom"] = _finite(r[0] / len(structures[i]))
             if referee_best_known and records[i]["matches_task"] and _finite(r[0]) is not None:
                 records[i]["referee_fraction_best_known"] = float(r[0]) / referee_best_known
+        valid = [i for i in nonempty if records[i]["valid"]]
+        if referee_relax_steps > 0 and valid:
+            for i in sorted(rng.choice(valid, size=min(referee_sample, len(valid)), replace=False)):
+                records[i].update(physics.referee_relaxation(structures[i], referee, steps=referee_relax_steps))
     return records
 
 
@@ -150,10 +179,11 @@ def _finite(x) -> float | None:
 
 
 def summarize_records(records: Sequence[dict]) -> dict[str, dict]:
-    """Per-metric summaries (mean, ci95, n) of per-molecule records, plus the set metrics."""
+    """Per-metric summaries (mean, ci95, n; median and p90 for values) of per-molecule records, the set and count
+    metrics, and PoseBusters' pass rate per check (``"posebusters_checks"``: check -> summary, valid molecules)."""
     out: dict[str, dict] = {}
     for name, (_desc, kind) in METRICS.items():
-        if kind == "set":
+        if kind in ("set", "count"):
             continue
         values = [r.get(name) for r in records]
         if all(v is None for v in values):
@@ -166,10 +196,22 @@ def summarize_records(records: Sequence[dict]) -> dict[str, dict]:
         value = fn(smiles)
         out[name] = {"mean": value, "ci95": [None, None], "n": n_valid}
     if out["uniqueness"]["mean"] is not None:
-        from molgym.metrics.stats import wilson_interval
-
         distinct = len({s for s in smiles if s is not None})
         out["uniqueness"]["ci95"] = list(wilson_interval(distinct, n_valid))
+    out.update(pooled_counts(records))
+    return out
+
+
+def pooled_counts(records: Sequence[dict]) -> dict[str, dict]:
+    """The count metrics and PoseBusters' per-check pass rates of ``records`` (one job's, or all seeds' pooled)."""
+    smiles = [r.get("smiles") for r in records]
+    distinct = {s for s in smiles if s is not None}
+    out: dict[str, dict] = {"distinct_valid": {"mean": len(distinct), "ci95": [None, None],
+                                               "n": sum(s is not None for s in smiles)}}
+    checks = [r["posebusters_checks"] for r in records if r.get("posebusters_checks")]
+    if checks:
+        out["posebusters_checks"] = {name: summarize([c.get(name, False) for c in checks], binary=True)
+                                     for name in checks[0]}
     return out
 
 

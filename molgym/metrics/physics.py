@@ -22,6 +22,13 @@ Definitions:
   (molgym's dataset stops at 0.6 Å; learned potentials score fused atoms at returns of thousands of eV), and
   xTB's SCF often fails on them. An implausible molecule gets no energy, return, relaxation or referee score; a
   relaxation that ends implausible gives no relaxation score either.
+- **referee relaxation** (:func:`referee_relaxation`), the strain checks of the 3D-generation literature (GEOM-drugs
+  revisited, PoseBusters-era evaluations): the molecule is relaxed under GFN2-xTB (ASE BFGS until the largest
+  force is below 0.05 eV/Å, about xTB's own "normal" gradient threshold of 1e-3 Eh/bohr, or 300 steps) and
+  reports the **relaxation energy** ``E(generated) - E(relaxed)`` in kcal/mol (the literature's unit), the
+  **heavy-atom RMSD** (Å, Kabsch-aligned) and whether the **bond graph survives** (the connectivity of
+  :func:`molgym.metrics.bonds.connectivity`, hydrogens included, identical before and after). A relaxation whose
+  SCF fails, that does not converge within the steps, or that ends implausible gives no score.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 from ase import Atoms
 
 from molgym.chem import covalent_radius
+from molgym.metrics.bonds import connectivity
 from molgym.potentials.base import Potential, PotentialError
 from molgym.reward import MIN_DISTANCE, isolated_atom_energies
 
@@ -42,11 +50,15 @@ __all__ = [
     "kabsch_rmsd",
     "best_known_return",
     "implausibility",
+    "referee_relaxation",
     "CLOSE_CONTACT_FACTOR",
+    "KCAL_PER_MOL",
 ]
 
 #: Atoms closer than this fraction of the sum of their covalent radii are fused (see :func:`implausibility`).
 CLOSE_CONTACT_FACTOR = 0.6
+#: One kcal/mol in eV (the unit in which relaxation energies are reported in the literature).
+KCAL_PER_MOL = 0.0433641043
 
 
 def implausibility(atoms: Atoms) -> str | None:
@@ -101,6 +113,37 @@ def relax(atoms: Atoms, potential: Potential, fmax: float = 0.05, steps: int = 2
     opt.run(fmax=fmax, steps=steps)
     out = Atoms(numbers=work.numbers, positions=work.positions)
     return out, int(opt.nsteps)
+
+
+def referee_relaxation(atoms: Atoms, referee: Potential, fmax: float = 0.05, steps: int = 300) -> dict:
+    """Relax ``atoms`` under ``referee`` (GFN2-xTB in the benchmark) and measure how far it was from a minimum.
+
+    Returns ``{"referee_relax_energy": kcal/mol, "referee_relax_rmsd": Å (heavy atoms), "referee_graph_kept":
+    bool, "referee_relax_steps": int}``, or ``{"referee_relax_failed": reason}`` when there is no score (SCF
+    failure, no convergence within ``steps``, an implausible start or end; see the module docstring).
+    """
+    problem = implausibility(atoms)
+    if problem:
+        return {"referee_relax_failed": problem}
+    try:
+        start = float(referee.energies([atoms])[0])
+        relaxed, taken = relax(atoms, referee, fmax=fmax, steps=steps)
+        energies, forces = referee.energies_and_forces([relaxed])
+        end, forces = float(energies[0]), np.asarray(forces[0])
+    except (PotentialError, ValueError, np.linalg.LinAlgError) as err:
+        return {"referee_relax_failed": f"{type(err).__name__}: {err}"}
+    if float(np.sqrt((forces ** 2).sum(axis=1)).max()) > fmax:
+        return {"referee_relax_failed": f"not converged to {fmax} eV/Å in {steps} steps"}
+    problem = implausibility(relaxed)
+    if problem:
+        return {"referee_relax_failed": f"relaxation left the domain: {problem}"}
+    heavy = atoms.numbers > 1
+    return {
+        "referee_relax_energy": (start - end) / KCAL_PER_MOL,
+        "referee_relax_rmsd": kabsch_rmsd(atoms.positions[heavy], relaxed.positions[heavy]),
+        "referee_graph_kept": bool(np.array_equal(connectivity(atoms), connectivity(relaxed))),
+        "referee_relax_steps": taken,
+    }
 
 
 def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:

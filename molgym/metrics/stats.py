@@ -43,7 +43,9 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
 def summarize(
     values: Sequence[float | bool | None], binary: bool = False, bounds: tuple[float, float] | None = None
 ) -> dict:
-    """``{"mean", "ci95": [lo, hi], "n"}`` over the non-``None``, finite values (mean ``None`` if none).
+    """``{"mean", "ci95": [lo, hi], "n"}`` over the non-``None``, finite values (mean ``None`` if none); real
+    values also get ``"median"`` and ``"p90"`` (90th percentile), the robust figures strain metrics are
+    reported with.
 
     ``bounds`` clips the interval of a quantity that cannot leave them (e.g. ``(0, 1)`` for a per-molecule
     fraction such as atom stability).
@@ -54,4 +56,7 @@ def summarize(
     lo, hi = wilson_interval(int(round(sum(x))), len(x)) if binary else mean_interval(x)
     if bounds is not None:
         lo, hi = max(bounds[0], lo), min(bounds[1], hi)
-    return {"mean": float(np.mean(x)), "ci95": [lo, hi], "n": len(x)}
+    out = {"mean": float(np.mean(x)), "ci95": [lo, hi], "n": len(x)}
+    if not binary:
+        out["median"], out["p90"] = float(np.median(x)), float(np.percentile(x, 90))
+    return out

@@ -194,6 +194,8 @@ def test_rl_policy_with_shipped_checkpoints_skips_tasks_it_cannot_do(tmp_path):
                         generator_options={"rl_policy": {"checkpoint": "shipped"}})
     assert results["complete"] and results["jobs_planned"] == 1 and results["failed_jobs"] == []
     assert [(s["generator"], s["task"]) for s in results["skipped_jobs"]] == [("rl_policy", "qm9-unconditional")]
+    figures = results["generators"]["rl_policy"]["figures"]  # the shipped agents' learning curves, for the report
+    assert len(figures) == 1 and all(Path(p).is_file() and p.endswith(".png") for p in figures.values())
     assert list(results["leaderboard"]) == ["CH4O"]
     job = json.loads((tmp_path / "jobs" / "rl_policy__CH4O__seed0.json").read_text())
     assert job["n_generated"] == 2 and job["generator_metadata"]["settings"]["checkpoint"] == "shipped"
@@ -233,6 +235,15 @@ def test_results_file_schema(tiny_run):
     assert rs["matches_task"]["mean"] == 1.0
     assert rs["cost"]["potential_calls"] > 0
     assert rs["cost"]["calls_per_valid"] is None or rs["cost"]["calls_per_valid"] >= rs["cost"]["potential_calls"] / 6
+    assert rs["cost"]["cpu_seconds"] > 0 and rs["cost"]["valid_plausible"] <= rs["cost"]["valid_connected"]
+    if rs["cost"]["valid_plausible"]:  # CPU seconds and calls per valid, connected, plausible molecule
+        assert rs["cost"]["cpu_seconds_per_valid"] == pytest.approx(
+            rs["cost"]["cpu_seconds"] / rs["cost"]["valid_plausible"])
+    # the standard 3D-generation checks: PoseBusters on every molecule, GFN2-xTB relaxation on a valid sample
+    assert row["posebusters"]["n"] == 6 and row["distinct_valid"]["mean"] == 1  # QM9's one CH4O isomer
+    assert set(row["posebusters_checks"]) >= {"bond_lengths", "bond_angles", "internal_energy"}
+    assert row["referee_relax_energy"]["n"] == 2 and row["referee_relax_energy"]["median"] is not None
+    assert row["referee_graph_kept"]["mean"] == 1.0
     import ase.io
 
     frames = ase.io.read(out / "samples" / "random_search__CH4O__seed0.extxyz", index=":")
@@ -340,6 +351,39 @@ def test_report_is_self_contained_and_renders(tiny_run, tmp_path):
     assert img.shape[0] >= 1000 and img.shape[1] >= 1000
     colours = len(np.unique(img.reshape(-1, 3), axis=0))
     assert colours > 50, "the page rendered (nearly) blank"
+
+
+def test_report_flags_records_shows_checks_conventions_and_generator_figures(tiny_run, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from molgym.benchmark.report import CONVENTIONS, write_report
+
+    out, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    results = json.loads((run / "results.json").read_text())
+    figure = tmp_path / "curve.png"
+    plt.figure(figsize=(2, 2))
+    plt.plot([0, 1], [0, 1])
+    plt.savefig(figure)
+    results["generators"]["qm9"]["figures"] = {"learning curves of a test agent": str(figure)}
+    results["leaderboard"]["CH4O"]["random_search"]["fraction_best_known"] = {"mean": 1.7, "ci95": [1, 2], "n": 6}
+    (run / "results.json").write_text(json.dumps(results))
+    md, html_path = write_report(run)
+    text, page = md.read_text(), html_path.read_text()
+    assert "CH4O: random_search scores 170.0% of the best-known return under potential" in text
+    assert "## PoseBusters checks" in text and "| bond lengths |" in text
+    assert "## Learning curves of a test agent" in text and (run / "figures" / "figure-1.png").is_file()
+    assert page.count("data:image/png;base64,") >= 2 and "Learning curves of a test agent" in page
+    assert all(c in text for c in CONVENTIONS) and "xTB relax ΔE med / p90 (kcal/mol)" in text
+    assert "CPU s/valid" in text and "PB-valid" in text
+
+    clean = tmp_path / "clean"
+    shutil.copytree(out, clean)
+    assert "No generator scores above a best-known return" in write_report(clean)[0].read_text()
 
 
 def test_cli_bench_errors_and_list():

@@ -15,7 +15,7 @@ SMALL = Suite(
     name="ray-test", version="0", description="Ray vs local", tasks=("CH4O",), n_samples=2, seeds=(0, 1),
     relax_steps=5, referee_sample=1, generator_options={"random_search": {"steps": 10}},
 )
-TIMING = {"generate_seconds", "metric_seconds", "seconds_per_valid"}
+TIMING = {"generate_seconds", "metric_seconds", "seconds_per_valid", "cpu_seconds", "cpu_seconds_per_valid"}
 
 
 def _strip_timing(obj):

@@ -218,3 +218,88 @@ def test_fused_atoms_are_implausible_and_get_no_energy_score(tiny_mace):
     assert good["plausible"] and good["energy"] is not None and good["return"] is not None
     assert not bad["plausible"] and "energy" not in bad and "return" not in bad
     assert summarize_records([good, bad])["plausible"]["mean"] == 0.5
+
+
+def _embedded(smiles: str, seed: int = 1) -> Atoms:
+    """An RDKit ETKDG conformer of ``smiles`` (hydrogens explicit) as ASE atoms."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    AllChem.EmbedMolecule(mol, randomSeed=seed)
+    return Atoms(numbers=[a.GetAtomicNum() for a in mol.GetAtoms()], positions=mol.GetConformer().GetPositions())
+
+
+def _methyl_radical() -> Atoms:
+    """CH3, planar: perceivable bonds but a radical, so not a valid molecule."""
+    angles = np.radians([0, 120, 240])
+    return Atoms("CH3", positions=[[0, 0, 0]] + [[1.08 * np.cos(a), 1.08 * np.sin(a), 0] for a in angles])
+
+
+def test_posebusters_checks_pass_good_geometry_and_catch_bad_angles():
+    from molgym.metrics.posebusters_checks import posebusters_checks
+
+    from scipy.spatial.transform import Rotation
+
+    good = _embedded("CCO")
+    bent = good.copy()
+    # close the C-C-O angle to 70 degrees by turning the OH group about C1 (C0 and O stay 1.7 Å apart: no new bond)
+    c0, c1, o = bent.positions[:3]
+    angle = np.degrees(np.arccos(np.dot(c0 - c1, o - c1) / np.linalg.norm(c0 - c1) / np.linalg.norm(o - c1)))
+    normal = np.cross(o - c1, c0 - c1)
+    turn = Rotation.from_rotvec(np.radians(angle - 70) * normal / np.linalg.norm(normal))
+    hydroxyl = [2] + [i for i in range(3, len(bent)) if bent.get_distance(2, i) < 1.2]
+    bent.positions[hydroxyl] = turn.apply(bent.positions[hydroxyl] - c1) + c1
+    assert bent.get_angle(0, 1, 2) == pytest.approx(70, abs=0.1)
+    mols = [chemistry.perceive(a).mol for a in (good, bent)] + [None]
+    assert mols[1] is not None, "the folded amide must still be perceivable for the geometry checks to run"
+    checks = posebusters_checks(mols)
+    assert all(checks[0].values()) and {"bond_angles", "internal_energy", "sanitization"} <= set(checks[0])
+    assert not checks[1]["bond_angles"]
+    assert checks[2] is None
+
+
+def test_posebusters_metric_counts_invalid_molecules_as_failing():
+    records = molecule_records([_embedded("CCO"), _methyl_radical()])
+    ethanol, radical = records
+    assert ethanol["posebusters"] and all(ethanol["posebusters_checks"].values())
+    assert not radical["valid"] and radical["posebusters"] is False and "posebusters_checks" not in radical
+    summary = summarize_records(records)
+    assert summary["posebusters"]["mean"] == 0.5
+    assert summary["posebusters_checks"]["bond_lengths"]["n"] == 1  # per-check rates: valid molecules only
+    assert summary["distinct_valid"]["mean"] == 1
+
+
+def test_referee_relaxation_reports_strain_rmsd_and_graph():
+    from molgym.potentials import load_potential
+
+    xtb = load_potential("xtb")
+    ethanol = _embedded("CCO")
+    strained = ethanol.copy()
+    strained.positions += np.random.default_rng(0).normal(scale=0.08, size=strained.positions.shape)
+    relaxed = physics.referee_relaxation(xtb_relaxed := physics.relax(ethanol, xtb, fmax=0.01, steps=300)[0], xtb)
+    assert relaxed["referee_relax_energy"] == pytest.approx(0.0, abs=0.1)  # kcal/mol: already a minimum
+    result = physics.referee_relaxation(strained, xtb)
+    assert result["referee_relax_energy"] > 1.0 and result["referee_graph_kept"]
+    assert 0.01 < result["referee_relax_rmsd"] < 0.5 and result["referee_relax_steps"] > 0
+    expected = (float(xtb.energies([strained])[0]) - float(xtb.energies([xtb_relaxed])[0])) / physics.KCAL_PER_MOL
+    assert result["referee_relax_energy"] == pytest.approx(expected, abs=0.5)
+    assert "not converged" in physics.referee_relaxation(strained, xtb, steps=1)["referee_relax_failed"]
+    fused = ethanol.copy()
+    fused.positions[3] = fused.positions[0] + [0.2, 0, 0]
+    assert "fused atoms" in physics.referee_relaxation(fused, xtb)["referee_relax_failed"]
+
+
+def test_referee_relaxation_samples_valid_molecules_and_summaries_give_median_and_p90():
+    from molgym.potentials import load_potential
+
+    xtb = load_potential("xtb")
+    structures = [_embedded("CCO", seed=s) for s in range(3)] + [_methyl_radical()]
+    records = molecule_records(structures, None, referee=xtb, referee_sample=3, referee_relax_steps=200,
+                               posebusters=False)
+    relaxed = [r for r in records if "referee_relax_energy" in r]
+    assert len(relaxed) == 3 and all(r["valid"] for r in relaxed)  # the invalid radical is never sampled
+    summary = summarize_records(records)["referee_relax_energy"]
+    values = sorted(r["referee_relax_energy"] for r in relaxed)
+    assert summary["median"] == pytest.approx(values[1]) and values[1] <= summary["p90"] <= values[2]
+    assert "posebusters" not in records[0]
