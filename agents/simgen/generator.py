@@ -152,6 +152,12 @@ class SiMGen(Generator):
         max_step: per-atom displacement cap per step (Å).
         prior_strength: multiplies the prior's restoring rate.
         repulsion: ``(distance Å, rate)`` of the short-range repulsion between heavy atoms.
+        cohesion: fraction of the gap by which each separate piece of a skeleton is pulled (rigidly) towards its
+            nearest atom outside it, every step from ``cohesion_start`` of the schedule on (0: off).
+        cohesion_start: fraction of the schedule after which cohesion acts.
+        piece_penalty: element search: score penalty per piece beyond one that an assignment leaves (bonds by the
+            elements' connectivity cutoffs, so an F 1.5 Å from a C is a piece of its own); ``None``: 50 when
+            growing from a ``fragment``, else 0 (off).
         assignment_width: kernel width used to assign elements (same units, on the typed descriptors).
         assignment_rounds: rounds of the greedy element search.
         element_prior: ``"reference"`` (an element's share of the reference atoms is its prior probability) or
@@ -187,6 +193,7 @@ class SiMGen(Generator):
         repulsion: tuple[float, float] = (1.35, 0.5),
         cohesion: float = 0.3,
         cohesion_start: float = 0.5,
+        piece_penalty: float | None = None,
         assignment_width: float = 1.0,
         assignment_rounds: int = 4,
         element_prior: str = "uniform",
@@ -232,6 +239,11 @@ class SiMGen(Generator):
             raise ValueError(f"prior_strength must be >= 0, got {prior_strength!r}")
         if not (isinstance(cohesion, (int, float)) and not isinstance(cohesion, bool) and 0 <= cohesion <= 1):
             raise ValueError(f"cohesion must be a number in [0, 1] (0: off), got {cohesion!r}")
+        if piece_penalty is None:  # on where separate pieces were the main failure: growing from a fragment
+            piece_penalty = FRAGMENT_PIECE_PENALTY if fragment is not None else 0.0
+        if not (isinstance(piece_penalty, (int, float)) and not isinstance(piece_penalty, bool)
+                and math.isfinite(piece_penalty) and piece_penalty >= 0):
+            raise ValueError(f"piece_penalty must be a non-negative number (0: off), got {piece_penalty!r}")
         if not (isinstance(cohesion_start, (int, float)) and not isinstance(cohesion_start, bool)
                 and 0 <= cohesion_start <= 1):
             raise ValueError(f"cohesion_start must be a fraction of the schedule in [0, 1], got {cohesion_start!r}")
@@ -244,7 +256,8 @@ class SiMGen(Generator):
                                                     else fragment.get_chemical_formula()),
             particles=particles, steps=steps, kernel_width=list(kernel_width), noise=list(noise), quench=quench,
             step_size=step_size, max_step=max_step, prior_strength=prior_strength, repulsion=list(repulsion),
-            cohesion=cohesion, cohesion_start=cohesion_start, assignment_width=assignment_width, assignment_rounds=assignment_rounds, element_prior=element_prior, relax_steps=relax_steps, relax_fmax=relax_fmax,
+            cohesion=cohesion, cohesion_start=cohesion_start, piece_penalty=piece_penalty,
+            assignment_width=assignment_width, assignment_rounds=assignment_rounds, element_prior=element_prior, relax_steps=relax_steps, relax_fmax=relax_fmax,
         )
         self.model_spec = model
         self.reference_path = reference
@@ -257,6 +270,7 @@ class SiMGen(Generator):
         self.prior_strength = float(prior_strength)
         self.repulsion = (float(repulsion[0]), float(repulsion[1]))
         self.cohesion, self.cohesion_start = float(cohesion), float(cohesion_start)
+        self.piece_penalty = float(piece_penalty)
         self.assignment_width = float(assignment_width)
         self.assignment_rounds = int(assignment_rounds)
         self.element_prior = element_prior
@@ -547,7 +561,8 @@ class SiMGen(Generator):
         return [out[ptr[i]:ptr[i + 1]] for i in range(len(structures))]
 
     def _score(self, atoms: Atoms, per_atom: np.ndarray) -> float:
-        """Total typed log-density, with a large penalty per atom bonded beyond its largest valence."""
+        """Total typed log-density, with a large penalty per atom bonded beyond its largest valence and, with
+        ``piece_penalty``, a penalty per piece beyond one (bonds by the elements' connectivity cutoffs)."""
         from molgym.chem import valences
 
         bonds = hydrogens.heavy_bonds(atoms.numbers, atoms.positions)
@@ -556,7 +571,10 @@ class SiMGen(Generator):
             degree[i] += 1
             degree[j] += 1
         over = sum(max(0, d - max(valences(int(z)))) for d, z in zip(degree, atoms.numbers))
-        return float(per_atom.sum()) - 100.0 * over
+        value = float(per_atom.sum()) - 100.0 * over
+        if self.piece_penalty > 0 and len(atoms) > 1:
+            value -= self.piece_penalty * (_count_pieces(len(atoms), bonds) - 1)
+        return value
 
     def _assign_elements(self, positions: np.ndarray, jobs: list[_Job], rng: np.random.Generator,
                          report: Callable[[float], None] | None = None):
@@ -745,6 +763,9 @@ def _quality(perception) -> int:
     return quality
 
 
+#: The element search's penalty per separate piece when growing from a fragment (``piece_penalty=None``).
+FRAGMENT_PIECE_PENALTY = 50.0
+
 #: Fewest candidates one relaxation round of :meth:`SiMGen._choose` relaxes while enough remain.
 RELAX_ROUND_MIN = 8
 
@@ -797,6 +818,21 @@ def cohesion_moves(full: np.ndarray, n_fixed: int, rate: float, max_step: float,
             length = min(rate * (gap - target), max_step)
             moves[t, members - n_fixed] += vec / gap * length
     return moves
+
+
+def _count_pieces(n: int, bonds) -> int:
+    """Connected pieces of ``n`` atoms joined by ``bonds`` (``(i, j, ...)`` tuples)."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j, *_ in bonds:
+        parent[root(i)] = root(j)
+    return len({root(i) for i in range(n)})
 
 
 def fire_relax(potential: Potential, molecules: list[Atoms], steps: int = 60, fmax: float = 0.05,

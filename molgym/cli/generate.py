@@ -79,6 +79,9 @@ def register_simgen(commands) -> None:
                         "(default 0.3)")
     p.add_argument("--cohesion-start", type=float, default=None,
                    help="fraction of the schedule after which the cohesion pull acts (default 0.5)")
+    p.add_argument("--piece-penalty", type=float, default=None,
+                   help="element search: score penalty per separate piece the elements leave (0: off; default "
+                        "50 with --fragment, else 0)")
     p.add_argument("--relax-steps", type=int, default=None, help="FIRE relaxation steps (0: none)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="molecules per batch")
     p.add_argument("--device", default=None, help="device of the descriptor model (default: GPU if present)")
@@ -262,7 +265,8 @@ def cmd_simgen(args) -> int:
     from molgym.agents.simgen import SiMGen
 
     options = {}
-    for name in ("kernel_width", "noise", "prior_strength", "cohesion", "cohesion_start", "relax_steps", "batch_size"):
+    for name in ("kernel_width", "noise", "prior_strength", "cohesion", "cohesion_start", "piece_penalty",
+                 "relax_steps", "batch_size"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value

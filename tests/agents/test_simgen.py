@@ -302,6 +302,23 @@ def test_cohesion_joins_pieces_in_the_dynamics(tiny_mace, small_reference):
     assert after < 0.7 * before
 
 
+def test_piece_penalty_scores_against_elements_that_leave_pieces(tiny_mace, small_reference):
+    """An F 1.5 Å from a C is not bonded (C-F cutoff 1.45 Å) but a C is: with the penalty, the element search's
+    score puts the F assignment (two pieces: HF beside the rest) a penalty below; default on with a fragment."""
+    per_atom = np.zeros(3)
+    chain = np.array([[0.0, 0, 0], [1.5, 0, 0], [3.0, 0, 0]])
+    ccc, ccf = Atoms("CCC", positions=chain), Atoms("CCF", positions=chain)
+    off = _gen(tiny_mace, small_reference)
+    assert off.piece_penalty == 0.0 and off._score(ccf, per_atom) == off._score(ccc, per_atom)
+    on = _gen(tiny_mace, small_reference, piece_penalty=50.0)
+    assert on._score(ccc, per_atom) == 0.0 and on._score(ccf, per_atom) == -50.0
+    frag = Atoms("CC", positions=[[0, 0, 0], [1.52, 0, 0]])
+    grown = _gen(tiny_mace, small_reference, fragment=frag)
+    assert grown.piece_penalty == 50.0 and grown.metadata()["settings"]["piece_penalty"] == 50.0
+    with pytest.raises(ValueError, match="piece_penalty"):
+        _gen(tiny_mace, small_reference, piece_penalty=-1.0)
+
+
 def test_reference_descriptors_are_computed_once(tiny_mace, small_reference, monkeypatch):
     """Generators on the same model share the reference descriptors: a second generator (and a second run)
     computes none."""
