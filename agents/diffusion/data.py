@@ -62,33 +62,47 @@ class Batch:
 
 
 class MoleculeSet:
-    """A subset of QM9 rows as flat arrays, from which batches are cut."""
+    """A subset of QM9 rows as flat arrays, from which batches are cut; ``hydrogens=False`` keeps only the heavy
+    atoms of each molecule (the heavy-atom model's data)."""
 
-    def __init__(self, qm9, rows: np.ndarray):
+    def __init__(self, qm9, rows: np.ndarray, hydrogens: bool = True):
         self.rows = np.asarray(rows)
         self.qm9 = qm9
-        self.sizes = qm9.sizes[self.rows]
+        self.hydrogens = bool(hydrogens)
+        if self.hydrogens:
+            self.sizes = qm9.sizes[self.rows]
+        else:
+            heavy = np.add.reduceat((qm9.numbers > 1).astype(np.int64), qm9.offsets[:-1])
+            self.sizes = heavy[self.rows]
 
     @classmethod
-    def from_split(cls, part: str, seed: int = _SPLIT_SEED) -> "MoleculeSet":
+    def from_split(cls, part: str, seed: int = _SPLIT_SEED, hydrogens: bool = True) -> "MoleculeSet":
         from molgym.data.qm9 import load_qm9
 
         qm9 = load_qm9()
         split = qm9_split(len(qm9), seed)
         if part not in split:
             raise ValueError(f"unknown split part {part!r}; allowed: {', '.join(split)}")
-        return cls(qm9, split[part])
+        return cls(qm9, split[part], hydrogens=hydrogens)
+
+    def subset(self, count: int) -> "MoleculeSet":
+        """The first ``count`` molecules of this set (same hydrogen setting)."""
+        return MoleculeSet(self.qm9, self.rows[:count], hydrogens=self.hydrogens)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def batch(self, indices) -> Batch:
         """Batch of the molecules at ``indices`` (positions into this set), positions centred per molecule."""
-        rows = self.rows[np.asarray(indices)]
+        picked = np.asarray(indices)
+        rows = self.rows[picked]
         q = self.qm9
         numbers = np.concatenate([q.numbers[q.offsets[r]:q.offsets[r + 1]] for r in rows])
         positions = np.concatenate([q.positions[q.offsets[r]:q.offsets[r + 1]] for r in rows])
-        sizes = torch.as_tensor(q.sizes[rows], dtype=torch.long)
+        if not self.hydrogens:
+            keep = numbers > 1
+            numbers, positions = numbers[keep], positions[keep]
+        sizes = torch.as_tensor(self.sizes[picked], dtype=torch.long)
         edge_index, batch = fully_connected_edges(sizes)
         x = center(torch.as_tensor(positions, dtype=torch.float32), batch, len(sizes))
         return Batch(x=x, h=encode_elements(numbers), edge_index=edge_index, batch=batch, sizes=sizes)

@@ -56,7 +56,9 @@ def _largest_fragment_valid(atoms: Atoms) -> bool:
 
 
 def qm9_metrics(molecules: Sequence[Atoms]) -> dict:
-    """EDM's four figures plus novelty, uniqueness and connectivity for ``molecules`` (fractions in [0, 1])."""
+    """EDM's four figures plus novelty, uniqueness and connectivity for ``molecules`` (fractions in [0, 1]); for
+    a heavy-atom model's samples also ``skeleton_valid``, the heavy-atom figure before hydrogens were added (the
+    fraction of skeletons for which valence rules found bond orders)."""
     from molgym.metrics.bonds import atom_stability
     from molgym.metrics.chemistry import novelty, perceive
 
@@ -90,4 +92,6 @@ def qm9_metrics(molecules: Sequence[Atoms]) -> dict:
         "novelty": novelty(smiles),
         "novelty_unique": novel_unique,
         "connected": connected / n,
+        **({"skeleton_valid": sum(bool(m.info.get("skeleton_valid")) for m in molecules) / n}
+           if any("skeleton_valid" in m.info for m in molecules) else {}),
     }

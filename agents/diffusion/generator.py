@@ -10,6 +10,18 @@ What it generates for each kind of benchmark task:
   task's target points are not used (the model has no shape conditioning); its formula is.
 
 Elements outside H, C, N, O, F raise a ``ValueError`` naming the task, before any sampling.
+
+**Heavy-atom models** (trained with ``molgym diffusion train --heavy-atoms``: the checkpoint's config has
+``hydrogens: false``) sample heavy atoms only: sizes count heavy atoms (QM9's heavy-atom distribution, or the
+task's bag without its hydrogens), a formula fixes the heavy elements, and each skeleton is completed by valence
+rules (:func:`molgym.agents.simgen.hydrogens.hydrogenate`: bond orders from distances, hydrogens in VSEPR
+directions; for a formula, the assignment with the formula's hydrogen count is preferred). A skeleton with no
+valence-consistent bond orders is returned without hydrogens (it scores invalid). ``info["skeleton_valid"]``
+says whether rules found bond orders, so the gain from the rules is visible.
+
+**A physical last stage** (``relax_steps > 0``): the molecules are relaxed together with FIRE under the
+generator's potential (``potential=``, the benchmark's by default); ``info["relaxed"]`` marks it. Off by default,
+so the benchmark's diffusion row is the sampler's own.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ class DiffusionSampler(Generator):
         batch_size: molecules integrated together.
         ema: use the exponential-moving-average weights (default) rather than the raw ones.
         threads: torch CPU threads while sampling (default: torch's).
+        relax_steps: FIRE steps of a final relaxation under the potential (0, the default: none).
     """
 
     name = "diffusion"
@@ -49,7 +62,7 @@ class DiffusionSampler(Generator):
 
     def __init__(self, model: str = "default", steps: int = 20, churn: float = 5.0, sigma_max: float = 10.0,
                  sigma_min: float = 0.002, rho: float = 7.0, n_atoms: int | None = None, batch_size: int = 128,
-                 ema: bool = True, threads: int | None = None, potential=None):
+                 ema: bool = True, threads: int | None = None, potential=None, relax_steps: int = 0):
         from molgym.agents.diffusion.sampler import SamplerSettings
 
         self.sampler_settings = SamplerSettings(steps=int(steps), sigma_min=float(sigma_min),
@@ -61,12 +74,15 @@ class DiffusionSampler(Generator):
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
+        if int(relax_steps) < 0:
+            raise ValueError(f"relax_steps must be 0 (no relaxation) or more, got {relax_steps}")
         if str(model) != "default" and not os.path.isfile(str(model)):
             raise FileNotFoundError(f"diffusion model file {str(model)!r} does not exist (or use 'default')")
         super().__init__(potential=potential, model=str(model), steps=int(steps), churn=float(churn),
                          sigma_max=float(sigma_max), sigma_min=float(sigma_min), rho=float(rho),
                          n_atoms=None if n_atoms is None else int(n_atoms), batch_size=int(batch_size),
-                         ema=bool(ema), threads=threads)
+                         ema=bool(ema), threads=threads, relax_steps=int(relax_steps))
+        self.relax_steps = int(relax_steps)
         self.model_spec = str(model)
         self.n_atoms = None if n_atoms is None else int(n_atoms)
         self.batch_size = int(batch_size)
@@ -84,18 +100,20 @@ class DiffusionSampler(Generator):
             self._sizes = np.asarray(state["size_distribution"], dtype=float)
         return self._model
 
-    def _jobs(self, task, n: int, seed: int) -> list[list[int] | int]:
-        """Per molecule: a list of atomic numbers (elements fixed) or an atom count (elements sampled)."""
+    def _jobs(self, task, n: int, seed: int) -> tuple[list[list[int] | int], list[int | None]]:
+        """Per molecule: a list of atomic numbers (elements fixed) or an atom count (elements sampled); and the
+        hydrogens a heavy-atom model's skeleton should get (``None``: whatever the valences give)."""
         rng = np.random.default_rng([int(seed), 0xD1FF])
         kind = getattr(task, "kind", None)
+        heavy = not self._load().config.hydrogens
         if task is None or kind == "unconditional":
             if self.n_atoms is not None:
-                return [self.n_atoms] * n
+                return [self.n_atoms] * n, [None] * n
             if task is not None:  # the task's own seeded QM9 draw fixes the sizes, as for every generator
-                return [sum(bag.values()) for bag in task.bags(n, seed)]
-            self._load()
-            return rng.choice(len(self._sizes), size=n, p=self._sizes).astype(int).tolist()
-        jobs = []
+                bags = task.bags(n, seed)
+                return [sum(c for e, c in bag.items() if not (heavy and e == "H")) for bag in bags], [None] * n
+            return rng.choice(len(self._sizes), size=n, p=self._sizes).astype(int).tolist(), [None] * n
+        jobs, hydrogens = [], []
         for bag in task.bags(n, seed):
             numbers = [atomic_number(sym) for sym, count in sorted(bag.items()) for _ in range(count)]
             bad = sorted({sym for sym in bag if atomic_number(sym) not in (1, 6, 7, 8, 9)})
@@ -105,8 +123,15 @@ class DiffusionSampler(Generator):
             if len(numbers) > MAX_ATOMS:
                 raise ValueError(f"task {task.name!r} asks for {len(numbers)} atoms; the diffusion sampler "
                                  f"supports at most {MAX_ATOMS}")
+            if heavy:
+                hydrogens.append(numbers.count(1))
+                numbers = [z for z in numbers if z != 1]
+                if not numbers:
+                    raise ValueError(f"task {task.name!r} has no heavy atoms for the heavy-atom diffusion model")
+            else:
+                hydrogens.append(None)
             jobs.append(numbers)
-        return jobs
+        return jobs, hydrogens
 
     def generate(self, task, n: int, seed: int) -> list[Atoms]:
         """``n`` molecules for a benchmark ``task`` (see the module docstring), deterministic in ``seed``."""
@@ -118,7 +143,7 @@ class DiffusionSampler(Generator):
         n = check_sample_count(n)
         if n == 0:
             return []
-        jobs = self._jobs(task, n, int(seed))
+        jobs, hydrogens = self._jobs(task, n, int(seed))
         model = self._load()
         import torch
 
@@ -126,9 +151,38 @@ class DiffusionSampler(Generator):
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
-            return self._sample(model, jobs, int(seed), progress)
+            molecules = self._sample(model, jobs, int(seed), progress)
         finally:
             torch.set_num_threads(previous)
+        if not model.config.hydrogens:
+            molecules = [self._complete(m, h) for m, h in zip(molecules, hydrogens)]
+        if self.relax_steps > 0:
+            molecules = self._relax(molecules)
+        return molecules
+
+    @staticmethod
+    def _complete(skeleton: Atoms, n_hydrogens: int | None) -> Atoms:
+        """A heavy-atom sample completed with hydrogens by valence rules (or left as it is, marked, if none fit)."""
+        from molgym.agents.simgen.hydrogens import hydrogenate
+
+        whole = hydrogenate(skeleton, n_hydrogens)
+        out = skeleton.copy() if whole is None else whole
+        out.info = {**skeleton.info, "skeleton_valid": whole is not None, "hydrogens": "valence rules"}
+        return out
+
+    def _relax(self, molecules: list[Atoms]) -> list[Atoms]:
+        """The physical last stage: FIRE under the generator's potential, all molecules in one batch per step."""
+        from molgym.agents.simgen.generator import fire_relax
+
+        potential = self.potential()
+        covered = set(int(z) for z in potential.species)
+        todo = [i for i, m in enumerate(molecules) if len(m) > 1 and set(int(z) for z in m.numbers) <= covered]
+        relaxed, _energies = fire_relax(potential, [molecules[i] for i in todo], steps=self.relax_steps)
+        out = list(molecules)
+        for i, atoms in zip(todo, relaxed):
+            atoms.info = {**molecules[i].info, "relaxed": True}
+            out[i] = atoms
+        return out
 
     def _sample(self, model, jobs, seed: int, progress) -> list[Atoms]:
         import torch
@@ -147,7 +201,8 @@ class DiffusionSampler(Generator):
                 raise AssertionError("a batch mixes fixed and free elements")  # _jobs never does this
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, b]).generate_state(1)[0]))
             t0 = time.perf_counter()
-            x, numbers, batch = heun_sample(model, sizes, gen, self.sampler_settings, fixed_h=fixed)
+            x, numbers, batch = heun_sample(model, sizes, gen, self.sampler_settings, fixed_h=fixed,
+                                            heavy_only=not model.config.hydrogens)
             per_molecule = (time.perf_counter() - t0) / len(chunk)
             x, numbers, batch = x.numpy().astype(float), numbers.numpy(), batch.numpy()
             for i in range(len(chunk)):

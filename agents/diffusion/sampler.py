@@ -63,14 +63,16 @@ def noise_levels(settings: SamplerSettings) -> torch.Tensor:
 
 def heun_sample(model: EnergyDenoiser, sizes: list[int], generator: torch.Generator,
                 settings: SamplerSettings = SamplerSettings(), fixed_h: torch.Tensor | None = None,
-                callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None):
+                callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None,
+                heavy_only: bool = False):
     """Sample molecules with ``sizes`` atoms; returns ``(positions [N, 3], atomic numbers [N], batch [N])``.
 
     ``fixed_h`` (``[N, 5]`` scaled one-hot) fixes the elements (formula-conditioned generation) by replacement:
     at noise level ``sigma`` the element channels are set to ``fixed_h + sigma * eps`` (one seeded ``eps`` per
     atom), the forward process's own noisy version of the known elements, so the network sees inputs like those
     it was trained on, and only the positions are integrated.
-    ``callback(i, sigma, x, h)`` is called after each step.
+    ``callback(i, sigma, x, h)`` is called after each step. ``heavy_only`` (a model trained without hydrogens)
+    decodes each atom's element among the heavy channels only.
     """
     settings.check()
     sizes_t = torch.as_tensor(sizes, dtype=torch.long)
@@ -116,5 +118,8 @@ def heun_sample(model: EnergyDenoiser, sizes: list[int], generator: torch.Genera
         if callback is not None:
             callback(i, t_next, x, h)
     final_h = fixed_h if fixed_h is not None else h
+    if heavy_only and fixed_h is None:
+        final_h = final_h.clone()
+        final_h[:, ELEMENTS.index(1)] = -math.inf
     numbers = torch.as_tensor(ELEMENTS)[final_h.argmax(dim=-1)]
     return x.detach(), numbers, batch

@@ -7,7 +7,8 @@ differentiates through a gradient: ``create_graph=True``). The data order is a s
 so a resumed run sees exactly the batches the uninterrupted run would have seen.
 
 Outputs under ``out``: ``checkpoint.pt`` (full state, for ``--resume``), ``model.pt`` (EMA weights only, for
-sampling and shipping), ``learning_curve.csv`` and ``train.log``.
+sampling and shipping), ``learning_curve.csv``, ``train.log`` and, with ``snapshot_every``,
+``snapshots/model-STEP.pt`` (EMA weights every so many steps, to measure sample quality along training).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class TrainSettings:
     checkpoint_every: int = 100
     valid_molecules: int = 256
     train_subset: int | None = None  # use only the first N training molecules (tests, smoke runs)
+    snapshot_every: int | None = None  # also keep the EMA weights every N steps (snapshots/), for learning curves
 
     def check(self) -> None:
         """Raise ``ValueError`` for settings that cannot work, before any data is loaded."""
@@ -65,6 +67,8 @@ class TrainSettings:
             raise ValueError(f"time limit must be positive seconds, got {self.time_limit}")
         if self.max_steps is None and self.epochs is None and self.time_limit is None:
             raise ValueError("give at least one of max steps, epochs or a time limit, or training never stops")
+        if self.snapshot_every is not None and self.snapshot_every < 1:
+            raise ValueError(f"snapshot interval must be at least 1 step, got {self.snapshot_every}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
 
@@ -150,11 +154,15 @@ def train(out: str | Path, settings: TrainSettings, config: ModelConfig | None =
         config = ModelConfig.from_dict(state["config"])
     config = config or ModelConfig()
     if train_data is None:
-        train_data = MoleculeSet.from_split("train")
+        train_data = MoleculeSet.from_split("train", hydrogens=config.hydrogens)
     if settings.train_subset is not None:
-        train_data = MoleculeSet(train_data.qm9, train_data.rows[: settings.train_subset])
+        train_data = train_data.subset(settings.train_subset)
     if valid_data is None:
-        valid_data = MoleculeSet.from_split("valid")
+        valid_data = MoleculeSet.from_split("valid", hydrogens=config.hydrogens)
+    for name, data in (("training", train_data), ("validation", valid_data)):
+        if data.hydrogens != config.hydrogens:
+            raise ValueError(f"the {name} data {'has' if data.hydrogens else 'lacks'} hydrogens but the model "
+                             f"config says hydrogens={config.hydrogens}")
 
     torch.manual_seed(settings.seed)  # parameter initialisation only; everything else uses explicit generators
     model = EnergyDenoiser(config).to(device)
@@ -259,6 +267,8 @@ def train(out: str | Path, settings: TrainSettings, config: ModelConfig | None =
                 run_losses = []
             if step % settings.checkpoint_every == 0:
                 write_checkpoints()
+            if settings.snapshot_every and step % settings.snapshot_every == 0:
+                save_checkpoint(out / "snapshots" / f"model-{step:07d}.pt", snapshot(False))
     except KeyboardInterrupt:
         stop_reason = "interrupted"
         write_checkpoints()

@@ -22,7 +22,7 @@ from ase import Atoms
 from molgym.chem import symbol, valences
 from molgym.metrics.bonds import DOUBLE, SINGLE, TRIPLE, connectivity_cutoff
 
-__all__ = ["heavy_bonds", "assign_bond_orders", "hydrogen_counts", "add_hydrogens"]
+__all__ = ["heavy_bonds", "assign_bond_orders", "hydrogen_counts", "add_hydrogens", "hydrogenate"]
 
 _XH = {"C": 1.09, "N": 1.01, "O": 0.96, "F": 0.92, "S": 1.34, "P": 1.42, "Cl": 1.27, "Br": 1.41, "I": 1.61,
        "B": 1.19}
@@ -246,3 +246,16 @@ def add_hydrogens(skeleton: Atoms, counts: np.ndarray) -> Atoms:
     return Atoms(numbers=np.concatenate([numbers, np.ones(len(h_pos), dtype=int)]),
                  positions=np.concatenate([pos, np.array(h_pos)]))
 
+
+
+def hydrogenate(skeleton: Atoms, n_hydrogens: int | None = None) -> Atoms | None:
+    """Steps 1-3 on a heavy-atom ``skeleton``: the whole molecule, or ``None`` when no bond-order assignment keeps
+    every atom within its valence. With ``n_hydrogens`` an assignment leaving exactly that many hydrogens is
+    preferred; if none exists, the best one without that constraint is used."""
+    heavy = Atoms(numbers=skeleton.numbers, positions=skeleton.positions)
+    orders = assign_bond_orders(heavy.numbers, heavy.positions, n_hydrogens=n_hydrogens)
+    if orders is None and n_hydrogens is not None:
+        orders = assign_bond_orders(heavy.numbers, heavy.positions)
+    if orders is None:
+        return None
+    return add_hydrogens(heavy, hydrogen_counts(heavy.numbers, orders))

@@ -86,6 +86,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-L", type=int, choices=(0, 1, 2), default=1, help="highest irrep order of hidden features")
     p.add_argument("--correlation", type=int, choices=(1, 2, 3), default=2, help="body order of the product basis")
     p.add_argument("--interactions", type=_positive_int, default=2, help="message-passing layers")
+    p.add_argument("--snapshot-every", type=_positive_int, default=None,
+                   help="also keep the EMA weights every N steps under OUT/snapshots/ (for learning curves)")
+    p.add_argument("--heavy-atoms", action="store_true",
+                   help="train on heavy atoms only (about 4x fewer pairs per molecule); the sampler then adds "
+                        "hydrogens by valence rules")
     p.add_argument("--train-subset", type=_positive_int, default=None,
                    help="train on the first N training molecules only (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -125,6 +130,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("--molecules-from", default=None, help="score this extended XYZ file instead of sampling")
+    p.add_argument("--relax-steps", type=int, default=0,
+                   help="FIRE steps of a final relaxation under --potential (default 0: the raw samples)")
+    p.add_argument("--potential", default="auto", help="potential of the relaxation (default: the shipped MACE)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -163,10 +171,12 @@ def cmd_train(args) -> int:
     from molgym.agents.diffusion.training import TrainSettings, train
 
     settings = TrainSettings(batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, epochs=args.epochs,
-                             time_limit=args.time_limit, seed=args.seed, train_subset=args.train_subset)
+                             time_limit=args.time_limit, seed=args.seed, train_subset=args.train_subset,
+                             snapshot_every=args.snapshot_every)
     settings.check()
     config = ModelConfig(channels=args.channels, max_L=args.max_L, correlation=args.correlation,
-                         num_interactions=args.interactions, radial_mlp=(args.channels, args.channels))
+                         num_interactions=args.interactions, radial_mlp=(args.channels, args.channels),
+                         hydrogens=not args.heavy_atoms, avg_num_neighbors=8.0 if args.heavy_atoms else 17.0)
     summary = train(out, settings, config, resume=args.resume, progress=not args.no_progress, device=args.device)
     last = summary["last"] or {}
     print(f"trained to step {summary['step']} (epoch {summary['epoch']:.3f}, {summary['seconds']:.0f} s, "
@@ -235,7 +245,8 @@ def cmd_evaluate(args) -> int:
         import torch
 
         generator = DiffusionSampler(model=args.model, steps=args.steps, churn=args.churn,
-                                     batch_size=args.batch_size, threads=args.threads)
+                                     batch_size=args.batch_size, threads=args.threads,
+                                     relax_steps=args.relax_steps, potential=args.potential)
         molecules, seconds = sample_with_progress(generator, args.num, args.seed, progress=not args.no_progress,
                                                   desc="diffusion sample")
         write_xyz(out / "molecules.xyz", molecules)
@@ -252,7 +263,10 @@ def cmd_evaluate(args) -> int:
     write_json(out / "metrics.json", result)
     for key in ("atom_stability", "molecule_stability", "validity", "valid_and_unique"):
         print(f"{key:20s} {metrics[key]:.4f}   (EDM {EDM_QM9[key]:.3f})")
-    for key in ("valid_largest_fragment", "uniqueness", "novelty", "novelty_unique", "connected"):
+    for key in ("valid_largest_fragment", "uniqueness", "novelty", "novelty_unique", "connected",
+                "skeleton_valid"):
+        if key not in metrics:
+            continue
         value = metrics[key]
         print(f"{key:20s} {'n/a' if value is None else f'{value:.4f}'}")
     if sampling:

@@ -184,9 +184,12 @@ def test_training_runs_and_resume_matches_uninterrupted_run(tmp_path):
 
     def settings(steps):
         return TrainSettings(batch_size=4, max_steps=steps, log_every=1, valid_every=2, checkpoint_every=1,
-                             valid_molecules=8, train_subset=16, warmup_steps=1)
+                             valid_molecules=8, train_subset=16, warmup_steps=1, snapshot_every=2)
 
     train(tmp_path / "a", settings(2), TINY, progress=False, valid_data=valid, train_data=train_data)
+    snapshots = sorted(p.name for p in (tmp_path / "a" / "snapshots").iterdir())
+    assert snapshots == ["model-0000002.pt"]  # settings(): a snapshot every 2 steps
+    assert load_checkpoint(tmp_path / "a" / "snapshots" / snapshots[0])["step"] == 2
     first = train(tmp_path / "b", settings(1), TINY, progress=False, valid_data=valid, train_data=train_data)
     assert first["step"] == 1 and (tmp_path / "b" / "model.pt").is_file()
     with pytest.raises(ValueError, match="--resume"):
@@ -212,6 +215,8 @@ def test_training_settings_are_checked_before_work(tmp_path):
         train(tmp_path, TrainSettings(), TINY)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(tmp_path, TrainSettings(max_steps=1), TINY, resume=True)
+    with pytest.raises(ValueError, match="snapshot"):
+        train(tmp_path, TrainSettings(max_steps=1, snapshot_every=0), TINY)
 
 
 def test_generator_returns_seeded_molecules(tiny_checkpoint):
@@ -320,3 +325,74 @@ def test_shipped_checkpoint_loads_and_samples():
     molecules = DiffusionSampler(model="default", steps=4).generate_molecules(3, seed=0)
     assert len(molecules) == 3 and all(1 <= len(m) <= 29 for m in molecules)
     assert all(set(m.numbers.tolist()) <= {1, 6, 7, 8, 9} for m in molecules)
+
+
+HEAVY = ModelConfig(channels=8, radial_mlp=(8,), num_bessel=4, hydrogens=False, avg_num_neighbors=8.0)
+
+
+def test_heavy_atom_data_drop_hydrogens_and_training_checks_the_match(tmp_path):
+    from molgym.agents.diffusion.training import TrainSettings, train
+
+    full = MoleculeSet.from_split("valid").subset(5)
+    heavy = MoleculeSet(full.qm9, full.rows, hydrogens=False)
+    batch = heavy.batch(np.arange(5))
+    q = full.qm9
+    expected = [int((q.numbers[q.offsets[r]:q.offsets[r + 1]] > 1).sum()) for r in full.rows]
+    assert batch.sizes.tolist() == expected == heavy.sizes.tolist()
+    assert float(batch.h[:, ELEMENTS.index(1)].abs().sum()) == 0.0  # no hydrogen left
+    assert (heavy.sizes <= 9).all() and (full.sizes > heavy.sizes).all()
+    with pytest.raises(ValueError, match="hydrogens"):
+        train(tmp_path, TrainSettings(max_steps=1), HEAVY, progress=False, train_data=full, valid_data=full)
+
+
+def test_heavy_atom_model_samples_skeletons_and_completes_them_by_valence(tmp_path):
+    from molgym.agents.diffusion import DiffusionSampler
+    from molgym.benchmark import get_task
+    from molgym.chem import parse_formula
+
+    torch.manual_seed(0)
+    model = EnergyDenoiser(HEAVY).eval()
+    sizes = np.zeros(10)
+    sizes[[3, 4]] = 0.5
+    path = tmp_path / "heavy.pt"
+    save_checkpoint(path, {"config": HEAVY.as_dict(), "model": model.state_dict(), "ema": model.state_dict(),
+                           "size_distribution": sizes.tolist(), "step": 0, "epoch": 0.0, "seconds": 0.0})
+    x, z, batch = heun_sample(model, [5, 4], torch.Generator().manual_seed(0), SamplerSettings(steps=3),
+                              heavy_only=True)
+    assert (z > 1).all()  # the empty H channel is never decoded
+    gen = DiffusionSampler(model=str(path), steps=3, threads=1)
+    molecules = gen.generate_molecules(4, seed=0)
+    for m in molecules:
+        heavy = int((m.numbers > 1).sum())
+        assert heavy in (3, 4) and m.info["hydrogens"] == "valence rules"
+        if m.info["skeleton_valid"]:  # rules found bond orders: hydrogens were added
+            assert (m.numbers == 1).sum() > 0 or heavy == 0
+        else:
+            assert (m.numbers == 1).sum() == 0
+    # a formula fixes the heavy elements; the skeleton gets the formula's hydrogens where the valences allow it
+    for m in gen.generate(get_task("C2H6O"), 3, seed=1):
+        assert sorted(m.numbers[m.numbers > 1].tolist()) == [6, 6, 8]
+        if m.info["skeleton_valid"] and (m.numbers == 1).sum() == 6:
+            assert parse_formula(m.get_chemical_formula(mode="hill")) == parse_formula("C2H6O")
+    with pytest.raises(ValueError, match="relax_steps"):
+        DiffusionSampler(model=str(path), relax_steps=-1)
+
+
+def test_hydrogenate_rebuilds_a_qm9_molecule_from_its_heavy_atoms():
+    from molgym.agents.simgen.hydrogens import hydrogenate
+    from molgym.data.qm9 import load_qm9
+    from molgym.metrics.chemistry import perceive
+
+    qm9 = load_qm9()
+    row = int(np.nonzero(qm9.smiles == "CC(=O)C")[0][0]) if (qm9.smiles == "CC(=O)C").any() else 30
+    mol = qm9.atoms(row)
+    skeleton = mol[mol.numbers > 1]
+    whole = hydrogenate(skeleton, n_hydrogens=int((mol.numbers == 1).sum()))
+    assert whole is not None and perceive(whole).smiles == perceive(mol).smiles
+    from ase import Atoms
+
+    methane = hydrogenate(Atoms("C"))  # a lone carbon gets four hydrogens
+    assert methane is not None and perceive(methane).smiles == "C"
+    directions = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1]], dtype=float)
+    five = Atoms("C6", positions=np.vstack([[0, 0, 0], 1.5 * directions]))  # a carbon with five C neighbours
+    assert hydrogenate(five) is None
