@@ -37,7 +37,8 @@ from ase import Atoms
 from gymnasium import spaces
 
 from molgym.chem import atomic_number, bag_from_numbers, element, format_formula, hill_order, symbol
-from molgym.potentials.base import Potential, PotentialError
+from molgym.potentials.base import Potential
+from molgym.potentials.batching import evaluate_batch, evaluate_one
 from molgym.reward import (
     build_return,
     interaction_reward,
@@ -306,7 +307,7 @@ class MolecularEnv(gym.Env):
         if structure is None:
             result = self._finish_step(None, "")
         else:
-            result = self._finish_step(*_evaluate_one(self.potential, structure, self.reports_uncertainty))
+            result = self._finish_step(*evaluate_one(self.potential, structure, self.reports_uncertainty))
         if self._ending is not None:
             needed = self._ending_structures()
             return self._settle_ending(evaluate_batch(self.reference, needed) if needed else ())
@@ -598,7 +599,7 @@ class MolecularEnv(gym.Env):
             energy = 0.0 if len(numbers) == 0 else isolated_atom_energies(self.potential, [int(numbers[0])])[
                 int(numbers[0])]
             return energy, (self._zero_dev() if self.reports_uncertainty else None)
-        energy, error, members = _evaluate_one(self.potential, Atoms(numbers=numbers, positions=positions),
+        energy, error, members = evaluate_one(self.potential, Atoms(numbers=numbers, positions=positions),
                                                self.reports_uncertainty)
         if energy is None or not np.isfinite(energy):
             raise ValueError(f"the start structure could not be evaluated with {self.potential.name}: {error}")
@@ -766,35 +767,3 @@ def _load_reference(
     if identity is not None and identity == potential_identity(potential):
         return None, None
     return (ref if isinstance(reference, Potential) else str(reference)), ref
-
-
-def _evaluate(potential: Potential, structures: list[Atoms], committee: bool):
-    if committee:
-        energies, members = potential.committee_energies(structures)
-        return [(float(e), "", m) for e, m in zip(energies, members)]
-    return [(float(e), "", None) for e in potential.energies(structures)]
-
-
-def _evaluate_one(
-    potential: Potential, structure: Atoms, committee: bool = False
-) -> tuple[float | None, str, np.ndarray | None]:
-    """``(energy, "", members)`` of one structure, or ``(None, reason, None)`` when the potential cannot evaluate
-    it; ``members`` (the committee's energies) only when ``committee``."""
-    try:
-        return _evaluate(potential, [structure], committee)[0]
-    except PotentialError as err:
-        return None, str(err), None
-
-
-def evaluate_batch(
-    potential: Potential, structures: list[Atoms], committee: bool = False
-) -> list[tuple[float | None, str, np.ndarray | None]]:
-    """Energies (and with ``committee`` the members' energies) of many structures in ONE potential call; if that
-    call fails on a structure (e.g. an SCF that does not converge), the structures are evaluated one by one to
-    isolate the failure."""
-    if not structures:
-        return []
-    try:
-        return _evaluate(potential, structures, committee)
-    except PotentialError:
-        return [_evaluate_one(potential, s, committee) for s in structures]

@@ -19,7 +19,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from molgym.envs.base import MolecularEnv, evaluate_batch
+from molgym.envs.base import MolecularEnv
+from molgym.potentials.batching import evaluate_batch
 from molgym.envs.multi_bag import MultiBagEnv
 from molgym.envs.single_bag import SingleBagEnv
 from molgym.envs.solvation import SolvationEnv

@@ -195,22 +195,6 @@ def _label(atoms) -> str:
     return f"qm9 {qm9_id}" if qm9_id >= 0 else f"candidate {atoms.info.get('smiles')}"
 
 
-def _energies_tolerant(potential, structures: list) -> np.ndarray:
-    """Energies, with ``inf`` for structures whose evaluation fails (e.g. an SCF that does not converge)."""
-    from molgym.potentials.base import PotentialError
-
-    try:
-        return np.asarray(potential.energies(structures), dtype=float)
-    except PotentialError:
-        out = np.full(len(structures), np.inf)
-        for i, atoms in enumerate(structures):
-            try:
-                out[i] = float(potential.energies([atoms])[0])
-            except PotentialError:
-                pass
-        return out
-
-
 def compute_best_known(
     formula: str,
     potential,
@@ -251,7 +235,9 @@ def compute_best_known(
     if progress:
         print(f"[best-known] {key}: {n_qm9} QM9 isomers + {len(isomers) - n_qm9} candidates, single points with "
               f"{potential.name}", flush=True)
-    energies = _energies_tolerant(potential, isomers)
+    from molgym.potentials.batching import energies_or_nan
+
+    energies = np.nan_to_num(energies_or_nan(potential, isomers), nan=np.inf)  # failures sort last
     order = [int(i) for i in np.argsort(energies) if np.isfinite(energies[i])][:top_k]
     relaxed = []
     for rank, i in enumerate(order):

@@ -42,6 +42,7 @@ from ase import Atoms
 from molgym.chem import covalent_radius
 from molgym.metrics.bonds import connectivity
 from molgym.potentials.base import Potential, PotentialError
+from molgym.potentials.batching import energies_or_nan
 from molgym.reward import MIN_DISTANCE, isolated_atom_energies
 
 __all__ = [
@@ -87,20 +88,10 @@ def atomisation_energies(potential: Potential, structures: Sequence[Atoms]) -> t
     """``(energies, returns)`` for ``structures`` in one batched call; entries are NaN where the potential fails."""
     if not structures:
         return np.zeros(0), np.zeros(0)
-    try:
-        energies = np.asarray(potential.energies(list(structures)), dtype=float)
-    except PotentialError:
-        energies = np.array([_energy_or_nan(potential, a) for a in structures])
+    energies = energies_or_nan(potential, structures)
     atom = isolated_atom_energies(potential, sorted({int(z) for a in structures for z in a.numbers}))
     refs = np.array([sum(atom[int(z)] for z in a.numbers) for a in structures])
     return energies, refs - energies
-
-
-def _energy_or_nan(potential: Potential, atoms: Atoms) -> float:
-    try:
-        return float(potential.energies([atoms])[0])
-    except PotentialError:
-        return float("nan")
 
 
 def relax(atoms: Atoms, potential: Potential, fmax: float = 0.05, steps: int = 200) -> tuple[Atoms, int]:

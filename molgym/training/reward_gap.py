@@ -32,25 +32,12 @@ __all__ = ["returns", "reward_gaps", "summarise", "main"]
 def returns(potential, molecules: Sequence[Atoms]) -> np.ndarray:
     """Episode return of building each molecule under ``potential``: ``sum E(atom) - E(molecule)`` (eV).
 
-    A molecule the potential cannot evaluate (SCF failure) gets NaN.
+    A molecule the potential cannot evaluate (SCF failure) gets NaN. The definition is
+    :func:`molgym.metrics.physics.atomisation_energies`'s.
     """
-    from molgym.potentials.base import PotentialError
-    from molgym.reward import isolated_atom_energies
+    from molgym.metrics.physics import atomisation_energies
 
-    out = np.full(len(molecules), np.nan)
-    atoms_e = isolated_atom_energies(potential, sorted({int(z) for m in molecules for z in m.numbers}))
-    try:
-        energies = potential.energies(list(molecules))
-    except PotentialError:
-        energies = np.full(len(molecules), np.nan)
-        for i, mol in enumerate(molecules):
-            try:
-                energies[i] = potential.energies([mol])[0]
-            except PotentialError:
-                pass
-    for i, mol in enumerate(molecules):
-        out[i] = sum(atoms_e[int(z)] for z in mol.numbers) - energies[i]
-    return out
+    return atomisation_energies(potential, list(molecules))[1]
 
 
 def reward_gaps(potential, molecules: Sequence[Atoms], reference=None) -> list[dict]:
