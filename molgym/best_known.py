@@ -8,7 +8,7 @@ empty canvas of energy 0, the undiscounted return of building a molecule is its 
 so the best return known for a formula is ``sum_i E(atom_i) - min E(isomer)`` over the isomers we know. The values
 ship in ``molgym/data/best_known.json``, each with its provenance (potential name, model sha256 where the potential
 is a model file, method, date, software versions). They are computed by :func:`compute_best_known` /
-``python -m molgym.best_known --potential SPEC --formulas F1 F2 ...``:
+``molgym best-known --potential SPEC --formulas F1 F2 ...``:
 
 1. take every QM9 molecule with the formula (QM9's B3LYP geometries), plus any candidate SMILES given
    (embedded in 3D with RDKit; QM9 stops at 9 heavy atoms, so larger formulas such as C7H8N2O2 need them);
@@ -23,10 +23,8 @@ model or a potential nobody has run the computation for yet.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,6 +42,7 @@ __all__ = [
     "load_table",
     "compute_best_known",
     "update_table",
+    "candidate_formula",
 ]
 
 #: The shipped table of best-known returns.
@@ -317,7 +316,9 @@ def update_table(entries: list[dict], path: str | Path = BEST_KNOWN_PATH) -> Non
     _cached_table.cache_clear()
 
 
-def _smiles_formula(smiles: str) -> str | None:
+def candidate_formula(smiles: str) -> str | None:
+    """The molgym formula (Hill order) of a candidate SMILES; ``None`` for a charged species; ``ValueError`` for
+    a string RDKit rejects."""
     from rdkit import Chem
     from rdkit.Chem.rdMolDescriptors import CalcMolFormula
 
@@ -328,48 +329,3 @@ def _smiles_formula(smiles: str) -> str | None:
         return format_formula(parse_formula(CalcMolFormula(mol)))
     except ValueError:  # charged species ("C7H8N2O2+") are not molgym formulas
         return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m molgym.best_known``: compute best-known returns and merge them into the table."""
-    parser = argparse.ArgumentParser(
-        prog="python -m molgym.best_known",
-        description="Compute best-known returns (QM9 isomers relaxed with a potential) and store them.",
-    )
-    parser.add_argument("--potential", default="default", help="potential spec (default, xtb, pm6, a .model)")
-    parser.add_argument("--formulas", nargs="+", required=True, help="formulas, e.g. CH4O C3H8O")
-    parser.add_argument("--top-k", type=int, default=16, help="relax this many lowest-energy isomers")
-    parser.add_argument("--fmax", type=float, default=0.05, help="BFGS force threshold (eV/A)")
-    parser.add_argument("--steps", type=int, default=300, help="BFGS step limit")
-    parser.add_argument("--out", default=str(BEST_KNOWN_PATH), help="table to update (JSON)")
-    parser.add_argument(
-        "--candidates", nargs="*", default=[],
-        help="extra candidate SMILES (each formula takes those that match it); needed for formulas QM9 lacks",
-    )
-    args = parser.parse_args(argv)
-    from molgym.potentials import load_potential
-
-    formulas = [format_formula(parse_formula(f)) for f in args.formulas]  # bad formulas fail before any work
-    potential = load_potential(args.potential)
-    failures = 0
-    for formula in formulas:
-        try:
-            matching = [c for c in args.candidates if _smiles_formula(c) == formula]
-            entry = compute_best_known(formula, potential, top_k=args.top_k, fmax=args.fmax, steps=args.steps,
-                                       candidates=matching)
-        except (ValueError, RuntimeError) as err:
-            print(f"[best-known] {formula}: skipped: {err}", file=sys.stderr, flush=True)
-            failures += 1
-            continue
-        entry["command"] = (
-            f"python -m molgym.best_known --potential {args.potential} --formulas {formula} "
-            f"--top-k {args.top_k} --fmax {args.fmax} --steps {args.steps}"
-            + (f" --candidates {' '.join(repr(c) for c in matching)}" if matching else "")
-        )
-        update_table([entry], args.out)  # written after every formula: an interrupted run keeps what it did
-        print(f"[best-known] {formula}: {entry['return']:.4f} eV ({entry['best_smiles']}) -> {args.out}", flush=True)
-    return 1 if failures == len(formulas) else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

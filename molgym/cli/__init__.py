@@ -23,6 +23,7 @@ GROUPS: list[tuple[str, str]] = [
     ("molgym.cli.bench", "run a benchmark suite (generators x tasks x seeds)"),
     ("molgym.cli.report", "write the Markdown/HTML report of a benchmark run"),
     ("molgym.cli.diffusion", "train and analyse the energy-based diffusion model (QM9)"),
+    ("molgym.cli.returns", "best-known returns of formulas; reward gaps of a learned potential against xTB"),
 ]
 
 

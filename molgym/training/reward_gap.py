@@ -9,16 +9,12 @@ found are the reward hacking the uncertainty and the refinement are meant to rem
 Final molecules come from any of: generators run under the model (``random_search``, ``rl_policy`` with a trained
 policy...), and extended-XYZ files (e.g. the final molecules ``molgym train`` writes).
 
-    python -m molgym.training.reward_gap --potential default --formula C7H10O2 --formula C7H8N2O2 \\
+    molgym reward-gap --potential default --formula C7H10O2 --formula C7H8N2O2 \\
         --generator random_search --samples 16 --out runs/gap-default
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-__all__ = ["returns", "reward_gaps", "summarise", "main"]
+__all__ = ["returns", "reward_gaps", "summarise", "collect_molecules"]
 
 
 def returns(potential, molecules: Sequence[Atoms]) -> np.ndarray:
@@ -82,12 +78,15 @@ def summarise(rows: Sequence[dict]) -> dict:
     return out
 
 
-def _collect(args, potential, say) -> list[Atoms]:
+def collect_molecules(potential, paths: Sequence[str], generators: Sequence[str], formulas: Sequence[str],
+                      options: dict, samples: int, seed: int, say=print) -> list[Atoms]:
+    """The molecules to measure: each distinct structure of the extended-XYZ files at ``paths``, then ``samples``
+    molecules per formula from each generator run under ``potential`` (``options``: generator -> options)."""
     from molgym.io import read_structures
 
     molecules: list[Atoms] = []
     seen: set[bytes] = set()
-    for path in args.molecules:
+    for path in paths:
         for mol in read_structures(path):
             key = mol.numbers.tobytes() + np.round(mol.positions, 6).tobytes()
             if key in seen:  # e.g. repeated greedy episodes of a fixed-bag task: count each molecule once
@@ -97,79 +96,15 @@ def _collect(args, potential, say) -> list[Atoms]:
             if "mode" in mol.info:
                 info["source"] += f":{mol.info['mode']}"
             molecules.append(Atoms(numbers=mol.numbers, positions=mol.positions, info=info))
-    if args.generator:
+    if generators:
         from molgym.benchmark import get_generator, get_task
 
-        options = json.loads(args.generator_options) if args.generator_options else {}
-        for name in args.generator:
+        for name in generators:
             generator = get_generator(name, potential=potential, **options.get(name, {}))
-            for k, formula in enumerate(args.formula):
+            for k, formula in enumerate(formulas):
                 t = time.time()
-                for mol in generator.generate(get_task(formula), args.samples, seed=args.seed * 1000 + k):
+                for mol in generator.generate(get_task(formula), samples, seed=seed * 1000 + k):
                     molecules.append(Atoms(numbers=mol.numbers, positions=mol.positions,
                                            info={"source": f"{name}:{formula}"}))
-                say(f"{name} {formula}: {args.samples} molecules in {time.time() - t:.0f} s")
+                say(f"{name} {formula}: {samples} molecules in {time.time() - t:.0f} s")
     return molecules
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m molgym.training.reward_gap", description=__doc__.split("\n\n")[0])
-    p.add_argument("--potential", default="default", help="the learned potential (spec or MACE model file)")
-    p.add_argument("--committee", default=None, help="committee .npz for a MACE model file (adds sigma)")
-    p.add_argument("--correct", action="store_true", help="add the committee's fitted mean to the energies")
-    p.add_argument("--formula", action="append", default=[], help="formula for generator samples (repeatable)")
-    p.add_argument("--generator", action="append", default=[], help="generator run under the potential (repeatable)")
-    p.add_argument("--generator-options", default=None, help='JSON per generator, e.g. \'{"random_search": {"steps": 200}}\'')
-    p.add_argument("--samples", type=int, default=8, help="molecules per formula and generator (default 8)")
-    p.add_argument("--molecules", action="append", default=[], help="extended XYZ of final molecules (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory (gaps.json, molecules.xyz)")
-    args = p.parse_args(argv)
-
-    from molgym.io import write_json, write_xyz
-    from molgym.potentials import load_potential
-
-    if args.samples < 1:
-        raise SystemExit(f"--samples must be >= 1, got {args.samples}")
-    if args.generator and not args.formula:
-        raise SystemExit("--generator needs at least one --formula")
-    if not args.generator and not args.molecules:
-        raise SystemExit("nothing to measure: give --generator with --formula, or --molecules FILE")
-    for path in args.molecules:
-        if not Path(path).is_file():
-            raise SystemExit(f"--molecules file {path!r} does not exist")
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    options = {"committee": args.committee} if args.committee else {}
-    if args.correct:
-        options["correct"] = True
-    potential = load_potential(args.potential, device="cpu", **options)
-
-    def say(msg: str) -> None:
-        print(f"[reward-gap] {msg}", flush=True)
-
-    molecules = _collect(args, potential, say)
-    rows = reward_gaps(potential, molecules)
-    summary = summarise(rows)
-    per_source: dict[str, list[dict]] = {}
-    for r in rows:
-        per_source.setdefault(r["source"].split(":prefix")[0], []).append(r)
-    out = Path(args.out)
-    for mol, r in zip(molecules, rows):
-        mol.info.update(r)
-    write_xyz(out / "molecules.xyz", molecules)
-    write_json(out / "gaps.json", {"potential": potential.name, "potential_spec": args.potential,
-                                   "committee": args.committee, "corrected": args.correct, "summary": summary,
-                                   "per_source": {k: summarise(v) for k, v in per_source.items()},
-                                   "molecules": rows, "command": " ".join(sys.argv)})
-    say(json.dumps(summary))
-    for k, v in per_source.items():
-        say(f"{k}: {json.dumps(summarise(v))}")
-    say(f"wrote {out / 'gaps.json'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

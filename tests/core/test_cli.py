@@ -187,3 +187,20 @@ def test_generated_molecules_survive_a_failed_write(tmp_path, monkeypatch):
     saved = list((tmp_path / "tmp").glob("*.xyz"))
     assert len(saved) == 1 and str(saved[0]) in str(err.value)
     assert len(ase.io.read(saved[0], index=":")) == 3
+
+
+def test_best_known_and_reward_gap_are_molgym_commands(tmp_path, capsys):
+    """The two former `python -m` side doors: bad input fails before work, a real run writes the table."""
+    assert main(["best-known", "--potential", "xtb", "--formulas", "CH4O", "--candidates", "CCO",
+                 "--out", str(tmp_path / "t.json")]) == 2
+    assert "'CCO' match none of the formulas CH4O" in capsys.readouterr().err
+    assert main(["best-known", "--formulas", "C1000"]) == 2  # refused before the potential loads
+    assert main(["reward-gap", "--out", str(tmp_path / "gap")]) == 2
+    assert "nothing to measure" in capsys.readouterr().err
+    assert main(["reward-gap", "--generator", "random_search", "--out", str(tmp_path / "gap")]) == 2
+
+    table = tmp_path / "table.json"
+    assert main(["best-known", "--potential", "xtb", "--formulas", "CH4O", "--out", str(table)]) == 0
+    entry = json.loads(table.read_text())["entries"][0]
+    assert entry["formula"] == "CH4O" and entry["best_smiles"] == "CO"
+    assert entry["return"] == pytest.approx(29.5966, abs=1e-3) and entry["command"].startswith("molgym best-known")
