@@ -11,12 +11,16 @@ Pipeline of one batch (all trajectories of a batch go through MACE together):
 1. start the heavy atoms from the shape prior (a fragment, if given, stays fixed);
 2. integrate ``steps`` annealed Langevin steps: kernel score (autograd through
    :meth:`~molgym.potentials.mace.MACEPotential.torch_descriptors`) + prior restoring force + short-range
-   repulsion + noise, with the kernel width and the noise shrinking along the schedule;
+   repulsion + noise, with the kernel width and the noise shrinking along the schedule; from ``cohesion_start``
+   of the schedule on, separate pieces of a skeleton are pulled rigidly towards their nearest atom (cohesion);
 3. element assignment: for every trajectory ("particle"), a greedy search over the allowed heavy elements
-   maximising the typed kernel log-density;
+   maximising the typed kernel log-density (minus penalties for over-valent atoms and, with ``piece_penalty``,
+   for separate pieces);
 4. bond orders from geometry, hydrogens by valence, relaxation with the potential;
 5. of the ``particles`` candidates for each molecule, keep the best: valid and connected first, then the
    highest kernel log-density.
+
+``progress`` callbacks hear of every step of every phase (fractions of molecules), not only finished batches.
 """
 
 from __future__ import annotations
@@ -96,7 +100,6 @@ class _Progress:
         self.callback = callback
         self.offset, self.size = 0, 0
         self.last: float = 0.0
-        self.calls = 0
 
     def batch(self, offset: int, size: int) -> None:
         self.offset, self.size = offset, size
@@ -109,14 +112,12 @@ class _Progress:
             value = math.floor(100 * (self.offset + self.size * f)) / 100
             if value > self.last and value < self.offset + self.size:
                 self.last = value
-                self.calls += 1
                 self.callback(value)
         return report
 
     def whole(self, done: int) -> None:
         if self.callback is not None and done > self.last:
             self.last = done
-            self.calls += 1
             self.callback(done)
 
 

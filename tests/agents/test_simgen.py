@@ -436,3 +436,21 @@ def test_cli_task_option_uses_the_task_bag(tiny_mace_file, small_reference, tmp_
     assert sorted(mol.numbers[mol.numbers > 1].tolist()) == [6, 6, 8]
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["task"] == "C2H6O" and "novelty" in summary
+
+
+def test_cli_progress_bar_takes_fractions(capsys):
+    """The CLI's bar accepts SiMGen's fractional progress and ends at the whole count."""
+    from molgym.cli.generate import sample_with_progress
+
+    class Fractions:
+        name = "fractions"
+
+        def generate_molecules(self, n, seed, task=None, progress=None):
+            for k in (0.1, 0.2, 0.30000000000000004, 1, 1.5, 2):
+                progress(k)
+            return [Atoms("C")] * n
+
+    molecules, _seconds = sample_with_progress(Fractions(), 2, 0, progress=True)
+    assert len(molecules) == 2
+    err = capsys.readouterr().err
+    assert "2/2" in err and "0.30000000000000004" not in err
