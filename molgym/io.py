@@ -56,19 +56,13 @@ def write_xyz(path: str | os.PathLike, structures: Sequence[Atoms]) -> None:
         ase.io.write(tmp, list(structures), format="extxyz")
 
 
-def read_structures(spec: str | os.PathLike, seed: int = 0) -> list[Atoms]:
-    """Structures from a file ASE reads (all frames), or ``"qm9:N"`` for N QM9 molecules drawn with ``seed``."""
+def read_structures(spec: str | os.PathLike) -> list[Atoms]:
+    """All frames of a structure file ASE reads (extended XYZ, ...). For ``"qm9:N"`` specs as well, see
+    :func:`molgym.data.qm9.read_data_spec`."""
     text = str(spec)
-    if text.startswith("qm9:"):
-        count = text[4:]
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"malformed data spec {text!r}: expected 'qm9:N' with N a positive integer")
-        from molgym.data.qm9 import load_qm9
-
-        return load_qm9().sample(int(count), seed=seed)
     path = Path(text).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"structure file {text!r} does not exist (or use 'qm9:N' for N QM9 molecules)")
+        raise FileNotFoundError(f"structure file {text!r} does not exist")
     import ase.io
 
     try:

@@ -202,12 +202,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if Path(args.data).is_dir():
         return _evaluate_dataset(args)
-    from molgym.io import read_structures, write_json, write_text
+    from molgym.data.qm9 import read_data_spec
+    from molgym.io import write_json, write_text
     from molgym.potentials import load_potential
     from molgym.potentials.evaluation import STORED, error_table, format_table, predict, stored_labels
 
     # Everything that can fail on bad input fails here, before any energy is computed.
-    structures = read_structures(args.data, seed=args.seed)
+    structures = read_data_spec(args.data, seed=args.seed)
     potential = load_potential(args.potential, device=args.device)
     potential.check_species(structures)
     if args.reference == STORED:

@@ -134,3 +134,19 @@ def load_qm9() -> QM9:
             np.savez(fh, ids=qm9.ids, smiles=qm9.smiles, numbers=qm9.numbers, positions=qm9.positions,
                      offsets=qm9.offsets)
     return qm9
+
+
+def read_data_spec(spec: str | os.PathLike, seed: int = 0) -> list[Atoms]:
+    """Structures named by a data spec: ``"qm9:N"`` for N QM9 molecules drawn with ``seed``, or a structure file
+    (all frames, :func:`molgym.io.read_structures`)."""
+    text = str(spec)
+    if text.startswith("qm9:"):
+        count = text[4:]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"malformed data spec {text!r}: expected 'qm9:N' with N a positive integer")
+        return load_qm9().sample(int(count), seed=seed)
+    from molgym.io import read_structures
+
+    if not Path(text).expanduser().is_file():
+        raise FileNotFoundError(f"structure file {text!r} does not exist (or use 'qm9:N' for N QM9 molecules)")
+    return read_structures(text)

@@ -6,9 +6,12 @@ benchmark and the dataset builder use the same code path as the rewards.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ase.calculators.calculator import Calculator, all_changes
 
-from molgym.potentials.base import Potential
+if TYPE_CHECKING:  # the base class builds this calculator (Potential.as_calculator): no import at run time
+    from molgym.potentials.base import Potential
 
 
 class PotentialCalculator(Calculator):
