@@ -16,61 +16,11 @@ import numpy as np
 from ase import Atoms
 
 from molgym.benchmark.generator import Generator
-from molgym.chem import atomic_number, covalent_radius
+from molgym.chem import atomic_number
+from molgym.data.placement import random_structure
 from molgym.potentials.base import PotentialError
-from molgym.reward import placement_problem
 
-__all__ = ["RandomSearch", "random_placement"]
-
-
-def _unit_vector(rng: np.random.Generator) -> np.ndarray:
-    v = rng.normal(size=3)
-    return v / np.linalg.norm(v)
-
-
-def random_placement(
-    bag: dict[str, int],
-    rng: np.random.Generator,
-    stretch: tuple[float, float] = (0.95, 1.35),
-    clash: float = 0.8,
-    max_attempts: int = 2000,
-) -> Atoms:
-    """Random 3D placement of the atoms of ``bag`` obeying MolGym's placement rules (see module docstring).
-
-    Each atom goes at ``U(stretch) x (r_a + r_b)`` from a random atom ``a`` already placed (a heavy atom when
-    one exists), in a uniformly random direction; a draw that breaks a rule is rejected and redrawn.
-    Raises ``RuntimeError`` if an atom cannot be placed in ``max_attempts`` draws.
-    """
-    symbols = [s for s, k in bag.items() for _ in range(k)]
-    heavy = [s for s in symbols if s not in ("H", "F")]
-    terminal = [s for s in symbols if s in ("H", "F")]
-    order = list(rng.permutation(heavy)) + list(rng.permutation(terminal)) if heavy else list(rng.permutation(symbols))
-    canvas = Atoms()
-    for sym in order:
-        z = atomic_number(sym)
-        placed = False
-        for _attempt in range(max_attempts):
-            if len(canvas) == 0:
-                position = np.zeros(3)
-            else:
-                heavy_idx = np.nonzero(~np.isin(canvas.numbers, (1, 9)))[0]
-                pool = heavy_idx if len(heavy_idx) else np.arange(len(canvas))
-                anchor = int(rng.choice(pool))
-                r = covalent_radius(int(canvas.numbers[anchor])) + covalent_radius(z)
-                position = canvas.positions[anchor] + rng.uniform(*stretch) * r * _unit_vector(rng)
-            if placement_problem(canvas, z, position) is not None:
-                continue
-            if len(canvas):
-                d = np.linalg.norm(canvas.positions - position, axis=1)
-                limits = clash * (np.array([covalent_radius(int(n)) for n in canvas.numbers]) + covalent_radius(z))
-                if np.any(d < limits):
-                    continue
-            canvas += Atoms(numbers=[z], positions=[position])
-            placed = True
-            break
-        if not placed:
-            raise RuntimeError(f"could not place {sym} after {max_attempts} random draws")
-    return canvas
+__all__ = ["RandomSearch"]
 
 
 class RandomSearch(Generator):
@@ -119,7 +69,7 @@ class RandomSearch(Generator):
             attempts = 0
             while best is None or attempts < self.tries:
                 attempts += 1
-                start = random_placement(bag, rng, stretch=self.stretch, clash=self.clash)
+                start = random_structure(bag, rng, stretch=self.stretch, clash=self.clash)
                 try:
                     relaxed, energy = self._relax(start)
                 except PotentialError:

@@ -152,8 +152,8 @@ class Generator(ABC):
 #: Generator names -> ``"module:Class"``; imported only when asked for.
 GENERATORS: dict[str, str] = {
     "random_search": "molgym.agents.random_search:RandomSearch",
-    "qm9": "molgym.benchmark.reference:QM9Reference",
-    "rl_policy": "molgym.benchmark.rl_policy:RLPolicy",
+    "qm9": "molgym.agents.qm9_reference:QM9Reference",
+    "rl_policy": "molgym.agents.rl_policy:RLPolicy",
     "simgen": "molgym.agents.simgen:SiMGen",
     "diffusion": "molgym.agents.diffusion:DiffusionSampler",
 }

@@ -37,8 +37,9 @@ import numpy as np
 from ase import Atoms
 from ase.data import covalent_radii
 
+from molgym.data.placement import random_position
 from molgym.io import write_json, write_xyz
-from molgym.reward import MAX_TERMINAL_DISTANCE, MIN_DISTANCE, placement_problem
+from molgym.reward import MAX_TERMINAL_DISTANCE, MIN_DISTANCE
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,6 @@ def molecule_rng(seed: int, category: str, molecule_id: int | str) -> np.random.
     return np.random.default_rng([int(seed), _CODES[category], int(molecule_id)])
 
 
-def _unit_vector(rng: np.random.Generator) -> np.ndarray:
-    v = rng.normal(size=3)
-    return v / np.linalg.norm(v)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # configuration generators (pure geometry; labelling happens afterwards)
 # --------------------------------------------------------------------------------------------------------------
@@ -241,18 +237,6 @@ def prefix(atoms: Atoms, order: np.ndarray, k: int) -> Atoms:
     return Atoms(numbers=atoms.numbers[idx], positions=atoms.positions[idx].copy())
 
 
-def random_placement(canvas: Atoms, number: int, rng: np.random.Generator, low: float, high: float,
-                     avoid: np.ndarray | None = None, avoid_radius: float = 0.7, tries: int = 200) -> np.ndarray | None:
-    """A position for atom ``number`` at ``low..high`` Å from a random canvas atom that the environment rules
-    allow (``placement_problem`` is None), at least ``avoid_radius`` from ``avoid``; None if none was found."""
-    for _ in range(tries):
-        anchor = canvas.positions[rng.integers(len(canvas))]
-        pos = anchor + rng.uniform(low, high) * _unit_vector(rng)
-        if avoid is not None and np.linalg.norm(pos - avoid) < avoid_radius:
-            continue
-        if placement_problem(canvas, number, pos) is None:
-            return pos
-    return None
 
 
 def build_prefixes(atoms: Atoms, order: np.ndarray, rng: np.random.Generator, n: int) -> list[Atoms]:
@@ -279,7 +263,7 @@ def misplaced_configurations(atoms: Atoms, order: np.ndarray, rng: np.random.Gen
         k = int(rng.integers(2, len(atoms)))
         canvas = prefix(atoms, order, k)
         z = int(atoms.numbers[order[k]])
-        pos = random_placement(canvas, z, rng, MIN_DISTANCE, MAX_TERMINAL_DISTANCE, avoid=atoms.positions[order[k]])
+        pos = random_position(canvas, z, rng, MIN_DISTANCE, MAX_TERMINAL_DISTANCE, avoid=atoms.positions[order[k]])
         if pos is None:
             continue
         s = canvas + Atoms(numbers=[z], positions=[pos])
@@ -327,7 +311,7 @@ def alternative_placements(atoms: Atoms, order: np.ndarray, rng: np.random.Gener
     true_pos = atoms.positions[order[k]]
     positions = [true_pos]
     for _ in range(count - 1):
-        pos = random_placement(canvas, z, rng, 0.8, 2.0, avoid=true_pos, avoid_radius=0.3)
+        pos = random_position(canvas, z, rng, 0.8, 2.0, avoid=true_pos, avoid_radius=0.3)
         if pos is not None:
             positions.append(pos)
     out = []

@@ -187,7 +187,7 @@ def _relaxation_paths(config: RefineConfig, potential, seed: int, say) -> list[A
     """Frames of random-structure-search relaxations under ``potential`` (every ``relax_interval`` steps)."""
     from ase.optimize import BFGS
 
-    from molgym.agents.random_search import random_placement  # lazy: the core never imports agents at import
+    from molgym.data.placement import random_structure
     from molgym.chem import parse_formula
     from molgym.potentials.base import PotentialError
 
@@ -197,7 +197,7 @@ def _relaxation_paths(config: RefineConfig, potential, seed: int, say) -> list[A
         rng = np.random.default_rng([seed, k, 13])
         bag = parse_formula(formula)
         for j in range(config.relaxations_per_formula):
-            atoms = random_placement(bag, rng)
+            atoms = random_structure(bag, rng)
             atoms.calc = potential.as_calculator()
             opt = BFGS(atoms, logfile=None)
             path: list[Atoms] = []

@@ -89,11 +89,11 @@ def test_auto_potential_prefers_the_shipped_default(monkeypatch, tmp_path):
 
 
 def test_random_search_respects_rules_is_seeded_and_counts_calls():
-    from molgym.agents.random_search import random_placement
+    from molgym.data.placement import random_structure
 
     rng = np.random.default_rng(0)
     for _ in range(20):
-        atoms = random_placement(parse_formula("C3H8O"), rng)
+        atoms = random_structure(parse_formula("C3H8O"), rng)
         d = atoms.get_all_distances()[np.triu_indices(len(atoms), 1)]
         assert d.min() >= MIN_DISTANCE
         heavy = atoms.positions[atoms.numbers > 1]
