@@ -17,12 +17,12 @@ import molgym
 #: (module, help) of each command group, in the order ``molgym --help`` lists them.
 GROUPS: list[tuple[str, str]] = [
     ("molgym.cli.potential", "inspect, evaluate, build data for and train potentials"),
-    ("molgym.cli.train", "train a covariant or internal actor-critic agent with PPO"),
-    ("molgym.cli.train_report", "learning table and curves over seeds from finished molgym train runs"),
+    ("molgym.agents.commands.train", "train a covariant or internal actor-critic agent with PPO"),
+    ("molgym.agents.commands.train_report", "learning table and curves over seeds from finished molgym train runs"),
     ("molgym.cli.generate", "generate molecules with a generator (simgen, ...)"),
     ("molgym.cli.bench", "run a benchmark suite (generators x tasks x seeds)"),
     ("molgym.cli.report", "write the Markdown/HTML report of a benchmark run"),
-    ("molgym.cli.diffusion", "train and analyse the energy-based diffusion model (QM9)"),
+    ("molgym.agents.commands.diffusion", "train and analyse the energy-based diffusion model (QM9)"),
     ("molgym.cli.returns", "best-known returns of formulas; reward gaps of a learned potential against xTB"),
 ]
 

@@ -1,7 +1,8 @@
 """``molgym generate METHOD ...``: make molecules with a generator and write them as extended XYZ.
 
-One sub-command per method; each lives in :data:`METHODS` as ``name -> (register function, help)``, so a new
-method (``molgym generate diffusion``) is one function that adds its parser and one line in :data:`METHODS`.
+One sub-command per method, each registered in :data:`METHODS` by the name of a function that adds its parser
+(the methods live with their agents, e.g. :mod:`molgym.agents.commands.simgen`), so a new method is one such
+function and one line in :data:`METHODS`.
 Every method shares ``-n``, ``--seed``, ``--out`` and the progress bar; heavy imports happen in the command
 functions only.
 """
@@ -9,9 +10,7 @@ functions only.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -46,64 +45,24 @@ def _pair(text: str) -> tuple[float, float]:
     return a, b
 
 
-def register_simgen(commands) -> None:
-    """``molgym generate simgen``."""
-    p = commands.add_parser(
-        "simgen",
-        help="SiMGen: zero-shot generation from MACE descriptors with shape priors",
-        description="Zero-shot molecular generation with a similarity kernel over MACE descriptors of a shipped "
-        "QM9 reference sample (Elijošius et al.). Shape priors set where the heavy atoms go; hydrogens are added "
-        "by valence and the molecules relaxed with the potential. See docs/simgen.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _add_common(p)
-    p.add_argument("--atoms", type=_positive_int, default=None,
-                   help="heavy atoms per molecule (default: implied by the prior, else 9)")
-    p.add_argument("--prior", default="gaussian",
-                   help="gaussian[:sigma=S] | gaussian:sigmas=SX,SY,SZ | line[:length=L] | ring:radius=R | "
-                        "points:FILE.xyz")
-    p.add_argument("--model", default="default",
-                   help="MACE model for the descriptors: 'default' or a MACE model file")
-    p.add_argument("--potential", default=None,
-                   help="potential for the final relaxation (default: the --model); any molgym potential spec")
-    p.add_argument("--elements", default=None, help="allowed heavy elements, comma separated (default C,N,O,F)")
-    p.add_argument("--fragment", default=None, help="structure file whose heavy atoms stay fixed and are grown from")
-    p.add_argument("--reference", default=None, help="reference molecules (extended XYZ; default: shipped QM9 sample)")
-    p.add_argument("--particles", type=_positive_int, default=8, help="trajectories per molecule; the best is kept")
-    p.add_argument("--steps", type=_positive_int, default=40, help="integration steps")
-    p.add_argument("--kernel-width", type=_pair, default=None, help="START,END kernel width (reference NN units)")
-    p.add_argument("--noise", type=_pair, default=None, help="START,END noise per step (Å)")
-    p.add_argument("--prior-strength", type=float, default=None, help="multiplies the prior's restoring rate")
-    p.add_argument("--cohesion", type=float, default=None,
-                   help="rate (0..1, 0: off) at which separate pieces are pulled together during the dynamics "
-                        "(default 0.3)")
-    p.add_argument("--cohesion-start", type=float, default=None,
-                   help="fraction of the schedule after which the cohesion pull acts (default 0.5)")
-    p.add_argument("--piece-penalty", type=float, default=None,
-                   help="element search: score penalty per separate piece the elements leave (0: off; default "
-                        "50 with --fragment, else 0)")
-    p.add_argument("--relax-steps", type=int, default=None, help="FIRE relaxation steps (0: none)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="molecules per batch")
-    p.add_argument("--device", default=None, help="device of the descriptor model (default: GPU if present)")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch CPU threads (default: torch's; 1 is often fastest on a busy shared machine)")
-    p.set_defaults(func=cmd_simgen)
-
-
-#: Generation methods: name -> register function. Add a method by writing ``register_<name>`` and a line here.
-METHODS: dict[str, Callable] = {
-    "simgen": register_simgen,
-    "diffusion": lambda commands: __import__("molgym.cli.diffusion", fromlist=["_"]).register_generate(commands),
+#: Generation methods: name -> ``"module:function"`` that adds the method's parser (imported when the CLI starts;
+#: the function imports its generator only when the command runs). Add a method with one line here.
+METHODS: dict[str, str] = {
+    "simgen": "molgym.agents.commands.simgen:register_generate",
+    "diffusion": "molgym.agents.commands.diffusion:register_generate",
 }
 
 
 def register(subparsers) -> None:
+    import importlib
+
     group = subparsers.add_parser("generate", help="generate molecules with a generator (simgen, ...)",
                                   description="Generate molecules with one of molgym's generators.")
     group.set_defaults(group_parser=group)
     commands = group.add_subparsers(title="methods", metavar="METHOD")
-    for register_method in METHODS.values():
-        register_method(commands)
+    for target in METHODS.values():
+        module, _, function = target.partition(":")
+        getattr(importlib.import_module(module), function)(commands)
 
 
 #: File name endings ``--out`` may have: the molecules are written as extended XYZ.
@@ -223,14 +182,17 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
 
     prior = getattr(generator, "prior", None)
     shape_distance = None
+    prior_distance = None
     if task_obj is not None and task_obj.kind == "shape":
-        from molgym.agents.simgen import PointCloudPrior
         from molgym.metrics.shape import shape_distance as chamfer_after_alignment
 
-        prior = PointCloudPrior(task_obj.target_array)
-        shape_distance = float(np.mean([chamfer_after_alignment(m, task_obj.target_array) for m in molecules]))
-    prior_distance = None
-    if prior is not None and prior.distances(np.zeros((1, 3))) is not None:
+        points = task_obj.target_array
+        shape_distance = float(np.mean([chamfer_after_alignment(m, points) for m in molecules]))
+        # mean distance (Å) of the heavy atoms from their nearest target point, averaged over molecules
+        prior_distance = float(np.mean([
+            np.linalg.norm(m.positions[m.numbers > 1][:, None] - points[None], axis=-1).min(axis=1).mean()
+            for m in molecules]))
+    elif prior is not None and prior.distances(np.zeros((1, 3))) is not None:
         # mean distance (Å) of the heavy atoms from the prior's shape, averaged over molecules
         prior_distance = float(np.mean([prior.distances(m.positions[m.numbers > 1]).mean() for m in molecules]))
     summary = {
@@ -258,26 +220,3 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
     print(f"wrote {len(molecules)} molecules to {path} ({valid} valid, {summary['unique_valid']} unique valid, "
           f"{elapsed:.1f} s, {summary['valid_per_minute']} valid/min{shape}); summary: {path.with_suffix('.json')}")
     return 0
-
-
-def cmd_simgen(args) -> int:
-    check_output_path(args.out)  # before the generator loads its models
-    from molgym.agents.simgen import SiMGen
-
-    options = {}
-    for name in ("kernel_width", "noise", "prior_strength", "cohesion", "cohesion_start", "piece_penalty",
-                 "relax_steps", "batch_size"):
-        value = getattr(args, name)
-        if value is not None:
-            options[name] = value
-    elements = None
-    if args.elements:
-        elements = [e.strip() for e in args.elements.split(",") if e.strip()]
-    generator = SiMGen(
-        model=args.model, potential=args.potential, reference=args.reference, prior=args.prior,
-        n_atoms=args.atoms, elements=elements, fragment=args.fragment, particles=args.particles,
-        steps=args.steps, device=args.device, threads=args.threads, **options,
-    )
-    command = "molgym generate simgen " + json.dumps({k: v for k, v in vars(args).items()
-                                                      if k not in ("func", "group_parser")}, default=str)
-    return run_generation(generator, args.num, args.seed, args.out, not args.no_progress, command, task=args.task)

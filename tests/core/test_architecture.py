@@ -111,3 +111,17 @@ def test_no_import_circles():
     graph = import_graph()
     assert len(graph) > 80 and "molgym.envs.base" in graph["molgym.envs.vector"]  # the walk sees the tree
     assert cycles(graph) == [], "import circles (each list imports itself through the others)"
+
+
+def test_the_core_never_imports_envs_or_agents():
+    """Imports flow agents -> envs -> core: the core reaches environments and agents only by registered names
+    (``"module:Class"`` strings: generators, environments, CLI groups), never by an import, lazy or not."""
+    rooms = ("molgym.envs", "molgym.agents")
+    graph = import_graph()
+    core = [m for m in graph if not m.startswith(rooms)]
+    assert "molgym.benchmark.runner" in core and "molgym.cli.generate" in core
+    reaching = {m: sorted(t for t in graph[m] if t.startswith(rooms)) for m in core}
+    assert {m: t for m, t in reaching.items() if t} == {}
+    envs = [m for m in graph if m.startswith("molgym.envs")]
+    assert {m: sorted(t for t in graph[m] if t.startswith("molgym.agents")) for m in envs
+            if any(t.startswith("molgym.agents") for t in graph[m])} == {}

@@ -32,3 +32,11 @@ def test_readme_example_runs(index):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, f"README example {index + 1} failed:\n{code}\n{done.stderr[-3000:]}"
+
+
+def test_adding_a_generator_a_metric_or_a_task_takes_under_40_lines_each():
+    text = README.read_text()
+    section = text[text.index("### Adding a generator, a metric or a task"):]
+    section = section[:section.index("\n### ", 10) if "\n### " in section[10:] else len(section)]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 3 and all(len(b.strip().splitlines()) < 40 for b in blocks)
