@@ -49,7 +49,8 @@ from molgym.reward import (
 )
 from molgym.envs.potentials import shared_potential
 
-__all__ = ["MolecularEnv", "DEFAULT_INVALID_REWARD", "DEFAULT_MIN_REWARD", "DEFAULT_WORKSPACE"]
+__all__ = ["MolecularEnv", "DEFAULT_INVALID_REWARD", "DEFAULT_MIN_REWARD", "DEFAULT_WORKSPACE", "SHARED_SETTINGS",
+           "check_settings", "task_vocabulary"]
 
 #: Reward of an invalid placement (eV); the episode ends with it.
 DEFAULT_INVALID_REWARD = -1.0
@@ -710,6 +711,35 @@ class _CanvasView:
 
     def __len__(self) -> int:
         return len(self.numbers)
+
+
+#: The settings every task takes as keywords and hands to :class:`MolecularEnv` (documented there): a task's own
+#: ``__init__`` names only what is its own (formula, template, solute...) and passes ``**settings`` on.
+SHARED_SETTINGS: tuple[str, ...] = ("potential", "workspace", "invalid_reward", "min_reward", "render_mode", "device",
+                                    "uncertainty_penalty", "uncertainty_threshold", "reference")
+
+
+def check_settings(task: type, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` as a dict, or ``ValueError`` naming any key that is neither one of :data:`SHARED_SETTINGS` nor
+    an argument of ``task`` (so ``gym.make(..., bogus=1)`` lists what is allowed instead of a ``TypeError``)."""
+    unknown = sorted(set(settings) - set(SHARED_SETTINGS))
+    if unknown:
+        import inspect
+
+        own = [n for n in inspect.signature(task.__init__).parameters if n not in ("self", "settings")]
+        raise ValueError(f"{task.__name__}: unknown argument(s) {', '.join(map(repr, unknown))}; allowed: "
+                         f"{', '.join(own + list(SHARED_SETTINGS))}")
+    return dict(settings)
+
+
+def task_vocabulary(elements: Sequence[str] | None, needed: Sequence[str], what: str) -> list[str]:
+    """A task's element vocabulary: ``elements`` when given (it must hold every element ``what`` needs, else
+    ``ValueError``), otherwise the ``needed`` elements in their order."""
+    vocabulary = list(elements) if elements is not None else list(needed)
+    missing = [s for s in needed if s not in vocabulary]
+    if missing:
+        raise ValueError(f"elements={vocabulary} misses {missing}, which {what} needs")
+    return vocabulary
 
 
 def check_reset_options(options: Mapping[str, Any], allowed: tuple[str, ...]) -> None:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ase import Atoms
 
 from molgym.chem import bag_size, format_formula, hill_order
-from molgym.envs.base import (
-    DEFAULT_INVALID_REWARD,
-    DEFAULT_MIN_REWARD,
-    DEFAULT_WORKSPACE,
-    MolecularEnv,
-    check_reset_options,
-)
+from molgym.envs.base import MolecularEnv, check_reset_options, check_settings, task_vocabulary
 from molgym.envs.single_bag import parse_task_formula
-from molgym.potentials.base import Potential
 
 __all__ = ["MultiBagEnv"]
 
@@ -70,38 +62,19 @@ class MultiBagEnv(MolecularEnv):
     def __init__(
         self,
         formulas: Sequence[str] = ("CH4O", "CH3NO", "C2H2O2", "C3H8O"),
-        potential: str | os.PathLike | Potential = "default",
         elements: Sequence[str] | None = None,
-        workspace: float = DEFAULT_WORKSPACE,
-        invalid_reward: float = DEFAULT_INVALID_REWARD,
-        min_reward: float | None = DEFAULT_MIN_REWARD,
-        render_mode: str | None = None,
-        device: str | None = None,
-        uncertainty_penalty: float = 0.0,
-        uncertainty_threshold: float | None = None,
-        reference: str | os.PathLike | Potential | None = None,
+        **settings: Any,
     ):
         if isinstance(formulas, str) or not isinstance(formulas, Sequence) or len(formulas) == 0:
             raise ValueError(f"formulas must be a non-empty list of formula strings, got {formulas!r}")
         self.bags = [parse_task_formula(f, "formulas") for f in formulas]
         self.formulas = tuple(format_formula(b) for b in self.bags)
         union = hill_order({s: 1 for b in self.bags for s in b})
-        vocabulary = list(elements) if elements is not None else list(union)
-        missing = [s for s in union if s not in vocabulary]
-        if missing:
-            raise ValueError(f"elements={vocabulary} misses {missing}, which the formulas need")
+        vocabulary = task_vocabulary(elements, list(union), "the formulas")
         super().__init__(
-            potential=potential,
+            **check_settings(type(self), settings),
             elements=vocabulary,
             max_atoms=max(bag_size(b) for b in self.bags),
-            workspace=workspace,
-            invalid_reward=invalid_reward,
-            min_reward=min_reward,
-            render_mode=render_mode,
-            device=device,
-            uncertainty_penalty=uncertainty_penalty,
-            uncertainty_threshold=uncertainty_threshold,
-            reference=reference,
         )
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ase import Atoms
 
 from molgym.chem import bag_size, format_formula, parse_formula
-from molgym.envs.base import (
-    DEFAULT_INVALID_REWARD,
-    DEFAULT_MIN_REWARD,
-    DEFAULT_WORKSPACE,
-    MolecularEnv,
-    check_reset_options,
-)
-from molgym.potentials.base import Potential
+from molgym.envs.base import MolecularEnv, check_reset_options, check_settings, task_vocabulary
 
 __all__ = ["SingleBagEnv", "parse_task_formula"]
 
@@ -133,35 +125,16 @@ class SingleBagEnv(MolecularEnv):
     def __init__(
         self,
         formula: str = "C3H8O",
-        potential: str | os.PathLike | Potential = "default",
         elements: Sequence[str] | None = None,
-        workspace: float = DEFAULT_WORKSPACE,
-        invalid_reward: float = DEFAULT_INVALID_REWARD,
-        min_reward: float | None = DEFAULT_MIN_REWARD,
-        render_mode: str | None = None,
-        device: str | None = None,
-        uncertainty_penalty: float = 0.0,
-        uncertainty_threshold: float | None = None,
-        reference: str | os.PathLike | Potential | None = None,
+        **settings: Any,
     ):
         self.formula_bag = parse_task_formula(formula)
         self.formula = format_formula(self.formula_bag)
-        vocabulary = list(elements) if elements is not None else list(self.formula_bag)
-        missing = [s for s in self.formula_bag if s not in vocabulary]
-        if missing:
-            raise ValueError(f"elements={vocabulary} misses {missing}, which the formula {self.formula} needs")
+        vocabulary = task_vocabulary(elements, list(self.formula_bag), f"the formula {self.formula}")
         super().__init__(
-            potential=potential,
+            **check_settings(type(self), settings),
             elements=vocabulary,
             max_atoms=bag_size(self.formula_bag),
-            workspace=workspace,
-            invalid_reward=invalid_reward,
-            min_reward=min_reward,
-            render_mode=render_mode,
-            device=device,
-            uncertainty_penalty=uncertainty_penalty,
-            uncertainty_threshold=uncertainty_threshold,
-            reference=reference,
         )
 
     def _new_episode(self, options: Mapping[str, Any]) -> tuple[dict[str, int], Atoms]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,9 +10,8 @@ from ase import Atoms
 
 from molgym.chem import bag_from_numbers, bag_size, format_formula, hill_order
 from molgym.envs.bags import bag_contains, bag_subtract
-from molgym.envs.base import DEFAULT_INVALID_REWARD, DEFAULT_MIN_REWARD, MolecularEnv, check_reset_options
+from molgym.envs.base import MolecularEnv, check_reset_options, check_settings, task_vocabulary
 from molgym.envs.single_bag import parse_task_formula
-from molgym.potentials.base import Potential
 
 __all__ = ["SolvationEnv", "solute_from_smiles"]
 
@@ -99,16 +97,9 @@ class SolvationEnv(MolecularEnv):
         n_solvent: int = 4,
         distance_penalty: float = 1.0,
         max_solute_distance: float = 4.0,
-        potential: str | os.PathLike | Potential = "default",
         elements: Sequence[str] | None = None,
         workspace: float = 10.0,
-        invalid_reward: float = DEFAULT_INVALID_REWARD,
-        min_reward: float | None = DEFAULT_MIN_REWARD,
-        render_mode: str | None = None,
-        device: str | None = None,
-        uncertainty_penalty: float = 0.0,
-        uncertainty_threshold: float | None = None,
-        reference: str | os.PathLike | Potential | None = None,
+        **settings: Any,
     ):
         if isinstance(solute, Atoms):
             if len(solute) == 0 or not np.all(np.isfinite(solute.positions)):
@@ -132,23 +123,13 @@ class SolvationEnv(MolecularEnv):
         self.n_solvent = int(n_solvent)
         self.distance_penalty = float(distance_penalty)
         self.max_solute_distance = float(max_solute_distance)
-        vocabulary = list(elements) if elements is not None else list(self.solvent_bag)
-        missing = [s for s in self.solvent_bag if s not in vocabulary]
-        if missing:
-            raise ValueError(f"elements={vocabulary} misses {missing}, which the solvent {self.solvent} needs")
+        vocabulary = task_vocabulary(elements, list(self.solvent_bag), f"the solvent {self.solvent}")
         self._molecules_left = 0
         super().__init__(
-            potential=potential,
+            **check_settings(type(self), settings),
             elements=vocabulary,
             max_atoms=len(solute) + self.n_solvent * bag_size(self.solvent_bag),
             workspace=workspace,
-            invalid_reward=invalid_reward,
-            min_reward=min_reward,
-            render_mode=render_mode,
-            device=device,
-            uncertainty_penalty=uncertainty_penalty,
-            uncertainty_threshold=uncertainty_threshold,
-            reference=reference,
             extra_numbers=solute.numbers.tolist(),
         )
         self._solute_energy: tuple[float, np.ndarray | None] | None = None

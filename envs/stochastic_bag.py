@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,15 +10,8 @@ from ase import Atoms
 
 from molgym.chem import bag_from_numbers, format_formula
 from molgym.envs.bags import bag_contains, is_closed_shell_feasible, sample_bag
-from molgym.envs.base import (
-    DEFAULT_INVALID_REWARD,
-    DEFAULT_MIN_REWARD,
-    DEFAULT_WORKSPACE,
-    MolecularEnv,
-    check_reset_options,
-)
+from molgym.envs.base import MolecularEnv, check_reset_options, check_settings, task_vocabulary
 from molgym.envs.single_bag import parse_task_formula
-from molgym.potentials.base import Potential
 
 __all__ = ["StochasticBagEnv"]
 
@@ -84,16 +76,8 @@ class StochasticBagEnv(MolecularEnv):
         template: str = "C7H8N2O2",
         size_range: Sequence[int] = (8, 19),
         exclude: Sequence[str] = (),
-        potential: str | os.PathLike | Potential = "default",
         elements: Sequence[str] | None = None,
-        workspace: float = DEFAULT_WORKSPACE,
-        invalid_reward: float = DEFAULT_INVALID_REWARD,
-        min_reward: float | None = DEFAULT_MIN_REWARD,
-        render_mode: str | None = None,
-        device: str | None = None,
-        uncertainty_penalty: float = 0.0,
-        uncertainty_threshold: float | None = None,
-        reference: str | os.PathLike | Potential | None = None,
+        **settings: Any,
     ):
         self.template_bag = parse_task_formula(template, "template")
         self.template = format_formula(self.template_bag)
@@ -115,24 +99,13 @@ class StochasticBagEnv(MolecularEnv):
                 f"no closed-shell-feasible bag{held} found for template={self.template!r} and "
                 f"size_range={size_range!r} in {_MAX_TRIES} draws; widen the range or change the template"
             )
-        vocabulary = list(elements) if elements is not None else list(self.template_bag)
-        missing = [s for s in self.template_bag if s not in vocabulary]
-        if missing:
-            raise ValueError(f"elements={vocabulary} misses {missing}, which the template {self.template} needs")
+        vocabulary = task_vocabulary(elements, list(self.template_bag), f"the template {self.template}")
         for formula in sorted(self.exclude):  # held-out bags must be playable: checked before the potential loads
             self._given_bag(formula, "exclude", vocabulary)
         super().__init__(
-            potential=potential,
+            **check_settings(type(self), settings),
             elements=vocabulary,
             max_atoms=hi,
-            workspace=workspace,
-            invalid_reward=invalid_reward,
-            min_reward=min_reward,
-            render_mode=render_mode,
-            device=device,
-            uncertainty_penalty=uncertainty_penalty,
-            uncertainty_threshold=uncertainty_threshold,
-            reference=reference,
         )
 
     def _draw(self, rng: np.random.Generator, part: Mapping[str, int]) -> dict[str, int] | None:

@@ -85,9 +85,17 @@ def _cell(entry: dict | None, kind: str) -> str:
     return text
 
 
+def _columns() -> tuple[tuple[str, str, str], ...]:
+    """:data:`COLUMNS` plus the metrics added with :func:`molgym.metrics.evaluate.register_metric`."""
+    from molgym.metrics.evaluate import EXTRA_METRICS
+
+    return COLUMNS + tuple((name, name.replace("_", " "), "pct" if METRICS[name][1] == "fraction" else "f3")
+                           for name in EXTRA_METRICS)
+
+
 def _table_rows(results: dict, task: str) -> tuple[list[str], list[list[str]]]:
     board = results["leaderboard"].get(task, {})
-    present = [c for c in COLUMNS if any(c[0] in row for row in board.values())]
+    present = [c for c in _columns() if any(c[0] in row for row in board.values())]
     header = ["generator"] + [c[1] for c in present] + list(COST_HEADERS)
     rows = []
     for gen, row in board.items():

@@ -13,7 +13,14 @@ Importing this package imports neither torch nor RDKit.
 """
 
 from molgym.metrics.bonds import atom_stability, bond_order_matrix, is_stable
-from molgym.metrics.evaluate import HIGHER_IS_BETTER, METRICS, evaluate, molecule_records, summarize_records
+from molgym.metrics.evaluate import (
+    HIGHER_IS_BETTER,
+    METRICS,
+    evaluate,
+    molecule_records,
+    register_metric,
+    summarize_records,
+)
 from molgym.metrics.stats import summarize
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "is_stable",
     "evaluate",
     "molecule_records",
+    "register_metric",
     "summarize_records",
     "summarize",
 ]

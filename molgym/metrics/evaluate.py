@@ -9,7 +9,7 @@ definitions live in the modules that compute them (:mod:`~molgym.metrics.bonds`,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -20,7 +20,8 @@ from molgym.metrics.posebusters_checks import posebusters_checks
 from molgym.metrics.stats import summarize, wilson_interval
 from molgym.potentials.base import Potential, PotentialError
 
-__all__ = ["METRICS", "HIGHER_IS_BETTER", "evaluate", "molecule_records", "summarize_records", "pooled_counts"]
+__all__ = ["METRICS", "HIGHER_IS_BETTER", "EXTRA_METRICS", "register_metric", "evaluate", "molecule_records",
+           "summarize_records", "pooled_counts"]
 
 #: name -> (description, kind): kind "fraction" (0/1 per molecule), "value" (per molecule), "set" (a property of
 #: a job's set of molecules, averaged over seeds in the leaderboards) or "count" (pooled over seeds).
@@ -64,6 +65,28 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "relax_energy_drop": False, "relax_rmsd": False, "shape_distance": False, "energy": False,
     "referee_relax_energy": False, "referee_relax_rmsd": False,
 }
+
+
+#: Metrics added by :func:`register_metric`: name -> function of one molecule.
+EXTRA_METRICS: dict[str, Callable[[Atoms], float | bool | None]] = {}
+
+
+def register_metric(name: str, description: str, compute: Callable[[Atoms], float | bool | None],
+                    kind: str = "value", higher_is_better: bool = True) -> None:
+    """Add a per-molecule metric: ``compute(atoms)`` gives a number (``kind="value"``) or a bool
+    (``kind="fraction"``), or ``None`` when it does not apply. From then on :func:`molecule_records`, the
+    summaries, ``results.json`` and the report's per-task tables carry it, with its description among the
+    definitions. Register it at import of a module that every benchmark worker imports (or run with
+    ``--workers 1``): worker processes start fresh."""
+    if name in METRICS:
+        raise ValueError(f"metric {name!r} already exists; choose another name")
+    if kind not in ("value", "fraction"):
+        raise ValueError(f"kind must be 'value' or 'fraction', got {kind!r}")
+    if not callable(compute):
+        raise ValueError(f"compute must be a function of one ase.Atoms, got {compute!r}")
+    METRICS[name] = (description, kind)
+    HIGHER_IS_BETTER[name] = bool(higher_is_better)
+    EXTRA_METRICS[name] = compute
 
 
 def molecule_records(
@@ -113,6 +136,9 @@ def molecule_records(
             "molecule_stable": bool(len(stable) and stable.all()),
         }
         mols.append(perception.mol)
+        for name, compute in EXTRA_METRICS.items():
+            value = compute(atoms)
+            rec[name] = None if value is None else (bool(value) if METRICS[name][1] == "fraction" else float(value))
         problem = physics.implausibility(atoms)
         rec["plausible"] = problem is None
         if problem:
