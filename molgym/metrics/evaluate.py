@@ -138,7 +138,7 @@ def molecule_records(
         mols.append(perception.mol)
         for name, compute in EXTRA_METRICS.items():
             value = compute(atoms)
-            rec[name] = None if value is None else (bool(value) if METRICS[name][1] == "fraction" else float(value))
+            rec[name] = None if value is None else (bool(value) if METRICS[name][1] == "fraction" else _finite(value))
         problem = physics.implausibility(atoms)
         rec["plausible"] = problem is None
         if problem:
