@@ -770,8 +770,9 @@ FRAGMENT_PIECE_PENALTY = 50.0
 #: Fewest candidates one relaxation round of :meth:`SiMGen._choose` relaxes while enough remain.
 RELAX_ROUND_MIN = 8
 
-#: Heavy atoms closer than this (Å) count as one piece for the cohesion pull (below every pair's bonding cutoff
-#: in molgym's tables but C-F's 1.45 Å); pieces are pulled until their closest atoms are ``PIECE_TARGET`` apart.
+#: Heavy atoms closer than this (Å) count as one piece for the cohesion pull (at or below the bonding cutoff of
+#: every C, N, O, F pair in molgym's tables but C-F's 1.45 and N-F's 1.46 Å); pieces are pulled until their closest
+#: atoms are ``PIECE_TARGET`` apart.
 PIECE_CUTOFF = 1.5
 PIECE_TARGET = 1.45
 
