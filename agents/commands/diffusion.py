@@ -104,7 +104,9 @@ def register(subparsers) -> None:
         "potential. Prints a table and writes OUT/score_analysis.json.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default="default", help="checkpoint, or 'default' for the shipped QM9 model")
+    p.add_argument("--model", default="explicit-h",
+                   help="checkpoint with hydrogens, or 'explicit-h' for the shipped one (the forces it is compared "
+                        "with need whole molecules)")
     p.add_argument("--out", required=True, help="output directory (score_analysis.json)")
     p.add_argument("--molecules", type=_positive_int, default=100, help="QM9 test molecules")
     p.add_argument("--sigmas", type=_sigmas, default=None, help="noise levels in Å (default 10,5,2,1,0.5,...,0.01)")
@@ -121,7 +123,8 @@ def register(subparsers) -> None:
         "per molecule. Writes OUT/molecules.xyz and OUT/metrics.json. --molecules-from scores an existing file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default="default", help="checkpoint, or 'default' for the shipped QM9 model")
+    p.add_argument("--model", default="default",
+                   help="checkpoint, or a shipped model: 'default' (heavy atoms + valence rules) or 'explicit-h'")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("-n", "--num", type=_positive_int, default=1000, help="molecules to sample")
     p.add_argument("--steps", type=_positive_int, default=20, help="Heun steps (default 20, as measured)")
@@ -195,6 +198,11 @@ def cmd_analyse(args) -> int:
     from molgym.io import write_json
 
     state = load_checkpoint(args.model)  # fails fast on a missing or foreign file
+    if not state["config"].get("hydrogens", True):
+        from molgym.cli import CLIError
+
+        raise CLIError(f"--model {args.model!r} is a heavy-atom model; the score analysis compares the score with "
+                       "forces on whole molecules: use --model explicit-h or another model trained with hydrogens")
     import torch
 
     if args.threads is not None:
@@ -285,7 +293,8 @@ def register_generate(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_common(p)
-    p.add_argument("--model", default="default", help="checkpoint, or 'default' for the shipped QM9 model")
+    p.add_argument("--model", default="default",
+                   help="checkpoint, or a shipped model: 'default' (heavy atoms + valence rules) or 'explicit-h'")
     p.add_argument("--steps", type=_positive_int, default=20, help="Heun steps (default 20, as measured)")
     p.add_argument("--churn", type=_non_negative_float, default=5.0, help="EDM's S_churn (0: deterministic ODE; default 5, as measured)")
     p.add_argument("--sigma-max", type=_positive_float, default=10.0, help="initial noise level (Å)")

@@ -20,19 +20,27 @@ import torch
 from molgym.agents.diffusion.model import EnergyDenoiser, ModelConfig
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "denoiser_from_checkpoint", "SHIPPED_MODEL",
-           "shipped_model_path"]
+           "SHIPPED_MODELS", "shipped_model_path"]
 
 FORMAT = "molgym-diffusion"
 FORMAT_VERSION = 1
-#: The shipped model trained on QM9 (see ``qm9.json`` next to it for its card).
-SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "qm9.pt"
+_MODELS = Path(__file__).resolve().parent / "models"
+#: The shipped models by name, each with its card (the ``.json`` next to it): ``default`` generates (heavy atoms,
+#: hydrogens by valence rules), ``explicit-h`` is the model with hydrogens that the score analysis uses.
+SHIPPED_MODELS: dict[str, Path] = {"default": _MODELS / "qm9-heavy.pt", "explicit-h": _MODELS / "qm9.pt"}
+#: The default shipped model.
+SHIPPED_MODEL = SHIPPED_MODELS["default"]
 
 
-def shipped_model_path() -> Path:
-    """Path of the shipped QM9 checkpoint; ``FileNotFoundError`` if this installation lacks it."""
-    if not SHIPPED_MODEL.is_file():
-        raise FileNotFoundError(f"the shipped diffusion model {SHIPPED_MODEL} is missing from this installation")
-    return SHIPPED_MODEL
+def shipped_model_path(name: str = "default") -> Path:
+    """Path of a shipped checkpoint (:data:`SHIPPED_MODELS`); ``ValueError`` for an unknown name,
+    ``FileNotFoundError`` if this installation lacks the file."""
+    if name not in SHIPPED_MODELS:
+        raise ValueError(f"unknown shipped diffusion model {name!r}; shipped: {', '.join(SHIPPED_MODELS)}")
+    path = SHIPPED_MODELS[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped diffusion model {path} is missing from this installation")
+    return path
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -45,8 +53,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` (``"default"``: the shipped model)."""
-    path = shipped_model_path() if str(path) == "default" else Path(path)
+    """Load a checkpoint written by :func:`save_checkpoint`, or a shipped one by name (``"default"``,
+    ``"explicit-h"``)."""
+    path = shipped_model_path(str(path)) if str(path) in SHIPPED_MODELS else Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"diffusion checkpoint {str(path)!r} does not exist")
     try:

@@ -46,7 +46,8 @@ class DiffusionSampler(Generator):
     """Energy-based diffusion sampler (EDM preconditioning, stochastic Heun), trained on QM9.
 
     Args:
-        model: checkpoint path, or ``"default"`` for the shipped QM9 model (``agents/diffusion/models/qm9.pt``).
+        model: checkpoint path, or a shipped model's name: ``"default"`` (QM9 heavy atoms, hydrogens by valence
+            rules: ``models/qm9-heavy.pt``) or ``"explicit-h"`` (QM9 with hydrogens: ``models/qm9.pt``).
         steps: Heun steps (each costs two network evaluations except the last).
         churn: EDM's ``S_churn`` (0: deterministic probability-flow ODE given the initial noise).
         sigma_max, sigma_min, rho: noise schedule (Å).
@@ -76,8 +77,11 @@ class DiffusionSampler(Generator):
             raise ValueError(f"threads must be at least 1, got {threads}")
         if int(relax_steps) < 0:
             raise ValueError(f"relax_steps must be 0 (no relaxation) or more, got {relax_steps}")
-        if str(model) != "default" and not os.path.isfile(str(model)):
-            raise FileNotFoundError(f"diffusion model file {str(model)!r} does not exist (or use 'default')")
+        from molgym.agents.diffusion.checkpoint import SHIPPED_MODELS
+
+        if str(model) not in SHIPPED_MODELS and not os.path.isfile(str(model)):
+            raise FileNotFoundError(f"diffusion model file {str(model)!r} does not exist (or name a shipped one: "
+                                    f"{', '.join(SHIPPED_MODELS)})")
         super().__init__(potential=potential, model=str(model), steps=int(steps), churn=float(churn),
                          sigma_max=float(sigma_max), sigma_min=float(sigma_min), rho=float(rho),
                          n_atoms=None if n_atoms is None else int(n_atoms), batch_size=int(batch_size),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from molgym.agents.diffusion.checkpoint import SHIPPED_MODEL, load_checkpoint, save_checkpoint
+from molgym.agents.diffusion.checkpoint import load_checkpoint, save_checkpoint
 from molgym.agents.diffusion.data import MoleculeSet, encode_elements, qm9_split, size_distribution
 from molgym.agents.diffusion.model import (
     ELEMENT_SCALE,
@@ -314,17 +314,29 @@ def test_cli_generate_diffusion_writes_molecules(tmp_path, tiny_checkpoint):
     assert summary["n"] == 2 and summary["generator"]["name"] == "diffusion"
 
 
-def test_shipped_checkpoint_loads_and_samples():
+def test_shipped_checkpoints_load_and_sample():
     from molgym.agents.diffusion import DiffusionSampler
+    from molgym.agents.diffusion.checkpoint import SHIPPED_MODELS
 
-    state = load_checkpoint("default")
-    assert state["step"] > 0 and len(state["size_distribution"]) == 30  # QM9: up to 29 atoms
-    card = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())
-    for key in ("training", "split", "metrics", "learning_curve", "sha256"):
-        assert key in card
-    molecules = DiffusionSampler(model="default", steps=4).generate_molecules(3, seed=0)
-    assert len(molecules) == 3 and all(1 <= len(m) <= 29 for m in molecules)
-    assert all(set(m.numbers.tolist()) <= {1, 6, 7, 8, 9} for m in molecules)
+    sizes = {"default": 10, "explicit-h": 30}  # QM9: up to 9 heavy atoms, up to 29 atoms with hydrogens
+    for name, path in SHIPPED_MODELS.items():
+        state = load_checkpoint(name)
+        assert state["step"] > 0 and len(state["size_distribution"]) == sizes[name]
+        assert state["config"].get("hydrogens", True) == (name == "explicit-h")
+        card = json.loads(path.with_suffix(".json").read_text())
+        for key in ("training", "split", "metrics", "learning_curve", "sha256"):
+            assert key in card, (name, key)
+        molecules = DiffusionSampler(model=name, steps=4).generate_molecules(3, seed=0)
+        if name == "explicit-h":
+            assert len(molecules) == 3 and all(1 <= len(m) <= 29 for m in molecules)
+        else:  # up to 9 heavy atoms, completed by valence rules (4 steps leave loose skeletons: many hydrogens)
+            assert len(molecules) == 3 and all(1 <= (m.numbers > 1).sum() <= 9 for m in molecules)
+            assert all("skeleton_valid" in m.info for m in molecules)
+        assert all(set(m.numbers.tolist()) <= {1, 6, 7, 8, 9} for m in molecules)
+    with pytest.raises(ValueError, match="unknown shipped diffusion model 'nope'"):
+        from molgym.agents.diffusion.checkpoint import shipped_model_path
+
+        shipped_model_path("nope")
 
 
 HEAVY = ModelConfig(channels=8, radial_mlp=(8,), num_bessel=4, hydrogens=False, avg_num_neighbors=8.0)
