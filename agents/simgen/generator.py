@@ -587,7 +587,6 @@ class SiMGen(Generator):
         changing in the same round; with a multiset, the best swap. At most ``assignment_rounds`` rounds.
         """
         T, n_free, _ = positions.shape
-        n_fixed = 0 if self.fragment is None else len(self.fragment)
         current = []
         for job in jobs:
             if job.multiset is not None:

@@ -369,7 +369,7 @@ def refine(config: RefineConfig, out: str | os.PathLike, progress: bool = True) 
     import torch
 
     from molgym.io import read_structures, write_json, write_text, write_xyz
-    from molgym.potentials.committee import CommitteeHeads, CommitteeMACEPotential
+    from molgym.potentials.committee import CommitteeMACEPotential
 
     config.validate()
     out = Path(out)
