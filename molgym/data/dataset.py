@@ -37,6 +37,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import covalent_radii
 
+from molgym.data.labels import ENERGY_KEY, FORCES_KEY, labelled_copy
 from molgym.data.placement import random_position
 from molgym.io import write_json, write_xyz
 from molgym.reward import MAX_TERMINAL_DISTANCE, MIN_DISTANCE
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 ELEMENTS = (1, 6, 7, 8, 9)
 REFERENCE_METHOD = "GFN2-xTB (tblite), neutral, lowest spin multiplicity (uhf = n_electrons % 2)"
-ENERGY_KEY = "REF_energy"
-FORCES_KEY = "REF_forces"
 SPLITS = ("train", "valid", "test")
 OUTPUT_FILES = ("train", "valid", "test", "nonqm9", "isomers")
 NONQM9_SMILES_FILE = Path(__file__).with_name("nonqm9_smiles.txt")
@@ -361,13 +360,7 @@ def _label(potential, structures: Sequence[Atoms], category: str, molecule_id, s
             stats[f"failed_{category}"] += 1
             log.info("skipped a %s structure of %s: %s", category, molecule_id, err)
             continue
-        labelled = Atoms(numbers=s.numbers, positions=s.positions)
-        labelled.info.update(s.info)
-        labelled.info["category"] = category
-        labelled.info["molecule_id"] = str(molecule_id)
-        labelled.info[ENERGY_KEY] = float(e[0])
-        labelled.arrays[FORCES_KEY] = np.asarray(f[0], dtype=float)
-        out.append(labelled)
+        out.append(labelled_copy(s, float(e[0]), f[0], category=category, molecule_id=str(molecule_id)))
     return out
 
 

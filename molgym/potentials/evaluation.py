@@ -17,20 +17,19 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms
 
+from molgym.data.labels import ENERGY_KEY, FORCES_KEY
 from molgym.potentials.base import Potential, PotentialError
 
 STORED = "stored"
-REF_ENERGY = "REF_energy"
-REF_FORCES = "REF_forces"
 
 
 def stored_labels(structures: Sequence[Atoms]) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Energies and forces stored with the structures; error naming the first structure that has none."""
     energies, forces = [], []
     for i, atoms in enumerate(structures):
-        if REF_ENERGY in atoms.info:  # molgym datasets (mace-torch's --energy_key/--forces_key convention)
-            energies.append(float(atoms.info[REF_ENERGY]))
-            forces.append(np.asarray(atoms.arrays[REF_FORCES]) if REF_FORCES in atoms.arrays else None)
+        if ENERGY_KEY in atoms.info:  # molgym datasets (mace-torch's --energy_key/--forces_key convention)
+            energies.append(float(atoms.info[ENERGY_KEY]))
+            forces.append(np.asarray(atoms.arrays[FORCES_KEY]) if FORCES_KEY in atoms.arrays else None)
             continue
         try:
             energies.append(float(atoms.get_potential_energy()))

@@ -32,6 +32,7 @@ import os
 import time
 from pathlib import Path
 
+from molgym.data.labels import ENERGY_KEY, FORCES_KEY
 from molgym.potentials.mace_arch import ARCHITECTURES, MACEArchitecture
 
 DTYPES = ("float32", "float64")
@@ -106,8 +107,8 @@ def mace_arguments(
         "--downloads_dir", str(out / "downloads"),
         "--train_file", str(data / "train.xyz"),
         "--valid_file", str(data / "valid.xyz"),
-        "--energy_key", manifest.get("energy_key", "REF_energy"),
-        "--forces_key", manifest.get("forces_key", "REF_forces"),
+        "--energy_key", manifest.get("energy_key", ENERGY_KEY),
+        "--forces_key", manifest.get("forces_key", FORCES_KEY),
         "--E0s", repr(e0s),
         "--atomic_numbers", repr(sorted(e0s)),
         "--model", "MACE",

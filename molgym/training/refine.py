@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from molgym.data.labels import labelled_copy
+
 __all__ = ["RefineConfig", "refine", "read_log"]
 
 
@@ -289,18 +291,8 @@ def label_with_xtb(structures: Sequence[Atoms], say=None) -> tuple[list[Atoms], 
         except SCFConvergenceError:
             failures += 1
             continue
-        labelled.append(_with_label(atoms, float(e[0]), f[0]))
+        labelled.append(labelled_copy(atoms, float(e[0]), f[0], category="hal"))
     return labelled, failures
-
-
-def _with_label(atoms: Atoms, energy: float, forces: np.ndarray) -> Atoms:
-    """A copy of ``atoms`` (positions and info) carrying a GFN2-xTB label as the dataset stores it."""
-    out = Atoms(numbers=atoms.numbers, positions=atoms.positions)
-    out.info.update(atoms.info)
-    out.info["REF_energy"] = float(energy)
-    out.info["category"] = "hal"
-    out.arrays["REF_forces"] = np.array(forces, dtype=float)
-    return out
 
 
 def xtb_relaxation_frames(structures: Sequence[Atoms], frames: int, steps: int,
@@ -327,7 +319,7 @@ def xtb_relaxation_frames(structures: Sequence[Atoms], frames: int, steps: int,
 
         def keep(work=work, path=path):  # observers run after the forces at the new positions are computed
             frame = Atoms(numbers=work.numbers, positions=work.positions.copy())
-            path.append(_with_label(frame, work.get_potential_energy(), work.get_forces()))
+            path.append(labelled_copy(frame, work.get_potential_energy(), work.get_forces(), category="hal"))
 
         opt = BFGS(work, logfile=None)
         opt.attach(keep, interval=1)
