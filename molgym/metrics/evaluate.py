@@ -169,17 +169,16 @@ def molecule_records(
                 if rec.get("energy") is None:
                     continue
                 try:
-                    relaxed, steps = physics.relax(atoms, potential, fmax=relax_fmax, steps=relax_steps)
-                    e_relaxed = float(potential.energies([relaxed])[0])
+                    result = physics.relax(atoms, potential, fmax=relax_fmax, steps=relax_steps)
                 except (PotentialError, ValueError, np.linalg.LinAlgError):
                     continue
-                if physics.implausibility(relaxed):  # the relaxation left the trusted domain: no score
+                if physics.implausibility(result.atoms):  # the relaxation left the trusted domain: no score
                     rec["relax_left_domain"] = True
                     continue
                 heavy = atoms.numbers > 1
-                rec["relax_energy_drop"] = _finite(rec["energy"] - e_relaxed)
-                rec["relax_rmsd"] = physics.kabsch_rmsd(atoms.positions[heavy], relaxed.positions[heavy])
-                rec["relax_steps"] = steps
+                rec["relax_energy_drop"] = _finite(rec["energy"] - result.energy)
+                rec["relax_rmsd"] = physics.kabsch_rmsd(atoms.positions[heavy], result.atoms.positions[heavy])
+                rec["relax_steps"] = result.steps
 
     if referee is not None and referee_sample > 0 and nonempty:
         rng = np.random.default_rng(seed)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from ase import Atoms
@@ -48,6 +49,7 @@ from molgym.reward import MIN_DISTANCE, isolated_atom_energies
 __all__ = [
     "atomisation_energies",
     "relax",
+    "Relaxation",
     "kabsch_rmsd",
     "best_known_return",
     "implausibility",
@@ -94,16 +96,29 @@ def atomisation_energies(potential: Potential, structures: Sequence[Atoms]) -> t
     return energies, refs - energies
 
 
-def relax(atoms: Atoms, potential: Potential, fmax: float = 0.05, steps: int = 200) -> tuple[Atoms, int]:
-    """Relax a copy of ``atoms`` with ASE's BFGS on ``potential``; returns ``(relaxed, optimiser_steps)``."""
+class Relaxation(NamedTuple):
+    """A relaxation's result: the relaxed copy, the optimiser steps, and the energies (eV) at the start and end with
+    the final forces (eV/Å), as the optimiser evaluated them (no evaluation beyond the optimiser's own)."""
+
+    atoms: Atoms
+    steps: int
+    start_energy: float
+    energy: float
+    forces: np.ndarray
+
+
+def relax(atoms: Atoms, potential: Potential, fmax: float = 0.05, steps: int = 200) -> Relaxation:
+    """Relax a copy of ``atoms`` with ASE's BFGS on ``potential`` (see :class:`Relaxation`)."""
     from ase.optimize import BFGS
 
     work = Atoms(numbers=atoms.numbers, positions=atoms.positions)
     work.calc = potential.as_calculator()
+    start = float(work.get_potential_energy())  # cached by the calculator: BFGS's first step reuses it
     opt = BFGS(work, logfile=None)
     opt.run(fmax=fmax, steps=steps)
-    out = Atoms(numbers=work.numbers, positions=work.positions)
-    return out, int(opt.nsteps)
+    # the optimiser ends on a force evaluation of the final positions, so these come from the calculator's cache
+    energy, forces = float(work.get_potential_energy()), np.array(work.get_forces())
+    return Relaxation(Atoms(numbers=work.numbers, positions=work.positions), int(opt.nsteps), start, energy, forces)
 
 
 def referee_relaxation(atoms: Atoms, referee: Potential, fmax: float = 0.05, steps: int = 300) -> dict:
@@ -117,23 +132,21 @@ def referee_relaxation(atoms: Atoms, referee: Potential, fmax: float = 0.05, ste
     if problem:
         return {"referee_relax_failed": problem}
     try:
-        start = float(referee.energies([atoms])[0])
-        relaxed, taken = relax(atoms, referee, fmax=fmax, steps=steps)
-        energies, forces = referee.energies_and_forces([relaxed])
-        end, forces = float(energies[0]), np.asarray(forces[0])
+        result = relax(atoms, referee, fmax=fmax, steps=steps)
     except (PotentialError, ValueError, np.linalg.LinAlgError) as err:
         return {"referee_relax_failed": f"{type(err).__name__}: {err}"}
-    if float(np.sqrt((forces ** 2).sum(axis=1)).max()) > fmax:
+    if float(np.sqrt((result.forces ** 2).sum(axis=1)).max()) > fmax:
         return {"referee_relax_failed": f"not converged to {fmax} eV/Å in {steps} steps"}
+    relaxed = result.atoms
     problem = implausibility(relaxed)
     if problem:
         return {"referee_relax_failed": f"relaxation left the domain: {problem}"}
     heavy = atoms.numbers > 1
     return {
-        "referee_relax_energy": (start - end) / KCAL_PER_MOL,
+        "referee_relax_energy": (result.start_energy - result.energy) / KCAL_PER_MOL,
         "referee_relax_rmsd": kabsch_rmsd(atoms.positions[heavy], relaxed.positions[heavy]),
         "referee_graph_kept": bool(np.array_equal(connectivity(atoms), connectivity(relaxed))),
-        "referee_relax_steps": taken,
+        "referee_relax_steps": result.steps,
     }
 
 
