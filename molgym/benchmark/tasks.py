@@ -111,13 +111,6 @@ class Task:
         rows = rng.integers(len(qm9), size=n)
         return [bag_from_numbers(qm9.numbers[qm9.offsets[r]: qm9.offsets[r + 1]]) for r in rows]
 
-    def metric_settings(self) -> dict:
-        """The settings of the metrics, recorded with every job (a change makes finished jobs stale).
-        ``version`` counts changes of the metric set itself (2: PoseBusters, xTB relaxation, CPU cost)."""
-        return {"version": METRICS_VERSION, "relax_steps": self.relax_steps, "relax_fmax": self.relax_fmax,
-                "referee_sample": self.referee_sample, "referee_relax_steps": self.referee_relax_steps,
-                "posebusters": self.posebusters}
-
     def to_dict(self) -> dict:
         """JSON-ready description (round-trips through :func:`task_from_dict`)."""
         d = asdict(self)
