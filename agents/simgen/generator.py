@@ -656,13 +656,10 @@ class SiMGen(Generator):
     def _build(self, score: float, numbers: np.ndarray, pos: np.ndarray, job: _Job) -> tuple[float, Atoms, bool]:
         """Bond orders and hydrogens for one candidate skeleton: ``(score, molecule, feasible)``."""
         skel = self._full(pos, numbers)
-        orders = hydrogens.assign_bond_orders(skel.numbers, skel.positions, n_hydrogens=job.n_hydrogens)
-        if orders is None and job.n_hydrogens is not None:
-            orders = hydrogens.assign_bond_orders(skel.numbers, skel.positions)
-        if orders is None:  # some atom has more bonds than its valence allows: scored as invalid
+        whole = hydrogens.hydrogenate(skel, job.n_hydrogens)
+        if whole is None:  # some atom has more bonds than its valence allows: scored as invalid
             return score - 1e6, skel, False
-        counts = hydrogens.hydrogen_counts(skel.numbers, orders)
-        return score, hydrogens.add_hydrogens(skel, counts), True
+        return score, whole, True
 
     def _choose(self, candidates: list[list[tuple[float, Atoms, bool]]],
                 report: Callable[[float], None] | None = None) -> list[Atoms]:
