@@ -25,6 +25,7 @@ or refill the bag (:meth:`_on_bag_empty`).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -714,9 +715,12 @@ class _CanvasView:
 
 
 #: The settings every task takes as keywords and hands to :class:`MolecularEnv` (documented there): a task's own
-#: ``__init__`` names only what is its own (formula, template, solute...) and passes ``**settings`` on.
-SHARED_SETTINGS: tuple[str, ...] = ("potential", "workspace", "invalid_reward", "min_reward", "render_mode", "device",
-                                    "uncertainty_penalty", "uncertainty_threshold", "reference")
+#: ``__init__`` names only what is its own (formula, template, solute...) and passes ``**settings`` on. Read off
+#: :class:`MolecularEnv`'s signature, less what each task decides itself.
+SHARED_SETTINGS: tuple[str, ...] = tuple(
+    name for name in inspect.signature(MolecularEnv.__init__).parameters
+    if name not in ("self", "elements", "max_atoms", "extra_numbers")
+)
 
 
 def check_settings(task: type, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -724,8 +728,6 @@ def check_settings(task: type, settings: Mapping[str, Any]) -> dict[str, Any]:
     an argument of ``task`` (so ``gym.make(..., bogus=1)`` lists what is allowed instead of a ``TypeError``)."""
     unknown = sorted(set(settings) - set(SHARED_SETTINGS))
     if unknown:
-        import inspect
-
         own = [n for n in inspect.signature(task.__init__).parameters if n not in ("self", "settings")]
         raise ValueError(f"{task.__name__}: unknown argument(s) {', '.join(map(repr, unknown))}; allowed: "
                          f"{', '.join(own + list(SHARED_SETTINGS))}")
