@@ -62,13 +62,14 @@ def cmd_best_known(args: argparse.Namespace) -> int:
     from molgym.potentials import load_potential
 
     formulas = [format_formula(parse_formula(f)) for f in args.formulas]  # bad formulas fail before any work
-    stray = [c for c in args.candidates if candidate_formula(c) not in formulas]
+    formula_of = {c: candidate_formula(c) for c in args.candidates}  # a bad SMILES fails here, before any work
+    stray = [c for c in args.candidates if formula_of[c] not in formulas]
     if stray:
         raise CLIError(f"candidate(s) {', '.join(map(repr, stray))} match none of the formulas {', '.join(formulas)}")
     potential = load_potential(args.potential)
     failures = 0
     for formula in formulas:
-        matching = [c for c in args.candidates if candidate_formula(c) == formula]
+        matching = [c for c in args.candidates if formula_of[c] == formula]
         try:
             entry = compute_best_known(formula, potential, top_k=args.top_k, fmax=args.fmax, steps=args.steps,
                                        candidates=matching)
