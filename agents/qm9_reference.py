@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 from ase import Atoms
 
-from molgym.benchmark.generator import Generator
+from molgym.generator import Generator, Progress
 
 __all__ = ["QM9Reference"]
 
@@ -42,17 +42,27 @@ class QM9Reference(Generator):
 
     name = "qm9"
     version = "1"
+    unconditional = True
 
     def __init__(self, potential=None, **settings):
         super().__init__(potential=potential, **settings)
 
-    def generate(self, task, n: int, seed: int) -> list[Atoms]:
+    def generate(self, task, n: int, seed: int, progress: Progress | None = None) -> list[Atoms]:
+        """``n`` QM9 molecules: for a formula task, ones of that formula (else of the nearest heavy-atom count);
+        for an unconditional task or ``task=None``, uniformly drawn ones. Deterministic in ``seed``; ``progress``
+        hears of all ``n`` at once (drawing is instant once QM9 is loaded)."""
+        molecules = self._draw(task, n, seed)
+        if progress is not None:
+            progress(len(molecules))
+        return molecules
+
+    def _draw(self, task, n: int, seed: int) -> list[Atoms]:
         from molgym.chem import bag_size, format_formula
         from molgym.data.qm9 import load_qm9
 
         qm9 = load_qm9()
         rng = np.random.default_rng([seed, 104729])
-        if task.kind == "unconditional":
+        if task is None or task.kind == "unconditional":
             rows = rng.choice(len(qm9), size=n, replace=False)
             return [self._tag(qm9.atoms(int(r)), "unconditional") for r in rows]
         heavy, _formulas, index = _composition_index()

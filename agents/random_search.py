@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
-from molgym.benchmark.generator import Generator
 from molgym.chem import atomic_number
+from molgym.generator import Generator, Progress
 from molgym.data.placement import random_structure
 from molgym.potentials.base import PotentialError
 
@@ -58,8 +58,9 @@ class RandomSearch(Generator):
         energy = float(work.get_potential_energy())
         return Atoms(numbers=work.numbers, positions=work.positions), energy
 
-    def generate(self, task, n: int, seed: int) -> list[Atoms]:
-        """``n`` relaxed random structures for ``task`` (seeded by ``seed``)."""
+    def generate(self, task, n: int, seed: int, progress: Progress | None = None) -> list[Atoms]:
+        """``n`` relaxed random structures for ``task`` (seeded by ``seed``); ``progress(k)`` after each one."""
+        task = self.require_task(task)
         pot = self.potential()
         pot.check_species([Atoms(numbers=[atomic_number(s) for b in task.bags(1, seed) for s in b])])
         rng = np.random.default_rng([seed, 15485863])
@@ -82,6 +83,8 @@ class RandomSearch(Generator):
             relaxed = best[1]
             relaxed.info["energy"] = best[0]
             out.append(relaxed)
+            if progress is not None:
+                progress(len(out))
         return out
 
     def metadata(self) -> dict:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ase import Atoms
 
-from molgym.benchmark.generator import Generator
+from molgym.generator import Generator, Progress
 
 __all__ = ["RLPolicy"]
 
@@ -194,10 +194,11 @@ class RLPolicy(Generator):
             self._envs[key] = env
         return self._envs[key], ({"formula": formula} if multi else None)
 
-    def generate(self, task, n: int, seed: int) -> list[Atoms]:
-        """Roll out ``n`` episodes (one per bag of ``task``), seeded by ``seed``."""
+    def generate(self, task, n: int, seed: int, progress: Progress | None = None) -> list[Atoms]:
+        """Roll out ``n`` episodes (one per bag of ``task``), seeded by ``seed``; ``progress(k)`` after each."""
         import torch
 
+        task = self.require_task(task)
         from molgym.chem import format_formula
 
         bags = list(task.bags(n, seed))
@@ -218,6 +219,8 @@ class RLPolicy(Generator):
                 atoms = env.unwrapped.canvas
                 atoms.info = {"episode_return": float(atoms.info.get("episode_return", 0.0)), "steps": steps}
                 out.append(atoms)
+                if progress is not None:
+                    progress(len(out))
         return out
 
     def metadata(self) -> dict:

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         sampler = DiffusionSampler(model=str(path), steps=args.steps, threads=args.threads)
         start = time.perf_counter()
-        molecules = sampler.generate_molecules(args.num, seed=0)
+        molecules = sampler.generate(None, args.num, seed=0)
         seconds = (time.perf_counter() - start) / args.num
         metrics = qm9_metrics(molecules)
         row = {"step": step, "epoch": round(float(state["epoch"]), 4), "train_seconds": round(float(state["seconds"])),

@@ -38,9 +38,9 @@ def main() -> None:
     from molgym.agents.diffusion import DiffusionSampler
 
     gen = DiffusionSampler(model=args.model, steps=args.steps, batch_size=args.batch_size)
-    gen.generate_molecules(args.batch_size, seed=args.seed + 1000)  # warm-up, not timed
+    gen.generate(None, args.batch_size, seed=args.seed + 1000)  # warm-up, not timed
     start = time.perf_counter()
-    molecules = gen.generate_molecules(args.batch_size * args.batches, seed=args.seed)
+    molecules = gen.generate(None, args.batch_size * args.batches, seed=args.seed)
     seconds = time.perf_counter() - start
     per_molecule = seconds / len(molecules)
     atoms = sum(len(m) for m in molecules) / len(molecules)

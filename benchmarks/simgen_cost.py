@@ -2,7 +2,7 @@
 
 Each measurement is a fresh Python process (as a user's ``molgym generate simgen`` is), so loading torch, MACE and
 the model and reading (or computing) the cached reference descriptors are counted. ``s/valid`` is the wall time of
-``SiMGen(...).generate_molecules(n, seed, progress=...)`` (model loading included, Python start-up and imports of
+``SiMGen(...).generate(task, n, seed, progress=...)`` (model loading included, Python start-up and imports of
 molgym excluded) divided by the number of valid molecules (``molgym.metrics.chemistry.perceive``); ``first
 progress`` is the time of the first progress call, ``calls`` how many calls there were.
 
@@ -50,7 +50,7 @@ if task:
 calls = []
 start = time.perf_counter()
 gen = SiMGen(model=model, n_atoms=int(atoms) if atoms else None, threads=int(threads))
-mols = gen.generate_molecules(int(n), int(seed), task=task_obj, progress=lambda k: calls.append(time.perf_counter()))
+mols = gen.generate(task_obj, int(n), int(seed), progress=lambda k: calls.append(time.perf_counter()))
 seconds = time.perf_counter() - start
 ps = [perceive(m) for m in mols]
 print(json.dumps({"n": len(mols), "seconds": seconds, "valid": sum(p.valid for p in ps),

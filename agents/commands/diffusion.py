@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from molgym.cli.generate import _add_common, _positive_int, check_output_path, run_generation, sample_with_progress
+from molgym.cli.generate import add_common_arguments, positive_int, check_output_path, run_generation, sample_with_progress
 
 
 def _float_at_least(text: str, low: float, strict: bool, wanted: str) -> float:
@@ -72,26 +72,26 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="total optimiser steps")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="total optimiser steps")
     p.add_argument("--epochs", type=_positive_float, default=None, help="total epochs over the training split")
     p.add_argument("--time-limit", type=_duration, default=None, help="wall time of this call (3600, 45m, 1.5h)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="molecules per step")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="molecules per step")
     p.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's; 1 is best on a shared machine)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
-    p.add_argument("--channels", type=_positive_int, default=32, help="channels of the network")
+    p.add_argument("--channels", type=positive_int, default=32, help="channels of the network")
     p.add_argument("--max-L", type=int, choices=(0, 1, 2), default=1, help="highest irrep order of hidden features")
     p.add_argument("--correlation", type=int, choices=(1, 2, 3), default=2, help="body order of the product basis")
-    p.add_argument("--interactions", type=_positive_int, default=2, help="message-passing layers")
-    p.add_argument("--snapshot-every", type=_positive_int, default=None,
+    p.add_argument("--interactions", type=positive_int, default=2, help="message-passing layers")
+    p.add_argument("--snapshot-every", type=positive_int, default=None,
                    help="also keep the EMA weights every N steps under OUT/snapshots/ (for learning curves)")
     p.add_argument("--heavy-atoms", action="store_true",
                    help="train on heavy atoms only (about 4x fewer pairs per molecule); the sampler then adds "
                         "hydrogens by valence rules")
-    p.add_argument("--train-subset", type=_positive_int, default=None,
+    p.add_argument("--train-subset", type=positive_int, default=None,
                    help="train on the first N training molecules only (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -108,12 +108,12 @@ def register(subparsers) -> None:
                    help="checkpoint with hydrogens, or 'explicit-h' for the shipped one (the forces it is compared "
                         "with need whole molecules)")
     p.add_argument("--out", required=True, help="output directory (score_analysis.json)")
-    p.add_argument("--molecules", type=_positive_int, default=100, help="QM9 test molecules")
+    p.add_argument("--molecules", type=positive_int, default=100, help="QM9 test molecules")
     p.add_argument("--sigmas", type=_sigmas, default=None, help="noise levels in Å (default 10,5,2,1,0.5,...,0.01)")
     p.add_argument("--potential", default="default",
                    help="potential whose forces the score is compared with ('none' to skip)")
     p.add_argument("--seed", type=int, default=0, help="seed of the molecules drawn and the noise")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_analyse)
 
     p = commands.add_parser(
@@ -126,12 +126,12 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="default",
                    help="checkpoint, or a shipped model: 'default' (heavy atoms + valence rules) or 'explicit-h'")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("-n", "--num", type=_positive_int, default=1000, help="molecules to sample")
-    p.add_argument("--steps", type=_positive_int, default=20, help="Heun steps (default 20, as measured)")
+    p.add_argument("-n", "--num", type=positive_int, default=1000, help="molecules to sample")
+    p.add_argument("--steps", type=positive_int, default=20, help="Heun steps (default 20, as measured)")
     p.add_argument("--churn", type=_non_negative_float, default=5.0, help="EDM's S_churn (default 5, as measured)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="molecules integrated together")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="molecules integrated together")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--molecules-from", default=None, help="score this extended XYZ file instead of sampling")
     p.add_argument("--relax-steps", type=int, default=0,
                    help="FIRE steps of a final relaxation under --potential (default 0: the raw samples)")
@@ -292,16 +292,16 @@ def register_generate(commands) -> None:
         "(or with qm9-unconditional) sizes follow QM9 and elements are sampled; a formula task fixes the elements.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _add_common(p)
+    add_common_arguments(p)
     p.add_argument("--model", default="default",
                    help="checkpoint, or a shipped model: 'default' (heavy atoms + valence rules) or 'explicit-h'")
-    p.add_argument("--steps", type=_positive_int, default=20, help="Heun steps (default 20, as measured)")
+    p.add_argument("--steps", type=positive_int, default=20, help="Heun steps (default 20, as measured)")
     p.add_argument("--churn", type=_non_negative_float, default=5.0, help="EDM's S_churn (0: deterministic ODE; default 5, as measured)")
     p.add_argument("--sigma-max", type=_positive_float, default=10.0, help="initial noise level (Å)")
-    p.add_argument("--atoms", type=_positive_int, default=None,
+    p.add_argument("--atoms", type=positive_int, default=None,
                    help="atoms per molecule, hydrogens included (default: drawn from QM9)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="molecules integrated together")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="molecules integrated together")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_generate)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from molgym.cli.generate import _add_common, _pair, _positive_int, check_output_path, run_generation
+from molgym.cli.generate import add_common_arguments, pair, positive_int, check_output_path, run_generation
 
 __all__ = ["register_generate", "cmd_simgen"]
 
@@ -21,8 +21,8 @@ def register_generate(commands) -> None:
         "by valence and the molecules relaxed with the potential. See docs/simgen.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _add_common(p)
-    p.add_argument("--atoms", type=_positive_int, default=None,
+    add_common_arguments(p)
+    p.add_argument("--atoms", type=positive_int, default=None,
                    help="heavy atoms per molecule (default: implied by the prior, else 9)")
     p.add_argument("--prior", default="gaussian",
                    help="gaussian[:sigma=S] | gaussian:sigmas=SX,SY,SZ | line[:length=L] | ring:radius=R | "
@@ -34,10 +34,10 @@ def register_generate(commands) -> None:
     p.add_argument("--elements", default=None, help="allowed heavy elements, comma separated (default C,N,O,F)")
     p.add_argument("--fragment", default=None, help="structure file whose heavy atoms stay fixed and are grown from")
     p.add_argument("--reference", default=None, help="reference molecules (extended XYZ; default: shipped QM9 sample)")
-    p.add_argument("--particles", type=_positive_int, default=8, help="trajectories per molecule; the best is kept")
-    p.add_argument("--steps", type=_positive_int, default=40, help="integration steps")
-    p.add_argument("--kernel-width", type=_pair, default=None, help="START,END kernel width (reference NN units)")
-    p.add_argument("--noise", type=_pair, default=None, help="START,END noise per step (Å)")
+    p.add_argument("--particles", type=positive_int, default=8, help="trajectories per molecule; the best is kept")
+    p.add_argument("--steps", type=positive_int, default=40, help="integration steps")
+    p.add_argument("--kernel-width", type=pair, default=None, help="START,END kernel width (reference NN units)")
+    p.add_argument("--noise", type=pair, default=None, help="START,END noise per step (Å)")
     p.add_argument("--prior-strength", type=float, default=None, help="multiplies the prior's restoring rate")
     p.add_argument("--cohesion", type=float, default=None,
                    help="rate (0..1, 0: off) at which separate pieces are pulled together during the dynamics "
@@ -48,9 +48,9 @@ def register_generate(commands) -> None:
                    help="element search: score penalty per separate piece the elements leave (0: off; default "
                         "50 with --fragment, else 0)")
     p.add_argument("--relax-steps", type=int, default=None, help="FIRE relaxation steps (0: none)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="molecules per batch")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="molecules per batch")
     p.add_argument("--device", default=None, help="device of the descriptor model (default: GPU if present)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's; 1 is often fastest on a busy shared machine)")
     p.set_defaults(func=cmd_simgen)
 

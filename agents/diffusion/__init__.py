@@ -2,7 +2,7 @@
 
     from molgym.agents.diffusion import DiffusionSampler
     gen = DiffusionSampler(model="default", steps=40)
-    molecules = gen.generate_molecules(10, seed=0)
+    molecules = gen.generate(None, 10, seed=0)
 
 The denoiser is the gradient of a noise-conditioned MACE-style energy (:mod:`.model`); it is trained with EDM's
 loss on EDM's QM9 split (:mod:`.training`, ``molgym diffusion train``), sampled with EDM's stochastic Heun

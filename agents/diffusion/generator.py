@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms
 
-from molgym.benchmark.generator import Generator, check_sample_count
+from molgym.generator import Generator, Progress, check_sample_count
 from molgym.chem import atomic_number
 
 __all__ = ["DiffusionSampler", "MAX_ATOMS"]
@@ -60,6 +59,7 @@ class DiffusionSampler(Generator):
 
     name = "diffusion"
     version = "1"
+    unconditional = True
 
     def __init__(self, model: str = "default", steps: int = 20, churn: float = 5.0, sigma_max: float = 10.0,
                  sigma_min: float = 0.002, rho: float = 7.0, n_atoms: int | None = None, batch_size: int = 128,
@@ -137,13 +137,10 @@ class DiffusionSampler(Generator):
             jobs.append(numbers)
         return jobs, hydrogens
 
-    def generate(self, task, n: int, seed: int) -> list[Atoms]:
-        """``n`` molecules for a benchmark ``task`` (see the module docstring), deterministic in ``seed``."""
-        return self.generate_molecules(n, seed, task=task)
-
-    def generate_molecules(self, n: int, seed: int, task=None,
-                           progress: Callable[[int], None] | None = None) -> list[Atoms]:
-        """``n`` molecules (task optional); ``progress(k)`` is called after each batch with the molecules done."""
+    def generate(self, task, n: int, seed: int, progress: Progress | None = None) -> list[Atoms]:
+        """``n`` molecules for a benchmark ``task`` (see the module docstring), or with ``task=None`` sizes drawn
+        from the training set (or ``n_atoms``); deterministic in ``seed``. ``progress(k)`` is called after each
+        batch with the molecules done."""
         n = check_sample_count(n)
         if n == 0:
             return []

@@ -2,7 +2,7 @@
 
     from molgym.agents.simgen import SiMGen
     gen = SiMGen(model="default", prior="ring:radius=3")
-    molecules = gen.generate_molecules(10, seed=0)
+    molecules = gen.generate(None, 10, seed=0)
 
 Also reachable as ``molgym.benchmark.get_generator("simgen", ...)`` and ``molgym generate simgen ...``.
 """

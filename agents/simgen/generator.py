@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-from molgym.benchmark.generator import Generator, check_sample_count
+from molgym.generator import Generator, Progress, check_sample_count
 from molgym.chem import atomic_number, bag_from_numbers, element, symbol
 from molgym.potentials.base import Potential
 
@@ -172,6 +172,7 @@ class SiMGen(Generator):
 
     name = "simgen"
     version = "1"
+    unconditional = True
 
     def __init__(
         self,
@@ -366,15 +367,10 @@ class SiMGen(Generator):
         return jobs
 
     # --- public API -----------------------------------------------------------------------------------------
-    def generate(self, task, n: int, seed: int, progress: Callable[[float], None] | None = None) -> list[Atoms]:
+    def generate(self, task, n: int, seed: int, progress: Progress | None = None) -> list[Atoms]:
         """``n`` molecules for a benchmark ``task`` (its bag sets the size and, except for unconditional tasks,
-        the elements; a shape task's target becomes the prior), deterministic in ``seed``. ``progress``: as in
-        :meth:`generate_molecules`."""
-        return self.generate_molecules(n, seed, task=task, progress=progress)
-
-    def generate_molecules(self, n: int, seed: int, task=None,
-                           progress: Callable[[float], None] | None = None) -> list[Atoms]:
-        """``n`` molecules (task optional).
+        the elements; a shape task's target becomes the prior), or with ``task=None`` for the free settings
+        (``n_atoms``, ``elements``, ``prior``); deterministic in ``seed``.
 
         ``progress(k)`` is called with the molecules done so far: during a batch with fractions of molecules (a
         ``float`` rounded to hundredths, advanced by every integration step, element-search round and relaxation

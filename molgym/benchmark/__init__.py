@@ -1,4 +1,7 @@
-"""The common benchmark: generator interface and registry, tasks and versioned suites, runner, results, report.
+"""The common benchmark: tasks and versioned suites, runner, results, report.
+
+The generator contract and registry live in :mod:`molgym.generator`; they are re-exported here because every
+benchmark script needs them beside the tasks.
 
     from molgym.benchmark import get_generator, get_task, get_suite, run_suite
     gen = get_generator("random_search", potential="xtb")
@@ -8,15 +11,8 @@
 Importing this package is light: generators are imported by name when asked for.
 """
 
-from molgym.benchmark.generator import (
-    GENERATORS,
-    CountingPotential,
-    Generator,
-    get_generator,
-    register_generator,
-    resolve_potential_spec,
-)
 from molgym.benchmark.tasks import FORMULAS, SUITES, TASKS, Suite, Task, get_suite, get_task, shape_task
+from molgym.generator import GENERATORS, Generator, get_generator, register_generator
 
 
 def run_suite(*args, **kwargs):
@@ -28,11 +24,9 @@ def run_suite(*args, **kwargs):
 
 __all__ = [
     "Generator",
-    "CountingPotential",
     "GENERATORS",
     "register_generator",
     "get_generator",
-    "resolve_potential_spec",
     "Task",
     "Suite",
     "TASKS",

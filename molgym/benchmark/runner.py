@@ -115,7 +115,8 @@ def run_job(spec: dict) -> dict:
 
     Top-level and free of closures so that process pools and Ray can ship it.
     """
-    from molgym.benchmark.generator import CountingPotential, get_generator
+    from molgym.generator import get_generator
+    from molgym.potentials.counting import CountingPotential
     from molgym.io import write_json, write_xyz
     from molgym.metrics.evaluate import molecule_records, summarize_records
     from molgym.metrics.physics import best_known_return
@@ -299,7 +300,8 @@ def run_suite(
     (:class:`molgym.benchmark.settings.SettingsMismatchError`, naming each difference), unless ``overwrite``
     deletes those results first; see :mod:`molgym.benchmark.settings` for what may change between reruns.
     """
-    from molgym.benchmark.generator import get_generator, resolve_potential_spec
+    from molgym.generator import get_generator
+    from molgym.potentials.registry import resolve_potential_spec
     from molgym.benchmark.results import build_results
     from molgym.benchmark.settings import prepare_output, run_settings
     from molgym.io import write_json

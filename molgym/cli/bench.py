@@ -65,7 +65,8 @@ def _split(text: str | None) -> list[str] | None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run (or resume) a suite, print a summary, write the report; exit 1 when a job failed."""
-    from molgym.benchmark import GENERATORS, SUITES, TASKS
+    from molgym.benchmark import SUITES, TASKS
+    from molgym.generator import available_generators
     from molgym.cli import CLIError
 
     if args.list:
@@ -73,7 +74,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for s in SUITES.values():
             print(f"  {s.name} v{s.version}: {s.description}")
         print("tasks: " + ", ".join(TASKS) + ", any formula, shape:FILE.xyz[:FORMULA]")
-        print("generators: " + ", ".join(sorted(GENERATORS)))
+        print("generators: " + ", ".join(sorted(available_generators())))
         return 0
     if args.workers < 1:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")

@@ -1,10 +1,12 @@
-"""``molgym generate METHOD ...``: make molecules with a generator and write them as extended XYZ.
+"""``molgym generate NAME ...``: make molecules with any registered generator and write them as extended XYZ.
 
-One sub-command per method, each registered in :data:`METHODS` by the name of a function that adds its parser
-(the methods live with their agents, e.g. :mod:`molgym.agents.commands.simgen`), so a new method is one such
-function and one line in :data:`METHODS`.
-Every method shares ``-n``, ``--seed``, ``--out`` and the progress bar; heavy imports happen in the command
-functions only.
+Every generator :func:`molgym.generator.available_generators` names (molgym's, and installed packages'
+``molgym.generators`` entry points) gets a sub-command. By default it is the generic one: the
+shared arguments below, ``--potential`` and ``--option KEY=VALUE`` for the generator's constructor options. A
+generator whose options deserve typed flags and help of their own registers a parser-adding function in
+:data:`METHODS` instead (the functions live with their agents, e.g. :mod:`molgym.agents.commands.simgen`).
+Every sub-command shares ``-n``, ``--seed``, ``--out``, ``--task`` and the progress bar, and calls only
+:meth:`molgym.generator.Generator.generate`; heavy imports happen in the command functions only.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import time
 from pathlib import Path
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every ``molgym generate`` sub-command shares."""
     parser.add_argument("-n", "--num", type=int, default=10, help="number of molecules (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same molecules")
     parser.add_argument("--out", required=True,
@@ -27,7 +30,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, or an error naming the text."""
     try:
         value = int(text)
     except ValueError:
@@ -37,7 +41,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _pair(text: str) -> tuple[float, float]:
+def pair(text: str) -> tuple[float, float]:
+    """argparse type: ``"START,END"`` as two floats, or an error naming the text."""
     try:
         a, b = (float(v) for v in text.split(","))
     except ValueError:
@@ -45,8 +50,9 @@ def _pair(text: str) -> tuple[float, float]:
     return a, b
 
 
-#: Generation methods: name -> ``"module:function"`` that adds the method's parser (imported when the CLI starts;
-#: the function imports its generator only when the command runs). Add a method with one line here.
+#: Generators with a parser of their own: name -> ``"module:function"`` that adds it (imported when the CLI starts;
+#: the function imports its generator only when the command runs). Every other registered generator gets the
+#: generic parser (:func:`register_generic`).
 METHODS: dict[str, str] = {
     "simgen": "molgym.agents.commands.simgen:register_generate",
     "diffusion": "molgym.agents.commands.diffusion:register_generate",
@@ -56,13 +62,66 @@ METHODS: dict[str, str] = {
 def register(subparsers) -> None:
     import importlib
 
-    group = subparsers.add_parser("generate", help="generate molecules with a generator (simgen, ...)",
+    from molgym.generator import available_generators
+
+    group = subparsers.add_parser("generate", help="generate molecules with any registered generator",
                                   description="Generate molecules with one of molgym's generators.")
     group.set_defaults(group_parser=group)
-    commands = group.add_subparsers(title="methods", metavar="METHOD")
-    for target in METHODS.values():
-        module, _, function = target.partition(":")
-        getattr(importlib.import_module(module), function)(commands)
+    commands = group.add_subparsers(title="generators", metavar="GENERATOR")
+    for name in sorted(available_generators()):
+        if name in METHODS:
+            module, _, function = METHODS[name].partition(":")
+            getattr(importlib.import_module(module), function)(commands)
+        else:
+            register_generic(commands, name)
+
+
+def register_generic(commands, name: str) -> None:
+    """``molgym generate NAME``: the shared arguments, ``--potential`` and ``--option KEY=VALUE``."""
+    p = commands.add_parser(
+        name, help=f"generator {name!r} (options: --option KEY=VALUE)",
+        description=f"Generate molecules with the registered generator {name!r}. Its constructor options are "
+        "passed as --option KEY=VALUE (values read as JSON when they parse, else as text); an unknown option is "
+        "refused with the allowed ones listed.",
+    )
+    add_common_arguments(p)
+    p.add_argument("--potential", default="auto",
+                   help="potential spec the generator uses (default auto: the shipped MACE model, else GFN2-xTB)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a constructor option of the generator (repeatable), e.g. --option steps=100")
+    p.set_defaults(func=cmd_generic, generator_name=name)
+
+
+def parse_options(items: list[str]) -> dict:
+    """``["key=value", ...]`` -> ``{key: value}`` (values parsed as JSON when possible)."""
+    import json
+
+    from molgym.cli import CLIError
+
+    options: dict = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise CLIError(f"malformed --option {item!r}: expected KEY=VALUE, e.g. steps=100")
+        try:
+            options[key] = json.loads(raw)
+        except ValueError:
+            options[key] = raw
+    return options
+
+
+def cmd_generic(args) -> int:
+    """Build the generator from ``--potential`` and ``--option`` (refusing unknown options before any work), then
+    :func:`run_generation`."""
+    import json
+
+    from molgym.generator import get_generator
+
+    check_output_path(args.out)
+    generator = get_generator(args.generator_name, potential=args.potential, **parse_options(args.option))
+    command = f"molgym generate {args.generator_name} " + json.dumps(
+        {k: v for k, v in vars(args).items() if k not in ("func", "group_parser", "generator_name")}, default=str)
+    return run_generation(generator, args.num, args.seed, args.out, not args.no_progress, command, task=args.task)
 
 
 #: File name endings ``--out`` may have: the molecules are written as extended XYZ.
@@ -124,8 +183,8 @@ def _save_or_rescue(path: Path, molecules: list) -> None:
 
 def sample_with_progress(generator, n: int, seed: int, task=None, progress: bool = True,
                          desc: str | None = None) -> tuple[list, float]:
-    """``generator.generate_molecules(n, seed, task=task)`` with a progress bar fed by its ``progress`` callback;
-    returns the molecules and the wall time in seconds."""
+    """``generator.generate(task, n, seed)`` with a progress bar fed by its ``progress`` callback; returns the
+    molecules and the wall time in seconds."""
     bar = None
     if progress:
         from tqdm import tqdm
@@ -144,7 +203,7 @@ def sample_with_progress(generator, n: int, seed: int, task=None, progress: bool
 
     start = time.perf_counter()
     try:
-        molecules = generator.generate_molecules(n, seed, task=task, progress=tick)
+        molecules = generator.generate(task, n, seed, progress=tick)
     finally:
         if bar is not None:
             bar.close()
@@ -153,7 +212,8 @@ def sample_with_progress(generator, n: int, seed: int, task=None, progress: bool
 
 def run_generation(generator, n: int, seed: int, out: str, progress: bool, command: str,
                    task: str | None = None) -> int:
-    """Generate ``n`` molecules with ``generator.generate_molecules`` (progress bar), write them and a summary."""
+    """Generate ``n`` molecules with ``generator.generate`` (progress bar), write them and a summary. ``task``: a
+    task name for :func:`molgym.benchmark.get_task`, checked before anything is generated."""
     import numpy as np
 
     from molgym.cli import CLIError
@@ -167,6 +227,9 @@ def run_generation(generator, n: int, seed: int, out: str, progress: bool, comma
         from molgym.benchmark import get_task
 
         task_obj = get_task(task)
+    elif not getattr(generator, "unconditional", False):
+        raise CLIError(f"generator {generator.name!r} needs a task: pass --task (a formula such as C3H8O, or a "
+                       "benchmark task name: see molgym bench --list)")
     molecules, elapsed = sample_with_progress(generator, n, seed, task=task_obj, progress=progress)
     from molgym.metrics.chemistry import perceive
 

@@ -115,6 +115,18 @@ def _warn_if_provisional(name: str) -> None:
         )
 
 
+def resolve_potential_spec(spec: str | None = "auto") -> tuple[str, str]:
+    """``(spec, why)``: ``"auto"`` (or ``None``) means the shipped MACE ``"default"`` when this installation has
+    it, else ``"xtb"``; other specs pass through."""
+    if spec not in (None, "auto"):
+        return str(spec), "requested"
+    try:
+        shipped_model_path("default")
+    except (ModelNotAvailableError, ValueError) as err:
+        return "xtb", f"auto: shipped default MACE model unavailable ({type(err).__name__}); fell back to GFN2-xTB"
+    return "default", "auto: shipped default MACE model"
+
+
 def canonical_spec(spec: str | os.PathLike) -> str:
     """One key per distinct potential: named specs lower-cased with aliases folded (``"GFN2-xTB"`` -> ``"xtb"``),
     file paths made absolute and resolved. Used to share one loaded potential between callers."""

@@ -225,11 +225,11 @@ def test_generator_returns_seeded_molecules(tiny_checkpoint):
     from molgym.benchmark import get_generator, get_task
 
     gen = get_generator("diffusion", model=str(tiny_checkpoint), steps=3, batch_size=3)
-    molecules = gen.generate_molecules(5, seed=1)
+    molecules = gen.generate(None, 5, seed=1)
     assert len(molecules) == 5 and all(isinstance(m, Atoms) for m in molecules)
     assert all(len(m) in (4, 6, 7) for m in molecules)  # sizes drawn from the checkpoint's distribution
     assert all(set(m.numbers.tolist()) <= {1, 6, 7, 8, 9} for m in molecules)
-    again = gen.generate_molecules(5, seed=1)
+    again = gen.generate(None, 5, seed=1)
     assert all(np.allclose(a.positions, b.positions, atol=1e-4) for a, b in zip(molecules, again))
     formula = gen.generate(get_task("C3H8O"), 2, seed=0)
     assert [m.get_chemical_formula() for m in formula] == ["C3H8O", "C3H8O"]
@@ -253,7 +253,7 @@ def test_generator_rejects_bad_input(tiny_checkpoint):
     with pytest.raises(ValueError, match="CH4S"):
         gen.generate(get_task("CH4S"), 1, seed=0)
     with pytest.raises(ValueError, match="non-negative"):
-        gen.generate_molecules(-1, seed=0)
+        gen.generate(None, -1, seed=0)
 
 
 def test_load_checkpoint_rejects_foreign_files(tmp_path):
@@ -326,7 +326,7 @@ def test_shipped_checkpoints_load_and_sample():
         card = json.loads(path.with_suffix(".json").read_text())
         for key in ("training", "split", "metrics", "learning_curve", "sha256"):
             assert key in card, (name, key)
-        molecules = DiffusionSampler(model=name, steps=4).generate_molecules(3, seed=0)
+        molecules = DiffusionSampler(model=name, steps=4).generate(None, 3, seed=0)
         if name == "explicit-h":
             assert len(molecules) == 3 and all(1 <= len(m) <= 29 for m in molecules)
         else:  # up to 9 heavy atoms, completed by valence rules (4 steps leave loose skeletons: many hydrogens)
@@ -373,7 +373,7 @@ def test_heavy_atom_model_samples_skeletons_and_completes_them_by_valence(tmp_pa
                               heavy_only=True)
     assert (z > 1).all()  # the empty H channel is never decoded
     gen = DiffusionSampler(model=str(path), steps=3, threads=1)
-    molecules = gen.generate_molecules(4, seed=0)
+    molecules = gen.generate(None, 4, seed=0)
     for m in molecules:
         heavy = int((m.numbers > 1).sum())
         assert heavy in (3, 4) and m.info["hydrogens"] == "valence rules"

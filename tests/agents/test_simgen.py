@@ -156,9 +156,9 @@ def test_fire_relax_lowers_the_energy_and_keeps_fixed_atoms(tiny_mace):
 
 # --- the generator -------------------------------------------------------------------------------------------
 def test_deterministic_for_a_seed(tiny_mace, small_reference):
-    a = _gen(tiny_mace, small_reference).generate_molecules(2, seed=3)
-    b = _gen(tiny_mace, small_reference).generate_molecules(2, seed=3)
-    c = _gen(tiny_mace, small_reference).generate_molecules(2, seed=4)
+    a = _gen(tiny_mace, small_reference).generate(None, 2, seed=3)
+    b = _gen(tiny_mace, small_reference).generate(None, 2, seed=3)
+    c = _gen(tiny_mace, small_reference).generate(None, 2, seed=4)
     assert len(a) == 2
     for x, y in zip(a, b):
         assert np.array_equal(x.numbers, y.numbers)
@@ -171,7 +171,7 @@ def test_deterministic_for_a_seed(tiny_mace, small_reference):
 
 
 def test_elements_are_restricted(tiny_mace, small_reference):
-    mols = _gen(tiny_mace, small_reference, elements=["C", "O"], n_atoms=5).generate_molecules(2, seed=0)
+    mols = _gen(tiny_mace, small_reference, elements=["C", "O"], n_atoms=5).generate(None, 2, seed=0)
     for mol in mols:
         assert set(mol.numbers[mol.numbers > 1].tolist()) <= {6, 8}
 
@@ -180,7 +180,7 @@ def test_fragment_stays_fixed(tiny_mace, small_reference):
     frag = Atoms("CCO", positions=[[0, 0, 0], [1.52, 0, 0], [2.1, 1.2, 0]])
     gen = _gen(tiny_mace, small_reference, fragment=frag, n_atoms=3, relax_steps=5)
     centred = frag.positions - frag.positions.mean(axis=0)
-    for mol in gen.generate_molecules(2, seed=1):
+    for mol in gen.generate(None, 2, seed=1):
         assert mol.numbers[:3].tolist() == [6, 6, 8]
         assert np.allclose(mol.positions[:3], centred)
         assert int((mol.numbers > 1).sum()) == 6
@@ -190,7 +190,7 @@ def test_ring_prior_places_heavy_atoms_on_the_ring(tiny_mace, small_reference):
     gen = _gen(tiny_mace, small_reference, prior="ring:radius=2.5", n_atoms=None, relax_steps=0, steps=8)
     prior = RingPrior(radius=2.5)
     assert gen.prior.n_atoms() == prior.n_atoms()
-    for mol in gen.generate_molecules(2, seed=0):
+    for mol in gen.generate(None, 2, seed=0):
         heavy = mol.positions[mol.numbers > 1]
         assert len(heavy) == prior.n_atoms()
         rho = np.linalg.norm(heavy[:, :2], axis=1)
@@ -216,7 +216,7 @@ def test_progress_moves_within_one_molecule(tiny_mace, small_reference):
     batch ends: for n=1 it is called many times, never goes back, stays below 1 until the molecule is done."""
     calls = []
     gen = _gen(tiny_mace, small_reference, particles=2, steps=6, relax_steps=4)
-    (mol,) = gen.generate_molecules(1, seed=0, progress=calls.append)
+    (mol,) = gen.generate(None, 1, seed=0, progress=calls.append)
     assert len(calls) >= 6 + 2  # at least one per integration step, and more for the later phases
     assert calls == sorted(calls) and len(set(calls)) == len(calls)
     assert calls[-1] == 1 and isinstance(calls[-1], int)
@@ -248,7 +248,7 @@ def test_several_candidates_per_relaxation_round_choose_the_same(tiny_mace, smal
         gen._relax_batch = lambda mols, callback=None: rounds.append(len(mols)) or relax(mols, callback)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(gen_mod, "RELAX_ROUND_MIN", round_min)
-            (mol,) = gen.generate_molecules(1, seed=5)
+            (mol,) = gen.generate(None, 1, seed=5)
         return mol, rounds
 
     a, one_by_one = run(1)  # one candidate per molecule and round: the old rule
@@ -325,14 +325,14 @@ def test_reference_descriptors_are_computed_once(tiny_mace, small_reference, mon
     from molgym.agents.simgen import reference as ref_mod
 
     first = _gen(tiny_mace, small_reference)
-    first.generate_molecules(1, seed=0)
+    first.generate(None, 1, seed=0)
 
     def boom(*_args, **_kw):
         raise AssertionError("reference descriptors recomputed")
 
     monkeypatch.setattr(ref_mod, "_compute", boom)
     second = _gen(tiny_mace, small_reference)
-    second.generate_molecules(1, seed=1)
+    second.generate(None, 1, seed=1)
     assert second.reference() is first.reference()
 
 
@@ -361,7 +361,7 @@ def test_reference_descriptors_cached_on_disk(tiny_mace, small_reference, tmp_pa
 ])
 def test_bad_options_raise_clear_errors(tiny_mace, small_reference, kwargs, words):
     with pytest.raises(ValueError) as err:
-        _gen(tiny_mace, small_reference, **kwargs).generate_molecules(1, seed=0)
+        _gen(tiny_mace, small_reference, **kwargs).generate(None, 1, seed=0)
     for word in words:
         assert word in str(err.value)
 
@@ -371,7 +371,7 @@ def test_more_atoms_than_the_potential_handles(tiny_mace_model, small_reference)
 
     small = MACEPotential(tiny_mace_model, device="cpu", max_atoms_per_batch=30)
     with pytest.raises(ValueError, match=r"max_atoms_per_batch=30"):
-        SiMGen(model=small, potential=small, reference=small_reference, n_atoms=9).generate_molecules(1, seed=0)
+        SiMGen(model=small, potential=small, reference=small_reference, n_atoms=9).generate(None, 1, seed=0)
 
 
 def test_descriptor_model_must_be_mace():
@@ -445,7 +445,7 @@ def test_cli_progress_bar_takes_fractions(capsys):
     class Fractions:
         name = "fractions"
 
-        def generate_molecules(self, n, seed, task=None, progress=None):
+        def generate(self, task, n, seed, progress=None):
             for k in (0.1, 0.2, 0.30000000000000004, 1, 1.5, 2):
                 progress(k)
             return [Atoms("C")] * n

@@ -75,7 +75,7 @@ def test_shape_task_from_file(tmp_path):
 
 
 def test_auto_potential_prefers_the_shipped_default(monkeypatch, tmp_path):
-    from molgym.benchmark import resolve_potential_spec
+    from molgym.potentials.registry import resolve_potential_spec
     from molgym.potentials import registry
 
     def missing(name="default"):

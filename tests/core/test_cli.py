@@ -151,6 +151,48 @@ def test_generate_checks_out_before_generating(method, module, cls, tmp_path, ca
     assert not (a_file.parent / "mols.pdb").exists()
 
 
+def test_generate_runs_every_registered_generator(tmp_path, capsys):
+    """`molgym generate NAME` exists for every registered generator; generic ones take --option, check it before
+    any work, and refuse to run without a task unless they have an unconditional mode."""
+    from molgym.generator import GENERATORS
+
+    for name in GENERATORS:
+        with pytest.raises(SystemExit) as done:
+            main(["generate", name, "--help"])
+        assert done.value.code == 0
+        assert "--task" in capsys.readouterr().out
+    out = tmp_path / "rs"
+    assert main(["generate", "random_search", "--task", "CH4O", "-n", "2", "--potential", "xtb", "--option",
+                 "steps=5", "--no-progress", "--out", f"{out}/"]) == 0
+    summary = json.loads((out / "molecules.json").read_text())
+    assert summary["n"] == 2 and summary["generator"]["settings"]["steps"] == 5 and summary["task"] == "CH4O"
+    assert main(["generate", "qm9", "-n", "3", "--no-progress", "--out", str(tmp_path / "q.xyz")]) == 0  # no task
+    capsys.readouterr()
+    assert main(["generate", "random_search", "-n", "1", "--out", str(tmp_path / "x.xyz")]) == 2
+    assert "needs a task: pass --task" in capsys.readouterr().err
+    assert main(["generate", "random_search", "--task", "CH4O", "--option", "stepz=3",
+                 "--out", str(tmp_path / "y.xyz")]) == 2
+    assert "unknown option 'stepz'" in capsys.readouterr().err
+    assert not (tmp_path / "x.xyz").exists() and not (tmp_path / "y.xyz").exists()
+
+
+def test_installed_packages_add_generators_through_entry_points(monkeypatch, capsys):
+    """A package's `molgym.generators` entry point makes its generator reachable by name, CLI included."""
+    import importlib.metadata
+
+    from molgym.generator import ENTRY_POINT_GROUP, available_generators, get_generator
+
+    plugin = importlib.metadata.EntryPoint("plugin_qm9", "molgym.agents.qm9_reference:QM9Reference", ENTRY_POINT_GROUP)
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: [plugin] if kw.get("group") == ENTRY_POINT_GROUP else real(**kw))
+    assert available_generators()["plugin_qm9"] == plugin.value
+    assert get_generator("plugin_qm9").name == "qm9"
+    with pytest.raises(SystemExit):
+        main(["generate", "plugin_qm9", "--help"])
+    assert "plugin_qm9" in capsys.readouterr().out
+
+
 def test_generated_molecules_survive_a_failed_write(tmp_path, monkeypatch):
     """If writing fails anyway (disk full, a directory removed meanwhile), the molecules go to a temp file."""
     import tempfile
@@ -164,8 +206,9 @@ def test_generated_molecules_survive_a_failed_write(tmp_path, monkeypatch):
 
     class Methane:
         name = "methane"
+        unconditional = True
 
-        def generate_molecules(self, n, seed, task=None, progress=None):
+        def generate(self, task, n, seed, progress=None):
             return [molecule("CH4") for _ in range(n)]
 
         def metadata(self):

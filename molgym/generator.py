@@ -1,8 +1,10 @@
-"""The generator interface every method implements, and the registry that finds generators by name.
+"""The generator contract every molecule generator implements, and the registry that finds generators by name.
 
-A generator has one method that matters: :meth:`Generator.generate` ``(task, n, seed) -> list[ase.Atoms]``.
-It reports what it is (``name``, ``version``, ``settings``) and how much it asked of the potential
-(``potential_calls``: structures evaluated, the benchmark's oracle-call count).
+One method matters: :meth:`Generator.generate` ``(task, n, seed, progress=None) -> list[ase.Atoms]``. A generator
+also says what it is (``name``, ``version``, ``settings``) and how much it asked of the potential
+(``potential_calls``: structures evaluated, the benchmark's oracle-call count). The benchmark runner, ``molgym
+generate NAME`` and the refinement loop all call nothing else, so a new method is one subclass and one
+:func:`register_generator` line.
 
 The registry maps names to lazy ``"module:Class"`` strings, so the core never imports ``agents/`` (or torch,
 SB3, ...) until a generator is asked for.
@@ -12,37 +14,29 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms
 
 from molgym.potentials.base import Potential
+from molgym.potentials.counting import CountingPotential
 
 __all__ = [
     "Generator",
-    "CountingPotential",
+    "Progress",
     "GENERATORS",
+    "ENTRY_POINT_GROUP",
+    "available_generators",
     "register_generator",
     "get_generator",
-    "resolve_potential_spec",
     "check_sample_count",
     "generator_options",
 ]
 
-
-def resolve_potential_spec(spec: str | None = "auto") -> tuple[str, str]:
-    """``(spec, why)``: ``"auto"`` (or ``None``) means the shipped MACE ``"default"`` when this installation has
-    it, else ``"xtb"``; other specs pass through."""
-    if spec not in (None, "auto"):
-        return str(spec), "requested"
-    from molgym.potentials.registry import ModelNotAvailableError, shipped_model_path
-
-    try:
-        shipped_model_path("default")
-    except (ModelNotAvailableError, ValueError) as err:
-        return "xtb", f"auto: shipped default MACE model unavailable ({type(err).__name__}); fell back to GFN2-xTB"
-    return "default", "auto: shipped default MACE model"
+#: A progress callback: called with the molecules done so far (an ``int``, or a ``float`` when a generator reports
+#: fractions of molecules during a batch); the values never decrease and the last call is ``progress(n)``.
+Progress = Callable[[float], None]
 
 
 def check_sample_count(n) -> int:
@@ -51,32 +45,6 @@ def check_sample_count(n) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"number of molecules must be a non-negative integer, got {n!r}")
     return int(n)
-
-
-class CountingPotential(Potential):
-    """Wraps a potential and counts the structures it evaluates (``calls``) and the batched calls (``batches``)."""
-
-    def __init__(self, inner: Potential):
-        self.inner = inner
-        self.name = inner.name
-        self.species = inner.species
-        self.calls = 0
-        self.batches = 0
-
-    def energies(self, structures: Sequence[Atoms]) -> np.ndarray:
-        self.calls += len(structures)
-        self.batches += 1
-        return self.inner.energies(structures)
-
-    def energies_and_forces(self, structures: Sequence[Atoms]):
-        self.calls += len(structures)
-        self.batches += 1
-        return self.inner.energies_and_forces(structures)
-
-    def __getattr__(self, item):  # descriptors, uncertainties, r_max, ... of the wrapped potential
-        if item == "inner":
-            raise AttributeError(item)
-        return getattr(self.inner, item)
 
 
 class Generator(ABC):
@@ -92,6 +60,8 @@ class Generator(ABC):
 
     name: str = "generator"
     version: str = "0"
+    #: whether :meth:`generate` accepts ``task=None`` (an unconditional mode of the generator's own)
+    unconditional: bool = False
 
     def __init__(self, potential: str | Potential | None = "auto", **settings):
         self.potential_spec = potential
@@ -105,6 +75,8 @@ class Generator(ABC):
 
             spec = self.potential_spec
             if not isinstance(spec, Potential):
+                from molgym.potentials.registry import resolve_potential_spec
+
                 spec, _why = resolve_potential_spec(spec)
             self._potential = CountingPotential(load_potential(spec))
         return self._potential
@@ -124,8 +96,21 @@ class Generator(ABC):
         return None
 
     @abstractmethod
-    def generate(self, task, n: int, seed: int) -> list[Atoms]:
-        """Generate ``n`` structures for ``task`` (a :class:`molgym.benchmark.Task`), deterministically in ``seed``."""
+    def generate(self, task, n: int, seed: int, progress: Progress | None = None) -> list[Atoms]:
+        """Generate ``n`` structures for ``task`` (a :class:`molgym.benchmark.Task`), deterministically in ``seed``.
+
+        ``task`` may be ``None`` for generators with an unconditional mode of their own (SiMGen, diffusion); the
+        others raise a ``ValueError`` saying they need one. ``progress`` (see :data:`Progress`), if given, hears of
+        the molecules done so far.
+        """
+
+    def require_task(self, task):
+        """``task`` itself, or a ``ValueError`` saying this generator needs one (``task=None`` for a generator
+        without an unconditional mode)."""
+        if task is None and not self.unconditional:
+            raise ValueError(f"generator {self.name!r} needs a task (a formula such as C3H8O, or a benchmark task "
+                             "name: see molgym.benchmark.TASKS); it has no unconditional mode")
+        return task
 
     def metadata(self) -> dict:
         """Name, version, settings, potential calls (structures evaluated) and batched calls so far (JSON-ready)."""
@@ -157,6 +142,21 @@ GENERATORS: dict[str, str] = {
     "simgen": "molgym.agents.simgen:SiMGen",
     "diffusion": "molgym.agents.diffusion:DiffusionSampler",
 }
+
+
+#: Installed packages can add generators without any call: an entry point in this group, named as the generator,
+#: whose value is ``"module:Class"`` (in pyproject.toml: ``[project.entry-points."molgym.generators"]``).
+ENTRY_POINT_GROUP = "molgym.generators"
+
+
+def available_generators() -> dict[str, str]:
+    """Every generator this installation can name: :data:`GENERATORS` (molgym's and those registered in this
+    process) and the ``molgym.generators`` entry points of installed packages (``molgym generate`` and ``molgym
+    bench`` list these). A name registered in-process wins over an entry point of the same name."""
+    from importlib.metadata import entry_points
+
+    plugins = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**plugins, **GENERATORS}
 
 
 def register_generator(name: str, target: str, overwrite: bool = False) -> None:
@@ -196,9 +196,10 @@ def get_generator(name: str, **options) -> Generator:
     An option that is not a parameter of the generator's constructor (:func:`generator_options`) raises a
     ``ValueError`` naming it and listing the allowed ones, instead of a ``TypeError`` from the constructor.
     """
-    target = GENERATORS.get(name, name if ":" in name else None)
+    known = available_generators()
+    target = known.get(name, name if ":" in name else None)
     if target is None:
-        raise ValueError(f"unknown generator {name!r}; available: {', '.join(sorted(GENERATORS))} "
+        raise ValueError(f"unknown generator {name!r}; available: {', '.join(sorted(known))} "
                          "(or 'package.module:Class')")
     module_name, _, class_name = target.partition(":")
     try:
