@@ -1,4 +1,8 @@
-"""``molgym potential ...``: inspect and evaluate potentials."""
+"""``molgym potential ...``: inspect and evaluate potentials.
+
+One ``register_<command>`` function per subcommand adds its parser, next to the ``cmd_<command>`` function that
+runs it; ``refine`` (the HAL loop) lives in :mod:`molgym.cli.potential_refine`.
+"""
 
 from __future__ import annotations
 
@@ -7,160 +11,30 @@ import json
 import time
 from pathlib import Path
 
+from molgym.cli.potential_refine import register_refine
+
 
 def register(subparsers) -> None:
+    """Add the ``potential`` group and its subcommands, in the order ``molgym potential --help`` lists them."""
     group = subparsers.add_parser("potential", help="inspect, evaluate, build data for and train potentials")
     group.set_defaults(group_parser=group)
     commands = group.add_subparsers(title="potential commands", metavar="COMMAND")
+    register_info(commands)
+    register_evaluate(commands)
+    register_dataset(commands)
+    register_train(commands)
+    register_card(commands)
+    register_committee(commands)
+    register_refine(commands)
 
+
+def register_info(commands) -> None:
+    """``molgym potential info SPEC``: describe a potential (species, backend, model card)."""
     info = commands.add_parser("info", help="describe a potential (species, backend, model card)")
     info.add_argument("spec", help="'default', 'xtb', 'gfn1-xtb', 'pm6' or the path of a MACE model file")
     info.add_argument("--device", default=None, help="device for MACE models (default: GPU if present)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=cmd_info)
-
-    ev = commands.add_parser(
-        "evaluate",
-        help="energy and force errors of a potential against a reference",
-        description="Energy and force errors of --potential against --reference on the structures of --data, "
-        "per category (atoms.info['category']), as a table and as JSON.",
-    )
-    ev.add_argument("--potential", required=True, help="the potential to assess (spec or MACE model file)")
-    ev.add_argument(
-        "--reference",
-        default="stored",
-        help="reference potential spec, or 'stored' to use the energies/forces stored in --data (default)",
-    )
-    ev.add_argument("--data", required=True,
-                    help="structure file (extended XYZ, ...), 'qm9:N', or a dataset directory from "
-                         "`molgym potential dataset` (then its test.xyz, nonqm9.xyz and isomers.xyz)")
-    ev.add_argument("--seed", type=int, default=0, help="seed for 'qm9:N' sampling (default 0)")
-    ev.add_argument("--device", default=None)
-    ev.add_argument("--out", default=None, help="directory for evaluation.json (and the table as .txt)")
-    ev.set_defaults(func=cmd_evaluate)
-
-    ds = commands.add_parser(
-        "dataset",
-        help="build the reward potential's dataset (QM9-derived, GFN2-xTB labels)",
-        description="Configurations derived from QM9 (equilibrium, thermal MD, build prefixes, misplaced atoms, "
-        "close contacts, isolated atoms, diatomics), split by molecule, plus non-QM9 and C7H10O2-isomer test "
-        "sets, labelled with GFN2-xTB. Resumable: rerun the same command to finish an interrupted build.",
-    )
-    ds.add_argument("--out", required=True, help="output directory")
-    ds.add_argument("--size", default="default", help="preset: tiny, small or default (default: default)")
-    ds.add_argument("--seed", type=int, default=0)
-    ds.add_argument("--workers", type=int, default=None, help="worker processes (default: every core)")
-    ds.add_argument("--train-molecules", type=int, default=None, help="override the preset's train molecules")
-    ds.add_argument("--test-molecules", type=int, default=None, help="override the preset's test molecules")
-    ds.set_defaults(func=cmd_dataset)
-
-    tr = commands.add_parser(
-        "train",
-        help="train a MACE potential on a dataset with mace-torch's trainer",
-        description="Runs mace-torch's trainer (mace.cli.run_train) on DATA/train.xyz and DATA/valid.xyz with the "
-        "isolated-atom xTB energies as E0s. Resumable: rerun the same command to continue from the newest "
-        "checkpoint; rerun with --epochs at or below the epochs done to write the model from the best checkpoint.",
-    )
-    tr.add_argument("--data", required=True, help="dataset directory from `molgym potential dataset`")
-    tr.add_argument("--out", required=True, help="output directory (model, checkpoints, logs)")
-    tr.add_argument("--architecture", default="cpu", help="preset from molgym.potentials.mace_arch (default cpu)")
-    tr.add_argument("--epochs", type=int, default=100)
-    tr.add_argument("--device", default="cpu")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    tr.add_argument("--batch-size", type=int, default=16)
-    tr.add_argument("--lr", type=float, default=0.01)
-    tr.add_argument("--energy-weight", type=float, default=40.0)
-    tr.add_argument("--forces-weight", type=float, default=10.0)
-    tr.add_argument("--stage-two-from", type=int, default=None, metavar="EPOCH",
-                    help="switch to mace's stage two (energy-weighted loss, lower lr, weight averaging) at EPOCH; "
-                    "the model is then OUT/NAME_stagetwo.model")
-    tr.add_argument("--stage-two-energy-weight", type=float, default=1000.0)
-    tr.add_argument("--stage-two-forces-weight", type=float, default=10.0)
-    tr.add_argument("--stage-two-lr", type=float, default=1e-3)
-    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    tr.add_argument("--name", default="model", help="model file name stem (default: model -> OUT/model.model)")
-    tr.set_defaults(func=cmd_train)
-
-    cd = commands.add_parser(
-        "card",
-        help="evaluate a model on a dataset and write its model card (JSON + Markdown)",
-        description="Evaluates MODEL on the test sets of DATA, copies it to OUT/NAME.model and writes "
-        "OUT/NAME.json (file, sha256, data counts, test errors, training time and hardware, reproducing command) "
-        "and OUT/NAME.md. With the defaults it regenerates the shipped default model's card.",
-    )
-    cd.add_argument("--model", required=True, help="MACE model file to describe (and ship)")
-    cd.add_argument("--data", required=True, help="dataset directory it was trained on")
-    cd.add_argument("--train-dir", default=None, help="training output directory (for timings and arguments)")
-    cd.add_argument("--out", default=None, help="directory for the card (default: molgym's shipped models)")
-    cd.add_argument("--name", default="default")
-    cd.add_argument("--device", default="cpu")
-    cd.add_argument("--note", action="append", default=[], help="a note for the card (repeatable)")
-    cd.set_defaults(func=cmd_card)
-
-    cm = commands.add_parser(
-        "committee",
-        help="fit and calibrate a last-layer committee (uncertainties) for a MACE model",
-        description="Fits MEMBERS linear heads on bootstrap resamples of DATA/train.xyz to the model's residual "
-        "against the stored GFN2-xTB labels, calibrates their spread on DATA/valid.xyz and reports the Spearman "
-        "rank correlation between uncertainty and error on the build trajectories of DATA/test.xyz. Writes "
-        "OUT/NAME.npz and OUT/NAME.json (with --ship: next to the shipped default model, sha256 in the card).",
-    )
-    cm.add_argument("--model", default="default", help="'default' (the shipped model) or a MACE model file")
-    cm.add_argument("--data", required=True, help="dataset directory from `molgym potential dataset`")
-    cm.add_argument("--out", default=None, help="output directory (default: molgym's shipped models with --ship)")
-    cm.add_argument("--name", default="default-committee", help="file stem (default default-committee)")
-    cm.add_argument("--members", type=int, default=8)
-    cm.add_argument("--ridge", type=float, default=1e-3, help="relative L2 penalty of each head (default 1e-3)")
-    cm.add_argument("--seed", type=int, default=0)
-    cm.add_argument("--extra-train", action="append", default=[], help="more labelled XYZ files (repeatable)")
-    cm.add_argument("--ship", action="store_true", help="write into molgym/potentials/models (the shipped one)")
-    cm.add_argument("--device", default="cpu")
-    cm.set_defaults(func=cmd_committee)
-
-    rf = commands.add_parser(
-        "refine",
-        help="hyperactive learning: sample where the committee is uncertain, label with xTB, refit, repeat",
-        description="A HAL loop (molgym.training.refine): each round samples candidates (Langevin MD biased "
-        "toward high committee uncertainty; random-structure-search relaxation paths under the model; optional "
-        "generator samples, e.g. rl_policy agent rollouts, and their build prefixes), labels the most uncertain with GFN2-xTB, fine-tunes the model and refits the "
-        "committee, and logs a JSON line (OUT/log.jsonl). Stops after --rounds or when the uncertainty of fresh "
-        "samples stops falling. Resumable: rerun the same command; finished rounds are never redone.",
-    )
-    rf.add_argument("--data", required=True, help="dataset directory (train/valid/test.xyz, manifest)")
-    rf.add_argument("--train-dir", required=True, help="training run to start from (its checkpoints and model)")
-    rf.add_argument("--committee", default=None, help="committee .npz of the starting model (default: fit one)")
-    rf.add_argument("--out", required=True, help="output directory (rounds, log.jsonl)")
-    rf.add_argument("--rounds", type=int, default=3)
-    rf.add_argument("--formula", action="append", default=None,
-                    help="formula for generator samples (repeatable; default C7H10O2 and C7H8N2O2)")
-    rf.add_argument("--relaxations", type=int, default=8,
-                    help="random-structure-search relaxation paths per formula per round (default 8)")
-    rf.add_argument("--relax-steps", type=int, default=200, help="BFGS steps per relaxation (default 200)")
-    rf.add_argument("--generator", action="append", default=None, help="generator whose samples are harvested "
-                    "(repeatable; default none; e.g. rl_policy with a checkpoint); options with --generator-options")
-    rf.add_argument("--generator-options", default=None,
-                    help='JSON: options per generator, e.g. \'{"random_search": {"steps": 100}}\'')
-    rf.add_argument("--samples", type=int, default=8, help="samples per formula per generator and round (default 8)")
-    rf.add_argument("--md-starts", type=int, default=8, help="biased MD trajectories per round (default 8)")
-    rf.add_argument("--md-steps", type=int, default=60)
-    rf.add_argument("--temperature", type=float, default=500.0, help="MD temperature in K (default 500)")
-    rf.add_argument("--tau", type=float, default=1.0, help="bias strength: MD runs on E - tau*sigma (default 1)")
-    rf.add_argument("--select", type=int, default=64, help="structures labelled per round (default 64)")
-    rf.add_argument("--xtb-relax-frames", type=int, default=0,
-                    help="also label this many frames of the GFN2-xTB relaxation of each selected generator "
-                         "molecule (default 0: off), so the refit sees its strain energy, not only its energy")
-    rf.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per round (default 1)")
-    rf.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
-    rf.add_argument("--harvest-weight", type=int, default=4,
-                    help="times each harvested structure enters the fine-tuning set (default 4)")
-    rf.add_argument("--members", type=int, default=8)
-    rf.add_argument("--tolerance", type=float, default=0.02,
-                    help="stop when fresh-sample mean sigma falls by less than this fraction (default 0.02)")
-    rf.add_argument("--seed", type=int, default=0)
-    rf.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    rf.add_argument("--device", default="cpu")
-    rf.set_defaults(func=cmd_refine)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -197,6 +71,29 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"{key:>10}: {value}")
     print(f"{'species':>10}: {' '.join(species) if len(species) <= 20 else f'{species[0]}..{species[-1]} ({len(species)})'}")
     return 0
+
+
+def register_evaluate(commands) -> None:
+    """``molgym potential evaluate``: energy and force errors against a reference."""
+    ev = commands.add_parser(
+        "evaluate",
+        help="energy and force errors of a potential against a reference",
+        description="Energy and force errors of --potential against --reference on the structures of --data, "
+        "per category (atoms.info['category']), as a table and as JSON.",
+    )
+    ev.add_argument("--potential", required=True, help="the potential to assess (spec or MACE model file)")
+    ev.add_argument(
+        "--reference",
+        default="stored",
+        help="reference potential spec, or 'stored' to use the energies/forces stored in --data (default)",
+    )
+    ev.add_argument("--data", required=True,
+                    help="structure file (extended XYZ, ...), 'qm9:N', or a dataset directory from "
+                         "`molgym potential dataset` (then its test.xyz, nonqm9.xyz and isomers.xyz)")
+    ev.add_argument("--seed", type=int, default=0, help="seed for 'qm9:N' sampling (default 0)")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--out", default=None, help="directory for evaluation.json (and the table as .txt)")
+    ev.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -262,6 +159,24 @@ def _evaluate_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_dataset(commands) -> None:
+    """``molgym potential dataset``: build the reward potential's dataset."""
+    ds = commands.add_parser(
+        "dataset",
+        help="build the reward potential's dataset (QM9-derived, GFN2-xTB labels)",
+        description="Configurations derived from QM9 (equilibrium, thermal MD, build prefixes, misplaced atoms, "
+        "close contacts, isolated atoms, diatomics), split by molecule, plus non-QM9 and C7H10O2-isomer test "
+        "sets, labelled with GFN2-xTB. Resumable: rerun the same command to finish an interrupted build.",
+    )
+    ds.add_argument("--out", required=True, help="output directory")
+    ds.add_argument("--size", default="default", help="preset: tiny, small or default (default: default)")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--workers", type=int, default=None, help="worker processes (default: every core)")
+    ds.add_argument("--train-molecules", type=int, default=None, help="override the preset's train molecules")
+    ds.add_argument("--test-molecules", type=int, default=None, help="override the preset's test molecules")
+    ds.set_defaults(func=cmd_dataset)
+
+
 def cmd_dataset(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -285,6 +200,37 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_train(commands) -> None:
+    """``molgym potential train``: train a MACE potential with mace-torch's trainer."""
+    tr = commands.add_parser(
+        "train",
+        help="train a MACE potential on a dataset with mace-torch's trainer",
+        description="Runs mace-torch's trainer (mace.cli.run_train) on DATA/train.xyz and DATA/valid.xyz with the "
+        "isolated-atom xTB energies as E0s. Resumable: rerun the same command to continue from the newest "
+        "checkpoint; rerun with --epochs at or below the epochs done to write the model from the best checkpoint.",
+    )
+    tr.add_argument("--data", required=True, help="dataset directory from `molgym potential dataset`")
+    tr.add_argument("--out", required=True, help="output directory (model, checkpoints, logs)")
+    tr.add_argument("--architecture", default="cpu", help="preset from molgym.potentials.mace_arch (default cpu)")
+    tr.add_argument("--epochs", type=int, default=100)
+    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--lr", type=float, default=0.01)
+    tr.add_argument("--energy-weight", type=float, default=40.0)
+    tr.add_argument("--forces-weight", type=float, default=10.0)
+    tr.add_argument("--stage-two-from", type=int, default=None, metavar="EPOCH",
+                    help="switch to mace's stage two (energy-weighted loss, lower lr, weight averaging) at EPOCH; "
+                    "the model is then OUT/NAME_stagetwo.model")
+    tr.add_argument("--stage-two-energy-weight", type=float, default=1000.0)
+    tr.add_argument("--stage-two-forces-weight", type=float, default=10.0)
+    tr.add_argument("--stage-two-lr", type=float, default=1e-3)
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    tr.add_argument("--name", default="model", help="model file name stem (default: model -> OUT/model.model)")
+    tr.set_defaults(func=cmd_train)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from molgym.training.mace_train import mace_arguments, train_mace
 
@@ -302,6 +248,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_card(commands) -> None:
+    """``molgym potential card``: evaluate a model and write its model card."""
+    cd = commands.add_parser(
+        "card",
+        help="evaluate a model on a dataset and write its model card (JSON + Markdown)",
+        description="Evaluates MODEL on the test sets of DATA, copies it to OUT/NAME.model and writes "
+        "OUT/NAME.json (file, sha256, data counts, test errors, training time and hardware, reproducing command) "
+        "and OUT/NAME.md. With the defaults it regenerates the shipped default model's card.",
+    )
+    cd.add_argument("--model", required=True, help="MACE model file to describe (and ship)")
+    cd.add_argument("--data", required=True, help="dataset directory it was trained on")
+    cd.add_argument("--train-dir", default=None, help="training output directory (for timings and arguments)")
+    cd.add_argument("--out", default=None, help="directory for the card (default: molgym's shipped models)")
+    cd.add_argument("--name", default="default")
+    cd.add_argument("--device", default="cpu")
+    cd.add_argument("--note", action="append", default=[], help="a note for the card (repeatable)")
+    cd.set_defaults(func=cmd_card)
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     from molgym.potentials.card import write_model_card
 
@@ -310,6 +275,29 @@ def cmd_card(args: argparse.Namespace) -> int:
     for p in paths:
         print(f"wrote {p}")
     return 0
+
+
+def register_committee(commands) -> None:
+    """``molgym potential committee``: fit and calibrate a last-layer committee."""
+    cm = commands.add_parser(
+        "committee",
+        help="fit and calibrate a last-layer committee (uncertainties) for a MACE model",
+        description="Fits MEMBERS linear heads on bootstrap resamples of DATA/train.xyz to the model's residual "
+        "against the stored GFN2-xTB labels, calibrates their spread on DATA/valid.xyz and reports the Spearman "
+        "rank correlation between uncertainty and error on the build trajectories of DATA/test.xyz. Writes "
+        "OUT/NAME.npz and OUT/NAME.json (with --ship: next to the shipped default model, sha256 in the card).",
+    )
+    cm.add_argument("--model", default="default", help="'default' (the shipped model) or a MACE model file")
+    cm.add_argument("--data", required=True, help="dataset directory from `molgym potential dataset`")
+    cm.add_argument("--out", default=None, help="output directory (default: molgym's shipped models with --ship)")
+    cm.add_argument("--name", default="default-committee", help="file stem (default default-committee)")
+    cm.add_argument("--members", type=int, default=8)
+    cm.add_argument("--ridge", type=float, default=1e-3, help="relative L2 penalty of each head (default 1e-3)")
+    cm.add_argument("--seed", type=int, default=0)
+    cm.add_argument("--extra-train", action="append", default=[], help="more labelled XYZ files (repeatable)")
+    cm.add_argument("--ship", action="store_true", help="write into molgym/potentials/models (the shipped one)")
+    cm.add_argument("--device", default="cpu")
+    cm.set_defaults(func=cmd_committee)
 
 
 def cmd_committee(args: argparse.Namespace) -> int:
@@ -341,39 +329,4 @@ def cmd_committee(args: argparse.Namespace) -> int:
           f"{b['spearman_energy']:.3f} (n={b['structures']}), per step {b['spearman_step']:.3f} "
           f"(n={b['steps_evaluated']})")
     print(f"wrote {heads_path} and {out / (args.name + '.json')}")
-    return 0
-
-
-def cmd_refine(args: argparse.Namespace) -> int:
-    from molgym.training.refine import RefineConfig, refine
-
-    generator_options = None
-    if args.generator_options:
-        try:
-            generator_options = json.loads(args.generator_options)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--generator-options is not valid JSON: {err}") from None
-        if not isinstance(generator_options, dict) or not all(isinstance(v, dict) for v in generator_options.values()):
-            raise ValueError('--generator-options must map generator names to option objects, e.g. '
-                             '\'{"random_search": {"steps": 100}}\'')
-    config = RefineConfig(
-        data=args.data, train_dir=args.train_dir, committee=args.committee, rounds=args.rounds,
-        formulas=tuple(args.formula) if args.formula else RefineConfig.formulas,
-        generators=tuple(args.generator) if args.generator else RefineConfig.generators,
-        samples_per_formula=args.samples if args.generator else 0, relaxations_per_formula=args.relaxations,
-        relax_steps=args.relax_steps, md_starts=args.md_starts, md_steps=args.md_steps,
-        temperature_K=args.temperature, tau=args.tau, select=args.select, xtb_relax_frames=args.xtb_relax_frames,
-        epochs=args.epochs,
-        harvest_weight=args.harvest_weight, lr=args.lr, members=args.members, tolerance=args.tolerance, seed=args.seed,
-        threads=args.threads, device=args.device,
-    )
-    if generator_options is not None:
-        config.generator_options = generator_options
-    config.validate()  # every bad input fails here, before any sampling or training
-    records = refine(config, args.out)
-    for r in records:
-        print(f"round {r['round']}: {r['labelled']} labelled ({r['scf_failures']} SCF failures), fresh sigma "
-              f"{r['fresh_sigma_before']['mean']:.3f} -> {r['fresh_sigma_after']['mean']:.3f} eV, test MAE "
-              f"{r['test_before']['energy_mae_meV']:.0f} -> {r['test_after']['energy_mae_meV']:.0f} meV")
-    print(f"log: {Path(args.out) / 'log.jsonl'}")
     return 0
