@@ -6,6 +6,9 @@ leaderboard, one leaderboard per task with 95 % confidence intervals, scores abo
 PoseBusters' pass rate per check, bar charts of the headline metrics, figures that generators supply (the shipped
 agents' learning curves), pictures of the best molecules of each task (valid, connected, highest return; QM9
 reference excluded when other generators found one), the conventions of the metrics and their definitions.
+
+Which metrics get a column (and its header, format and statistic), which are in the overall table and which are
+plotted is read off each metric's declaration in :data:`molgym.metrics.registry.REGISTRY`.
 """
 
 from __future__ import annotations
@@ -18,34 +21,10 @@ import math
 import os
 from pathlib import Path
 
-from molgym.metrics.evaluate import HIGHER_IS_BETTER, METRICS
+from molgym.metrics.registry import REGISTRY, Metric, headline_metrics, plotted_metrics, table_columns
 
 __all__ = ["write_report", "load_results", "best_molecules", "md_table", "posebusters_rows", "above_best_known",
            "generator_figures", "CONVENTIONS"]
-
-#: Columns of the per-task tables: (metric, header, format).
-COLUMNS = (
-    ("valid_connected", "valid+conn.", "pct"),
-    ("plausible", "plausible", "pct"),
-    ("posebusters", "PB-valid", "pct"),
-    ("atom_stability", "atom stab.", "pct"),
-    ("molecule_stable", "mol. stab.", "pct"),
-    ("uniqueness", "unique", "pct"),
-    ("novelty", "novel", "pct"),
-    ("diversity", "diversity", "f2"),
-    ("distinct_valid", "distinct valid", "int"),
-    ("return_per_atom", "return/atom (eV)", "f3"),
-    ("fraction_best_known", "frac. best", "pct"),
-    ("relax_energy_drop", "relax ΔE (eV)", "f3"),
-    ("relax_rmsd", "relax RMSD (Å)", "f3"),
-    ("referee_return_per_atom", "xTB ret./atom", "f3"),
-    ("referee_fraction_best_known", "xTB frac. best", "pct"),
-    ("referee_relax_energy", "xTB relax ΔE med / p90 (kcal/mol)", "medp90"),
-    ("referee_relax_rmsd", "xTB relax RMSD med (Å)", "med"),
-    ("referee_graph_kept", "graph kept", "pct"),
-    ("shape_distance", "shape dist. (Å)", "f3"),
-)
-PLOT_METRICS = ("valid_connected", "molecule_stable", "return_per_atom", "relax_rmsd")
 
 
 def load_results(directory: str | os.PathLike) -> dict:
@@ -70,13 +49,14 @@ def _fmt(value, kind: str) -> str:
     return f"{value:.3f}"
 
 
-def _cell(entry: dict | None, kind: str) -> str:
+def _cell(entry: dict | None, metric: Metric) -> str:
+    """A per-task table cell: the metric's statistic with its 95 % half-width (means), or median (and p90)."""
     if not entry or entry.get("mean") is None:
         return "–"
-    if kind == "medp90":
-        return f"{_fmt(entry.get('median'), 'f1')} / {_fmt(entry.get('p90'), 'f1')}"
-    if kind == "med":
-        return _fmt(entry.get("median"), "f3")
+    if metric.aggregate == "median":
+        text = _fmt(entry.get("median"), metric.fmt)
+        return f"{text} / {_fmt(entry.get('p90'), metric.fmt)}" if metric.p90 else text
+    kind = metric.fmt
     text = _fmt(entry["mean"], kind)
     lo, hi = entry.get("ci95", [None, None])
     if lo is not None and hi is not None and not (isinstance(lo, float) and math.isnan(lo)):
@@ -85,21 +65,13 @@ def _cell(entry: dict | None, kind: str) -> str:
     return text
 
 
-def _columns() -> tuple[tuple[str, str, str], ...]:
-    """:data:`COLUMNS` plus the metrics added with :func:`molgym.metrics.evaluate.register_metric`."""
-    from molgym.metrics.evaluate import EXTRA_METRICS
-
-    return COLUMNS + tuple((name, name.replace("_", " "), "pct" if METRICS[name][1] == "fraction" else "f3")
-                           for name in EXTRA_METRICS)
-
-
 def _table_rows(results: dict, task: str) -> tuple[list[str], list[list[str]]]:
     board = results["leaderboard"].get(task, {})
-    present = [c for c in _columns() if any(c[0] in row for row in board.values())]
-    header = ["generator"] + [c[1] for c in present] + list(COST_HEADERS)
+    present = [m for m in table_columns() if any(m.name in row for row in board.values())]
+    header = ["generator"] + [m.header for m in present] + list(COST_HEADERS)
     rows = []
     for gen, row in board.items():
-        rows.append([gen] + [_cell(row.get(m), k) for m, _h, k in present] + _cost_cells(row["cost"]))
+        rows.append([gen] + [_cell(row.get(m.name), m) for m in present] + _cost_cells(row["cost"]))
     return header, rows
 
 
@@ -112,13 +84,13 @@ def _cost_cells(cost: dict) -> list[str]:
 
 
 def _overall_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    cols = [c for c in COLUMNS if any(results["overall"][g].get(c[0]) is not None for g in results["overall"])]
-    # strain metrics are per-task medians in the overall table (build_results), shown as such
-    header = ["generator", "tasks"] + [h.replace(" / p90", "") for _m, h, _k in cols] + list(COST_HEADERS)
+    overall = results["overall"]
+    cols = [m for m in headline_metrics() if any(overall[g].get(m.name) is not None for g in overall)]
+    # the overall figure is one number (a mean over tasks of the per-task statistic): no interval, no p90
+    header = ["generator", "tasks"] + [m.header.replace(" / p90", "") for m in cols] + list(COST_HEADERS)
     rows = []
-    for gen, row in results["overall"].items():
-        rows.append([gen, str(row.get("tasks", ""))]
-                    + [_fmt(row.get(m), "f1" if k in ("medp90", "med") else k) for m, _h, k in cols]
+    for gen, row in overall.items():
+        rows.append([gen, str(row.get("tasks", ""))] + [_fmt(row.get(m.name), m.fmt) for m in cols]
                     + _cost_cells(row))
     return header, rows
 
@@ -252,7 +224,8 @@ def _plots_png(results: dict) -> list[tuple[str, str]]:
     tasks = list(results["leaderboard"])
     gens = list(results["overall"])
     images = []
-    for metric in PLOT_METRICS:
+    for declaration in plotted_metrics():
+        metric = declaration.name
         if not any(metric in results["leaderboard"][t].get(g, {}) for t in tasks for g in gens):
             continue
         fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(tasks) + 2), 3.0), dpi=96)
@@ -268,7 +241,7 @@ def _plots_png(results: dict) -> list[tuple[str, str]]:
                 errs.append((hi - lo) / 2 if lo is not None and hi is not None else 0.0)
             ax.bar(x + (k - (len(gens) - 1) / 2) * width, means, width, yerr=errs, capsize=2, label=g)
         ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
-        arrow = "↓ better" if not HIGHER_IS_BETTER.get(metric, True) else "↑ better"
+        arrow = "↑ better" if declaration.higher_is_better else "↓ better"
         ax.set_title(f"{metric} ({arrow})", fontsize=10)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -358,7 +331,7 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = N
             tmp.write_bytes(base64.b64decode(b64))
         md += [f"## {title[0].upper()}{title[1:]}", "", f"![{title}]({name})", ""]
     md += ["## Conventions", ""] + [f"- {line}" for line in CONVENTIONS] + [""]
-    md += ["## Metric definitions", ""] + [f"- **{k}**: {v[0]}" for k, v in METRICS.items()]
+    md += ["## Metric definitions", ""] + [f"- **{m.name}**: {m.description}" for m in REGISTRY.values()]
     md += ["", footnote, ""]
     md_path = out / "report.md"
     write_text(md_path, "\n".join(md))
@@ -398,7 +371,7 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = N
                      f"<img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'></div>")
     parts.append("<h2>Conventions</h2><ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in CONVENTIONS) + "</ul>")
     parts.append("<h2>Metric definitions</h2><ul>")
-    parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(v[0])}</li>" for k, v in METRICS.items()]
+    parts += [f"<li><b>{html.escape(m.name)}</b>: {html.escape(m.description)}</li>" for m in REGISTRY.values()]
     parts.append(f"</ul><p class='meta'>{html.escape(footnote)}</p></body></html>")
     html_path = out / "report.html"
     write_text(html_path, "\n".join(parts))

@@ -14,12 +14,14 @@ Schema (``schema_version`` 1)::
       "jobs_planned": N, "jobs_finished": M, "complete": bool,
       "jobs": [{job_id, generator, task, seed, summary: {metric: {mean, ci95, n}}, cost: {...}}],
       "leaderboard": {task: {generator: {metric: {mean, ci95, n}}, "cost": {...}}},
-      "overall": {generator: {metric: mean over tasks (of medians for MEDIAN_METRICS)}}
+      "overall": {generator: {headline metric: mean over tasks of its per-task mean (median where the metric
+                  is ranked by its median)}}
     }
 
 Per-molecule metrics and the molecules themselves stay in ``jobs/`` and ``samples/``. The leaderboard pools the
 molecules of all seeds of a (task, generator) pair; set metrics (uniqueness, novelty, diversity) are averaged
-over seeds with a Student-t interval across seeds.
+over seeds with a Student-t interval across seeds. Which metrics exist, how each is pooled and which are headline
+metrics is read off :data:`molgym.metrics.registry.REGISTRY`.
 """
 
 from __future__ import annotations
@@ -30,18 +32,13 @@ import platform
 from collections.abc import Sequence
 
 import molgym
-from molgym.metrics.evaluate import BOUNDS, METRICS, pooled_counts
+from molgym.metrics.evaluate import pooled_counts
+from molgym.metrics.registry import REGISTRY, headline_metrics
 from molgym.metrics.stats import mean_interval, summarize
 
-__all__ = ["SCHEMA_VERSION", "build_results", "machine_info", "cost_totals", "HEADLINE_METRICS"]
+__all__ = ["SCHEMA_VERSION", "build_results", "machine_info", "cost_totals"]
 
 SCHEMA_VERSION = 1
-#: Metrics shown in the overall table, in order.
-HEADLINE_METRICS = ("valid_connected", "plausible", "posebusters", "atom_stability", "molecule_stable", "uniqueness",
-                    "novelty", "return_per_atom", "fraction_best_known", "referee_fraction_best_known", "relax_rmsd",
-                    "referee_relax_energy", "referee_graph_kept", "shape_distance")
-#: Metrics reported by their median (strain has a long tail): the overall table averages the tasks' medians.
-MEDIAN_METRICS = ("referee_relax_energy", "referee_relax_rmsd")
 
 
 def machine_info() -> dict:
@@ -58,21 +55,21 @@ def machine_info() -> dict:
 def _pooled(jobs: Sequence[dict]) -> dict:
     records = [r for j in jobs for r in j["molecules"]]
     out: dict = pooled_counts(records)
-    for name, (_d, kind) in METRICS.items():
-        if kind == "count":
+    for m in REGISTRY.values():
+        if m.kind == "count":  # pooled_counts
             continue
-        if kind == "set":
-            values = [j["summary"].get(name, {}).get("mean") for j in jobs]
+        if m.kind == "set":
+            values = [j["summary"].get(m.name, {}).get("mean") for j in jobs]
             values = [v for v in values if v is not None]
             if values:
                 lo, hi = mean_interval(values) if len(values) > 1 else (None, None)
-                if lo is not None:  # set metrics are fractions in [0, 1]
-                    lo, hi = max(0.0, lo), min(1.0, hi)
-                out[name] = {"mean": sum(values) / len(values), "ci95": [lo, hi], "n": len(values)}
+                if lo is not None and m.bounds is not None:
+                    lo, hi = max(m.bounds[0], lo), min(m.bounds[1], hi)
+                out[m.name] = {"mean": sum(values) / len(values), "ci95": [lo, hi], "n": len(values)}
             continue
-        vals = [r.get(name) for r in records]
+        vals = [r.get(m.name) for r in records]
         if any(v is not None for v in vals):
-            out[name] = summarize(vals, binary=(kind == "fraction"), bounds=BOUNDS.get(name))
+            out[m.name] = summarize(vals, binary=(m.kind == "fraction"), bounds=m.bounds)
     out["cost"] = {**cost_totals(jobs), "molecules": len(records), "seeds": sorted(j["seed"] for j in jobs)}
     return out
 
@@ -132,10 +129,9 @@ def build_results(context: dict, jobs: Sequence[dict]) -> dict:
     for g in context["generators"]:
         rows = [leaderboard[t][g] for t in leaderboard if g in leaderboard[t]]
         overall[g] = {}
-        for name in HEADLINE_METRICS:
-            key = "median" if name in MEDIAN_METRICS else "mean"
-            vals = [r[name][key] for r in rows if name in r and r[name].get(key) is not None]
-            overall[g][name] = sum(vals) / len(vals) if vals else None
+        for m in headline_metrics():
+            vals = [r[m.name][m.aggregate] for r in rows if r.get(m.name, {}).get(m.aggregate) is not None]
+            overall[g][m.name] = sum(vals) / len(vals) if vals else None
         pair_jobs = [j for t in leaderboard if g in leaderboard[t] for j in by_pair[(t, g)]]
         totals = cost_totals(pair_jobs)
         for key in ("calls_per_valid", "seconds_per_valid", "cpu_seconds_per_valid"):
@@ -164,7 +160,7 @@ def build_results(context: dict, jobs: Sequence[dict]) -> dict:
         "executor": context["executor"],
         "generators": generators,
         "tasks": {t.name: t.to_dict() for t in context["tasks"]},
-        "metrics": {k: v[0] for k, v in METRICS.items()},
+        "metrics": {m.name: m.description for m in REGISTRY.values()},
         "jobs_planned": len(context["specs"]),
         "jobs_finished": len(jobs),
         "complete": len(jobs) == len(context["specs"]),

@@ -1,15 +1,16 @@
 """Score a set of generated structures: every molgym metric in one call.
 
-:func:`evaluate` returns per-molecule records and a summary (mean, 95 % CI, n) per metric. The metric
-definitions live in the modules that compute them (:mod:`~molgym.metrics.bonds`,
-:mod:`~molgym.metrics.chemistry`, :mod:`~molgym.metrics.physics`, :mod:`~molgym.metrics.shape`);
-:data:`METRICS` lists them with one-line descriptions for reports.
+:func:`evaluate` returns per-molecule records and a summary (mean, 95 % CI, n) per metric. The metrics
+are computed in the modules that define them (:mod:`~molgym.metrics.bonds`,
+:mod:`~molgym.metrics.chemistry`, :mod:`~molgym.metrics.physics`, :mod:`~molgym.metrics.shape`); each metric's
+declaration (definition, kind, bounds, how it is ranked and shown) is in :data:`molgym.metrics.registry.REGISTRY`,
+which the summaries here are read off. :func:`register_metric` adds one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -17,76 +18,11 @@ from ase import Atoms
 from molgym.chem import bag_from_numbers, format_formula, parse_formula
 from molgym.metrics import bonds, chemistry, physics, shape
 from molgym.metrics.posebusters_checks import posebusters_checks
+from molgym.metrics.registry import REGISTRY, register_metric
 from molgym.metrics.stats import summarize, wilson_interval
 from molgym.potentials.base import Potential, PotentialError
 
-__all__ = ["METRICS", "HIGHER_IS_BETTER", "EXTRA_METRICS", "register_metric", "evaluate", "molecule_records",
-           "summarize_records", "pooled_counts"]
-
-#: name -> (description, kind): kind "fraction" (0/1 per molecule), "value" (per molecule), "set" (a property of
-#: a job's set of molecules, averaged over seeds in the leaderboards) or "count" (pooled over seeds).
-METRICS: dict[str, tuple[str, str]] = {
-    "matches_task": ("composition equals the task's bag (formula/shape/bag tasks)", "fraction"),
-    "valid": ("RDKit sanitises the perceived molecule; every fragment neutral, no radicals", "fraction"),
-    "connected": ("bond graph is one fragment", "fraction"),
-    "valid_connected": ("valid and one fragment", "fraction"),
-    "plausible": ("no fused atoms (closer than 0.6 x their covalent radii or 0.6 Å): only plausible molecules get "
-                  "energy-based scores", "fraction"),
-    "atom_stability": ("fraction of atoms whose EDM bond orders sum to their valence", "value"),
-    "molecule_stable": ("every atom EDM-stable", "fraction"),
-    "uniqueness": ("distinct SMILES / valid", "set"),
-    "novelty": ("valid molecules whose SMILES is not in QM9", "set"),
-    "diversity": ("mean pairwise Tanimoto distance (Morgan r=2) of distinct valid molecules", "set"),
-    "distinct_valid": ("distinct valid molecules (canonical SMILES, heavy-atom graph, no stereo), pooled over "
-                       "seeds", "count"),
-    "posebusters": ("passes every PoseBusters molecule check (config 'mol', on molgym's perceived molecule with "
-                    "explicit H); molecules that are not valid fail", "fraction"),
-    "energy": ("total energy under the benchmark potential (eV)", "value"),
-    "return": ("atomisation energy sum E(atom) - E(mol) under the potential (eV)", "value"),
-    "return_per_atom": ("return / number of atoms (eV/atom)", "value"),
-    "fraction_best_known": ("return / best-known return for the formula", "value"),
-    "relax_energy_drop": ("E(generated) - E(relaxed) under the potential (eV)", "value"),
-    "relax_rmsd": ("heavy-atom RMSD (Å) between generated and relaxed, after alignment", "value"),
-    "referee_return_per_atom": ("GFN2-xTB atomisation energy per atom on a sample (eV/atom)", "value"),
-    "referee_fraction_best_known": ("GFN2-xTB return / GFN2-xTB best-known return for the formula, on the referee "
-                                    "sample (the score no potential error can inflate)", "value"),
-    "referee_relax_energy": ("GFN2-xTB relaxation energy E(generated) - E(relaxed) (kcal/mol) of a seeded sample "
-                             "of valid, plausible molecules (BFGS to 0.05 eV/Å); median and 90th percentile",
-                             "value"),
-    "referee_relax_rmsd": ("heavy-atom RMSD (Å) between generated and GFN2-xTB-relaxed, same sample", "value"),
-    "referee_graph_kept": ("bond graph (distance rule, H included) unchanged by the GFN2-xTB relaxation, same "
-                           "sample", "fraction"),
-    "shape_distance": ("Chamfer distance (Å) of heavy atoms to the target cloud after alignment", "value"),
-}
-#: Range of per-molecule values whose confidence intervals are clipped to it.
-BOUNDS: dict[str, tuple[float, float]] = {"atom_stability": (0.0, 1.0)}
-#: Direction of each metric for rankings (True: higher is better).
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "relax_energy_drop": False, "relax_rmsd": False, "shape_distance": False, "energy": False,
-    "referee_relax_energy": False, "referee_relax_rmsd": False,
-}
-
-
-#: Metrics added by :func:`register_metric`: name -> function of one molecule.
-EXTRA_METRICS: dict[str, Callable[[Atoms], float | bool | None]] = {}
-
-
-def register_metric(name: str, description: str, compute: Callable[[Atoms], float | bool | None],
-                    kind: str = "value", higher_is_better: bool = True) -> None:
-    """Add a per-molecule metric: ``compute(atoms)`` gives a number (``kind="value"``) or a bool
-    (``kind="fraction"``), or ``None`` when it does not apply. From then on :func:`molecule_records`, the
-    summaries, ``results.json`` and the report's per-task tables carry it, with its description among the
-    definitions. Register it at import of a module that every benchmark worker imports (or run with
-    ``--workers 1``): worker processes start fresh."""
-    if name in METRICS:
-        raise ValueError(f"metric {name!r} already exists; choose another name")
-    if kind not in ("value", "fraction"):
-        raise ValueError(f"kind must be 'value' or 'fraction', got {kind!r}")
-    if not callable(compute):
-        raise ValueError(f"compute must be a function of one ase.Atoms, got {compute!r}")
-    METRICS[name] = (description, kind)
-    HIGHER_IS_BETTER[name] = bool(higher_is_better)
-    EXTRA_METRICS[name] = compute
+__all__ = ["register_metric", "evaluate", "molecule_records", "summarize_records", "pooled_counts"]
 
 
 def molecule_records(
@@ -106,7 +42,7 @@ def molecule_records(
     posebusters: bool = True,
     seed: int = 0,
 ) -> list[dict]:
-    """One dict of per-molecule metrics for each structure (see :data:`METRICS`).
+    """One dict of per-molecule metrics for each structure (see :data:`~molgym.metrics.registry.REGISTRY`).
 
     ``bags`` (one per structure) or ``formula`` gives the expected composition; ``potential`` enables the energy
     metrics (``relax_steps=0`` skips relaxation); ``referee`` with ``referee_sample > 0`` scores a seeded sample
@@ -136,9 +72,11 @@ def molecule_records(
             "molecule_stable": bool(len(stable) and stable.all()),
         }
         mols.append(perception.mol)
-        for name, compute in EXTRA_METRICS.items():
-            value = compute(atoms)
-            rec[name] = None if value is None else (bool(value) if METRICS[name][1] == "fraction" else _finite(value))
+        for metric in REGISTRY.values():
+            if metric.compute is not None:
+                value = metric.compute(atoms)
+                rec[metric.name] = None if value is None else (bool(value) if metric.kind == "fraction"
+                                                               else _finite(value))
         problem = physics.implausibility(atoms)
         rec["plausible"] = problem is None
         if problem:
@@ -207,13 +145,13 @@ def summarize_records(records: Sequence[dict]) -> dict[str, dict]:
     """Per-metric summaries (mean, ci95, n; median and p90 for values) of per-molecule records, the set and count
     metrics, and PoseBusters' pass rate per check (``"posebusters_checks"``: check -> summary, valid molecules)."""
     out: dict[str, dict] = {}
-    for name, (_desc, kind) in METRICS.items():
-        if kind in ("set", "count"):
+    for m in REGISTRY.values():
+        if m.kind in ("set", "count"):
             continue
-        values = [r.get(name) for r in records]
+        values = [r.get(m.name) for r in records]
         if all(v is None for v in values):
             continue
-        out[name] = summarize(values, binary=(kind == "fraction"), bounds=BOUNDS.get(name))
+        out[m.name] = summarize(values, binary=(m.kind == "fraction"), bounds=m.bounds)
     smiles = [r.get("smiles") for r in records]
     n_valid = sum(s is not None for s in smiles)
     for name, fn in (("uniqueness", chemistry.uniqueness), ("novelty", chemistry.novelty),
