@@ -1,32 +1,56 @@
-"""The shared machinery of molgym's atom-placement environments.
+"""The shared machinery of molgym's atom-placement environments: :class:`MolecularEnv`.
 
 :class:`MolecularEnv` holds a *canvas* (the atoms placed so far) and a *bag* (the atoms still to place). Each step
 places one atom from the bag at an absolute Cartesian position; the reward is MolGym's interaction energy
 (:func:`molgym.reward.interaction_reward`) with ``E(canvas)`` carried over from the previous step, so a step costs
-exactly one potential evaluation. A step is split in two halves, :meth:`MolecularEnv._begin_step` (validate the
-action, return the structure to evaluate) and :meth:`MolecularEnv._finish_step` (turn its energy into a reward),
-so that :mod:`molgym.envs.vector` can evaluate the structures of all sub-environments in one batched call.
+exactly one potential evaluation.
 
-When the potential provides uncertainties (a committee, :mod:`molgym.potentials.committee`), the same call also
-returns the committee members' energies; the uncertainty of a step is the calibrated spread of the members'
-rewards for that step, reported as ``info["uncertainty"]``, optionally subtracted from the reward
-(``uncertainty_penalty``) or used to end the episode (``uncertainty_threshold``).
+With a committee potential, each step also reports its uncertainty, which may be penalised or end the episode
+(:mod:`molgym.envs.uncertainty`); with a ``reference`` potential (``reference="xtb"``), the step that ends the
+episode adds a correction that makes the episode's return the reference's (:mod:`molgym.envs.reference`).
 
-With a ``reference`` potential (``reference="xtb"``), the per-step rewards stay the potential's, and the step
-that ends the episode (any ending: bag empty, invalid placement, reward floor, uncertainty threshold) adds
-:func:`molgym.reward.reference_correction`, so the episode's undiscounted return is the reference's build return
-of the final canvas plus the rule penalties. That ending needs one reference evaluation of the final canvas;
-:mod:`molgym.envs.vector` evaluates those of all sub-environments that end in a step in one call
-(:meth:`MolecularEnv._ending_structures` / :meth:`MolecularEnv._settle_ending`).
+Subclasses (the tasks) choose the bag and start structure of each episode (:meth:`MolecularEnv._new_episode`) and
+may add reward terms (:meth:`~MolecularEnv._extra_terms`) or refill the bag (:meth:`~MolecularEnv._on_bag_empty`).
+A task is one module and one registration line (docs/environments.md, "Adding a task").
 
-Subclasses choose the bag of each episode (:meth:`_new_episode`) and may add reward terms (:meth:`_extra_terms`)
-or refill the bag (:meth:`_on_bag_empty`).
+The class is assembled from modules a reader can hold at once: :mod:`molgym.envs.settings` (the shared settings
+and their checks), :mod:`molgym.envs.spaces` (spaces, observations, action parsing), :mod:`molgym.envs.start`
+(the start structure and a user's canvas), :mod:`molgym.envs.uncertainty` (a step's committee uncertainty),
+:mod:`molgym.envs.reference` (the reference correction) and :mod:`molgym.envs.records` (infos, frames,
+best-known returns, the canvas, export, rendering); this module holds the episode itself: set-up, ``reset``, the
+step and its reward.
+
+The vector-step protocol
+------------------------
+A vector environment of N sub-environments must evaluate their N structures in ONE batched potential call per step
+(one MACE forward pass instead of N), so the step is two public halves around the evaluation, which a driver calls
+for every sub-environment:
+
+1. ``structure = env.begin_step(action)`` validates the action and returns the structure whose energy the step
+   needs (the canvas plus the new atom), or ``None`` when it needs none (an invalid action, which ends the episode,
+   or the first atom, whose energy is the cached isolated-atom energy). What it decided stays in the environment.
+2. The driver evaluates every returned structure in one call, ``evaluate_batch(potential, structures,
+   env.reports_uncertainty)`` (:mod:`molgym.potentials.batching`): ``(energy, error, members)`` per structure,
+   ``energy`` ``None`` where the potential failed, ``members`` the committee's energies (with uncertainties).
+3. ``result = env.finish_step(energy, error, members)`` (plain ``env.finish_step()`` when ``begin_step`` returned
+   ``None``) turns the energy into the reward and returns ``(obs, reward, terminated, truncated, info)``.
+4. With a ``reference``, a step that ends the episode leaves its correction pending (``env.ending_pending``):
+   ``env.ending_structures()`` lists what the reference must evaluate (possibly nothing), and
+   ``result = env.settle_ending(evaluate_batch(env.reference, structures))`` is the step's final result, the
+   correction added. The driver settles all sub-environments ending in the step with one more call.
+
+The result is exactly what ``env.step(action)`` returns: ``step`` is this protocol for one environment
+(``evaluate_one`` in place of the batch). ``finish_step`` completes the last ``begin_step`` (``RuntimeError``
+without one); an ending is pending only when the episode is over, so ``reset`` comes next (and drops an ending left
+unsettled). The environments of one batch share one potential object (and one reference), which
+:func:`molgym.envs.potentials.shared_potential` gives environments built from the same spec.
+:func:`molgym.envs.vector.batched_step` is the driver of :class:`~molgym.envs.vector.MolGymVectorEnv`
+(``gymnasium.make_vec``) and of the Stable-Baselines3 :class:`~molgym.envs.sb3.MolGymVecEnv`.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,36 +59,34 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from ase import Atoms
-from gymnasium import spaces
 
-from molgym.chem import atomic_number, bag_from_numbers, element, format_formula, hill_order, symbol
+from molgym.chem import atomic_number, format_formula, hill_order, symbol
+from molgym.envs.potentials import shared_potential
+from molgym.envs.records import EpisodeRecords
+from molgym.envs.reference import ReferenceCorrection, load_reference
+from molgym.envs.settings import (
+    DEFAULT_INVALID_REWARD,
+    DEFAULT_MIN_REWARD,
+    DEFAULT_WORKSPACE,
+    check_elements,
+    check_reset_options,
+    check_reward_settings,
+    task_vocabulary,
+)
+from molgym.envs.spaces import CanvasView, action_space, observation, observation_space, parse_action
+from molgym.envs.start import StartStructure
+from molgym.envs.uncertainty import CommitteeUncertainty, check_uncertainty_options, check_uncertainty_support
 from molgym.potentials.base import Potential
 from molgym.potentials.batching import evaluate_batch, evaluate_one
-from molgym.reward import (
-    build_return,
-    interaction_reward,
-    isolated_atom_energies,
-    placement_problem,
-    reference_correction,
-    structure_problem,
-)
-from molgym.envs.potentials import shared_potential
+from molgym.reward import interaction_reward, isolated_atom_energies, placement_problem
 
 __all__ = ["MolecularEnv", "DEFAULT_INVALID_REWARD", "DEFAULT_MIN_REWARD", "DEFAULT_WORKSPACE", "SHARED_SETTINGS",
-           "check_settings", "task_vocabulary"]
-
-#: Reward of an invalid placement (eV); the episode ends with it.
-DEFAULT_INVALID_REWARD = -1.0
-#: Floor of a valid placement's reward (eV), as in MolGym: a step that scores worse gets this and ends the
-#: episode. Equal to the invalid reward, so that no placement scores worse than an invalid one.
-DEFAULT_MIN_REWARD = -1.0
-#: Half-width (Å) of the cube ``[-w, w]^3`` in which atoms may be placed.
-DEFAULT_WORKSPACE = 8.0
+           "check_reset_options", "check_settings", "check_uncertainty_options", "task_vocabulary"]
 
 
 @dataclass
 class _Pending:
-    """What :meth:`MolecularEnv._begin_step` decided, waiting for an energy."""
+    """What :meth:`MolecularEnv.begin_step` decided, waiting for :meth:`MolecularEnv.finish_step`."""
 
     number: int = 0
     position: np.ndarray | None = None
@@ -72,17 +94,10 @@ class _Pending:
     needs_energy: bool = False
 
 
-@dataclass
-class _Ending:
-    """An episode that ended and waits for its reference correction (:meth:`MolecularEnv._settle_ending`)."""
-
-    result: tuple
-    final: Atoms
-    start: Atoms | None  # the start structure, when its reference energy is not known yet
-
-
-class MolecularEnv(gym.Env):
-    """Base class: build a molecule atom by atom in 3D (see the subclasses for the tasks and the full docs).
+class MolecularEnv(StartStructure, CommitteeUncertainty, ReferenceCorrection, EpisodeRecords, gym.Env):
+    """Base class: build a molecule atom by atom in 3D (see the subclasses for the tasks and the full docs, and
+    the module docstring for the vector-step protocol: :meth:`begin_step`, :meth:`finish_step`,
+    :attr:`ending_pending`, :meth:`ending_structures`, :meth:`settle_ending`).
 
     Args:
         potential: a potential spec (``"default"``, ``"xtb"``, ``"pm6"``, a MACE model path) or a ``Potential``;
@@ -104,7 +119,7 @@ class MolecularEnv(gym.Env):
         uncertainty_threshold: end the episode (``info["terminated_by"] == "uncertainty"``) after a step whose
             uncertainty exceeds this many eV (> 0, or ``None`` for never).
         reference: a potential spec (``"xtb"``, ``"pm6"``, a MACE model path) or ``Potential`` whose build return
-            the episode return equals (see the module docstring), or ``None`` (default) for the potential's own
+            the episode return equals (:mod:`molgym.envs.reference`), or ``None`` (default) for the potential's own
             rewards only. A reference identical to ``potential`` is a no-op (the correction is exactly 0).
     """
 
@@ -128,27 +143,12 @@ class MolecularEnv(gym.Env):
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        if not np.isfinite(workspace) or workspace <= 0:
-            raise ValueError(f"workspace must be a positive number of Å, got {workspace!r}")
-        if not np.isfinite(invalid_reward):
-            raise ValueError(f"invalid_reward must be a finite number, got {invalid_reward!r}")
-        floor = None
-        if min_reward is not None:
-            try:
-                floor = float(min_reward)
-            except (TypeError, ValueError):
-                floor = math.nan
-            if not math.isfinite(floor):
-                raise ValueError(f"min_reward must be a finite number of eV or None (no floor), got {min_reward!r}")
-        elements = [element(s).symbol for s in elements]  # raises for unknown symbols
-        if len(set(elements)) != len(elements) or not elements:
-            raise ValueError(f"elements must be a non-empty list of distinct symbols, got {elements}")
-        self.elements: tuple[str, ...] = tuple(elements)
+        self.min_reward = check_reward_settings(workspace, invalid_reward, min_reward)
+        self.elements: tuple[str, ...] = check_elements(elements)
         self.element_numbers = np.array([atomic_number(s) for s in self.elements], dtype=np.int64)
         self.max_atoms = int(max_atoms)
         self.workspace = float(workspace)
         self.invalid_reward = float(invalid_reward)
-        self.min_reward = floor
         self.render_mode = render_mode
         self.device = device
         self.uncertainty_penalty, self.uncertainty_threshold = check_uncertainty_options(
@@ -160,32 +160,18 @@ class MolecularEnv(gym.Env):
         self._check_species(set(self.element_numbers.tolist()) | {int(z) for z in extra_numbers})
         self._atom_energy = isolated_atom_energies(self.potential, self.element_numbers.tolist())
         numbers = set(self.element_numbers.tolist()) | {int(z) for z in extra_numbers}
-        self._reference_spec, self.reference = _load_reference(reference, self.potential, device, numbers)
+        self._reference_spec, self.reference = load_reference(reference, self.potential, device, numbers)
         if self.reference is not None:
             isolated_atom_energies(self.reference, sorted(numbers))  # computed (and cached) before any episode
         self._reference_start_energy: dict[bytes, float] = {}  # E_ref of start structures (a solute), by content
         #: whether each evaluation also gives committee energies (then ``info["uncertainty"]`` is reported)
-        self.reports_uncertainty = bool(getattr(self.potential, "provides_uncertainty", False))
-        if (self.uncertainty_penalty > 0 or self.uncertainty_threshold is not None) and not self.reports_uncertainty:
-            raise ValueError(
-                f"uncertainty_penalty={self.uncertainty_penalty} / uncertainty_threshold={self.uncertainty_threshold} "
-                f"need a potential with uncertainties, and {self.potential.name} has none (use potential='default' "
-                "with its shipped committee, or a CommitteeMACEPotential)"
-            )
+        self.reports_uncertainty = check_uncertainty_support(
+            self.potential, self.uncertainty_penalty, self.uncertainty_threshold
+        )
 
         max_z = int(max([*self.element_numbers.tolist(), *[int(z) for z in extra_numbers]]))
-        w = np.float32(self.workspace)
-        self.observation_space = spaces.Dict(
-            {
-                "positions": spaces.Box(-w, w, shape=(self.max_atoms, 3), dtype=np.float32),
-                "atomic_numbers": spaces.Box(0, max_z, shape=(self.max_atoms,), dtype=np.int64),
-                "mask": spaces.MultiBinary(self.max_atoms),
-                "bag": spaces.Box(0, self.max_atoms, shape=(len(self.elements),), dtype=np.int64),
-            }
-        )
-        low = np.array([0.0, -w, -w, -w], dtype=np.float32)
-        high = np.array([len(self.elements) - 1, w, w, w], dtype=np.float32)
-        self.action_space = spaces.Box(low, high, dtype=np.float32)
+        self.observation_space = observation_space(self.max_atoms, len(self.elements), max_z, self.workspace)
+        self.action_space = action_space(len(self.elements), self.workspace)
 
         self._numbers = np.zeros(0, dtype=np.int64)
         self._positions = np.zeros((0, 3), dtype=np.float64)
@@ -196,7 +182,7 @@ class MolecularEnv(gym.Env):
         self._return = 0.0
         self._done = True
         self._pending: _Pending | None = None
-        self._ending: _Ending | None = None
+        self._ending = None  # an ending waiting for its reference correction (molgym.envs.reference)
         self._n_start = 0  # atoms of the start structure (not placed by the episode)
         self._start_energy = 0.0  # E(start structure) under the potential
         self._floor_total = 0.0  # the min_reward floor terms received this episode
@@ -234,20 +220,6 @@ class MolecularEnv(gym.Env):
         """The bag and the fixed start structure (may be empty) of a new episode, drawn with ``self.np_random``."""
         raise NotImplementedError
 
-    def _apply_canvas(self, bag: dict[str, int], canvas: Atoms) -> dict[str, int]:
-        """The bag left after the atoms of a user-given start ``canvas`` (formula tasks: remove them)."""
-        from molgym.envs.bags import bag_contains, bag_subtract
-
-        part = bag_from_numbers(canvas.numbers)
-        if not bag_contains(bag, part):
-            raise ValueError(
-                f"the start canvas {format_formula(part)} is not part of this episode's bag {format_formula(bag)}"
-            )
-        left = bag_subtract(bag, part)
-        if not left:
-            raise ValueError(f"the start canvas {format_formula(part)} already uses the whole bag; nothing to place")
-        return left
-
     def _extra_terms(self, number: int, position: np.ndarray) -> dict[str, float]:
         """Additional reward terms of a valid placement (named ``reward_<name>`` in ``info``)."""
         return {}
@@ -260,27 +232,17 @@ class MolecularEnv(gym.Env):
         """Task-specific entries of the reset ``info``."""
         return {}
 
+    # Also overridable: ``_apply_canvas`` (the bag left by a user canvas) and ``_structure_energy`` (the energy of
+    # a start structure), in molgym.envs.start; ``_formula_of_task`` (whose best-known return applies, ``None``
+    # for none), in molgym.envs.records.
+
     # ------------------------------------------------------------------------------------------------- API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode. ``options={"canvas": atoms}`` starts from a partial structure (its atoms leave the
         bag); subclasses accept more options (see their docs). Bad options raise ``ValueError``."""
         super().reset(seed=seed)
         options = dict(options or {})
-        bag, start = self._new_episode(options)
-        canvas = options.pop("canvas", None)
-        numbers = start.numbers.astype(np.int64)
-        positions = start.positions.astype(np.float64)
-        if canvas is not None:
-            if not isinstance(canvas, Atoms):
-                raise ValueError(f"options['canvas'] must be an ase.Atoms, got {type(canvas).__name__}")
-            self._check_canvas(canvas, numbers, positions)
-            bag = self._apply_canvas(bag, canvas)
-            numbers = np.concatenate([numbers, canvas.numbers.astype(np.int64)])
-            positions = np.concatenate([positions, canvas.positions.astype(np.float64)])
-        if len(numbers) + sum(bag.values()) > self.max_atoms:
-            raise ValueError(
-                f"canvas ({len(numbers)} atoms) + bag ({sum(bag.values())}) exceed max_atoms={self.max_atoms}"
-            )
+        bag, numbers, positions = self._start(options)
         self._numbers, self._positions = numbers, positions
         self._bag = hill_order(bag)
         self._energy, self._canvas_dev = self._structure_energy(numbers, positions)
@@ -304,15 +266,16 @@ class MolecularEnv(gym.Env):
         return self._observation(), info
 
     def step(self, action):
-        """Place one atom; see the class docstring for the reward and the invalid placements."""
-        structure = self._begin_step(action)
+        """Place one atom; see the task's docstring for the reward and the invalid placements. This is the
+        vector-step protocol (module docstring) for one environment."""
+        structure = self.begin_step(action)
         if structure is None:
-            result = self._finish_step(None, "")
+            result = self.finish_step()
         else:
-            result = self._finish_step(*evaluate_one(self.potential, structure, self.reports_uncertainty))
-        if self._ending is not None:
-            needed = self._ending_structures()
-            return self._settle_ending(evaluate_batch(self.reference, needed) if needed else ())
+            result = self.finish_step(*evaluate_one(self.potential, structure, self.reports_uncertainty))
+        if self.ending_pending:
+            needed = self.ending_structures()
+            return self.settle_ending(evaluate_batch(self.reference, needed) if needed else ())
         return result
 
     @property
@@ -336,63 +299,19 @@ class MolecularEnv(gym.Env):
         return dict(self._bag)
 
     @property
-    def canvas(self) -> Atoms:
-        """The atoms placed so far, with ``placement_reward`` per atom (a copy)."""
-        atoms = Atoms(numbers=self._numbers.copy(), positions=self._positions.copy())
-        atoms.arrays["placement_reward"] = np.array(self._rewards, dtype=float)
-        atoms.info.update(energy=float(self._energy), episode_return=float(self._return))
-        if self._task_formula:
-            atoms.info["task_formula"] = self._task_formula
-        return atoms
-
-    @property
     def energy(self) -> float:
         """``E(canvas)`` in eV under the environment's potential (0 for an empty canvas)."""
         return float(self._energy)
 
-    def trajectory(self) -> list[Atoms]:
-        """Every canvas of the episode so far (frame 0 is the start), ``info`` holding step, element, reward."""
-        frames = []
-        for numbers, positions, rewards, info in self._frames:
-            atoms = Atoms(numbers=numbers, positions=positions)
-            atoms.info.update(info)
-            atoms.arrays["placement_reward"] = np.array(rewards, dtype=float)
-            frames.append(atoms)
-        return frames
-
-    def write_molecule(self, path: str | os.PathLike) -> None:
-        """Write the current canvas to extended XYZ (per-atom ``placement_reward``, energy, return)."""
-        from molgym.io import write_xyz
-
-        write_xyz(path, [self.canvas])
-
-    def write_trajectory(self, path: str | os.PathLike) -> None:
-        """Write the episode's trajectory (one frame per step, with its reward) to extended XYZ."""
-        from molgym.io import write_xyz
-
-        write_xyz(path, self.trajectory())
-
-    def render(self):
-        """``rgb_array``: a picture of the canvas with bonds; ``ansi``: a text table."""
-        if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array' or 'ansi'")
-            return None
-        from molgym.envs.render import render_ansi, render_rgb
-
-        if self.render_mode == "ansi":
-            return render_ansi(self._numbers, self._positions, self._bag, self._energy, self._return)
-        formula = format_formula(bag_from_numbers(self._numbers)) if len(self._numbers) else ""
-        title = f"{formula}  R={self._return:.2f} eV"
-        return render_rgb(self._numbers, self._positions, title=title)
-
-    # ----------------------------------------------------------------------------------- the two-phase step
-    def _begin_step(self, action) -> Atoms | None:
-        """Validate ``action``; return the structure whose energy the step needs, or ``None`` if it needs none."""
+    # -------------------------------------------------------------------------- the vector-step protocol
+    def begin_step(self, action) -> Atoms | None:
+        """First half of a step: validate ``action``; return the structure whose energy the step needs, or
+        ``None`` if it needs none (an invalid action, or the first atom). See the module docstring."""
         if self._done:
             raise RuntimeError("step() called on a finished episode; call reset() first")
         pending = _Pending()
         self._pending = pending
-        parsed = self._parse_action(action)
+        parsed = parse_action(action, self.elements, self.workspace)
         if isinstance(parsed, str):
             pending.invalid_reason = parsed
             return None
@@ -402,7 +321,7 @@ class MolecularEnv(gym.Env):
             pending.invalid_reason = f"element {sym} is not in the bag ({format_formula(self._bag)})"
             return None
         number = int(self.element_numbers[index])
-        problem = placement_problem(_CanvasView(self._numbers, self._positions), number, position)
+        problem = placement_problem(CanvasView(self._numbers, self._positions), number, position)
         if problem:
             pending.invalid_reason = problem
             return None
@@ -414,24 +333,34 @@ class MolecularEnv(gym.Env):
             numbers=np.append(self._numbers, number), positions=np.vstack([self._positions, position[None, :]])
         )
 
-    def _finish_step(self, energy: float | None, error: str = "", members: np.ndarray | None = None):
-        """Complete the step started by :meth:`_begin_step` with the energy of its structure (and, for a
-        potential with uncertainties, its committee members' energies)."""
+    def finish_step(self, energy: float | None = None, error: str = "", members: np.ndarray | None = None) -> tuple:
+        """Second half of a step: complete the step started by :meth:`begin_step` with the energy of the structure
+        it returned (``None`` with the reason in ``error`` when the potential failed; ignored when it returned
+        ``None``) and, for a potential with uncertainties, its committee members' energies. Returns
+        ``(obs, reward, terminated, truncated, info)``; with a reference, an episode that ends here waits for
+        :meth:`settle_ending` (:attr:`ending_pending`)."""
         pending, self._pending = self._pending, None
         if pending is None:
-            raise RuntimeError("_finish_step() without _begin_step()")
+            raise RuntimeError("finish_step() without begin_step()")
         reason = pending.invalid_reason
         if not reason and pending.needs_energy and (energy is None or not np.isfinite(energy)):
             reason = f"potential evaluation failed: {error or f'energy {energy}'}"
         if reason:
-            self._done = True
-            reward = self.invalid_reward
-            self._return += reward
-            info = self._info(invalid_reason=reason, terms={"interaction": 0.0, "invalid": reward}, uncertainty=0.0)
-            info.update(self._end_info())
-            info["terminated_by"] = "invalid"
-            return self._end_episode((self._observation(), float(reward), True, False, info))
+            return self._invalid_step(reason)
+        return self._place(pending, energy, members)
 
+    def _invalid_step(self, reason: str) -> tuple:
+        """End the episode on an invalid placement (nothing is placed)."""
+        self._done = True
+        reward = self.invalid_reward
+        self._return += reward
+        info = self._info(invalid_reason=reason, terms={"interaction": 0.0, "invalid": reward}, uncertainty=0.0)
+        info.update(self._end_info())
+        info["terminated_by"] = "invalid"
+        return self._end_episode((self._observation(), float(reward), True, False, info))
+
+    def _place(self, pending: _Pending, energy: float | None, members: np.ndarray | None) -> tuple:
+        """Place the validated atom: its reward terms, the floor, the new canvas and whether the episode ends."""
         e_atom = self._atom_energy[pending.number]
         e_after = float(energy) if pending.needs_energy else e_atom
         interaction = float(interaction_reward(e_after, self._energy, e_atom))
@@ -471,247 +400,9 @@ class MolecularEnv(gym.Env):
             return self._end_episode(result)
         return result
 
-    # ----------------------------------------------------------------------------- the reference correction
-    def _end_episode(self, result: tuple) -> tuple:
-        """Record the ending for its reference correction (when there is a reference), or return ``result``."""
-        if self.reference is None:
-            return result
-        final = Atoms(numbers=self._numbers.copy(), positions=self._positions.copy())
-        start = None
-        if self._n_start > 1:
-            key = self._start_key()
-            if key not in self._reference_start_energy:
-                start = Atoms(numbers=self._numbers[: self._n_start], positions=self._positions[: self._n_start])
-        self._ending = _Ending(result=result, final=final, start=start)
-        return result
-
-    def _start_key(self) -> bytes:
-        n = self._n_start
-        return self._numbers[:n].tobytes() + self._positions[:n].tobytes()
-
-    def _ending_structures(self) -> list[Atoms]:
-        """The structures whose reference energies the pending ending needs: the final canvas, then the start
-        structure when its energy is not cached. Empty when no ending is pending or it needs no evaluation
-        (nothing placed, or a canvas of one atom, whose energy is the cached isolated-atom energy)."""
-        ending = self._ending
-        if ending is None or len(ending.final) <= max(1, self._n_start):
-            return []
-        return [ending.final] + ([ending.start] if ending.start is not None else [])
-
-    def _settle_ending(self, evaluated: Sequence[tuple] = ()) -> tuple:
-        """Finish the pending ending with the reference energies of :meth:`_ending_structures` (``evaluated``:
-        ``(energy, error, members)`` per structure, as :func:`evaluate_batch` gives) and return its step result,
-        the correction added to its reward."""
-        ending, self._ending = self._ending, None
-        if ending is None:
-            raise RuntimeError("_settle_ending() without a pending ending")
-        obs, reward, terminated, truncated, info = ending.result
-        placed = self._numbers[self._n_start:].tolist()
-        potential_return = build_return(self._energy, self._start_energy, [self._atom_energy[z] for z in placed])
-        reference_return, error = self._reference_return(ending, placed, evaluated)
-        if error:
-            # the reference cannot score what was built: the episode scores as an invalid one, whatever the
-            # potential said of it (a policy must not gain from structures the reference cannot evaluate)
-            correction = self.invalid_reward - self._return
-            info.update(invalid=True, invalid_reason=f"reference {self.reference.name} could not evaluate the final "
-                        f"canvas: {error}")
-        else:
-            correction = reference_correction(reference_return, potential_return, self._floor_total)
-        self._return += correction
-        if self._frames:
-            self._frames[-1][3]["episode_return"] = float(self._return)
-        info.update(reward_reference=float(correction), potential_return=float(potential_return),
-                    reference_return=float(reference_return), reference_failed=bool(error),
-                    episode_return=float(self._return))
-        return obs, float(reward) + correction, terminated, truncated, info
-
-    def _reference_return(self, ending: _Ending, placed: list[int], evaluated: Sequence[tuple]) -> tuple[float, str]:
-        """``(R_ref(final), "")``, or ``(nan, why)`` when the reference failed on a structure it needed."""
-        if not placed:
-            return 0.0, ""  # nothing placed: no return under any potential
-        e_atom = isolated_atom_energies(self.reference, sorted({*placed, *self._numbers[: self._n_start].tolist()}))
-        energies = [(e, err) for e, err, *_ in evaluated]
-        if any(e is None or not np.isfinite(e) for e, _ in energies):
-            return math.nan, next(err or f"energy {e}" for e, err in energies if e is None or not np.isfinite(e))
-        if len(ending.final) == 1:
-            e_final = e_atom[int(ending.final.numbers[0])]
-        else:
-            e_final = energies[0][0]
-        if self._n_start == 0:
-            e_start = 0.0
-        elif self._n_start == 1:
-            e_start = e_atom[int(self._numbers[0])]
-        elif ending.start is not None:
-            e_start = self._reference_start_energy[self._start_key()] = float(energies[-1][0])
-        else:
-            e_start = self._reference_start_energy[self._start_key()]
-        return build_return(e_final, e_start, [e_atom[z] for z in placed]), ""
-
-    def _parse_action(self, action) -> tuple[int, np.ndarray] | str:
-        if isinstance(action, Mapping):
-            try:
-                index = float(np.asarray(action["element"]).reshape(()))
-                position = np.asarray(action["position"], dtype=float).reshape(3)
-            except (KeyError, ValueError, TypeError) as err:
-                return f"malformed action {action!r}: {err}"
-        else:
-            try:
-                flat = np.asarray(action, dtype=float).reshape(-1)
-            except (ValueError, TypeError) as err:
-                return f"malformed action: {err}"
-            if flat.shape != (4,):
-                return f"action must be [element_index, x, y, z], got shape {np.shape(action)}"
-            index, position = float(flat[0]), flat[1:].copy()
-        if not (math.isfinite(index) and np.isfinite(position).all()):
-            return f"action has non-finite values: {[index, *position.tolist()]}"
-        k = math.floor(index + 0.5)
-        if not 0 <= k < len(self.elements):
-            return f"element index {index} is outside 0..{len(self.elements) - 1} ({', '.join(self.elements)})"
-        if np.abs(position).max() > self.workspace + 1e-6:
-            w = self.workspace
-            return f"position {position.round(3).tolist()} is outside the workspace [-{w}, {w}]^3 Å"
-        return k, position
-
     # ---------------------------------------------------------------------------------------------- helpers
-    def _check_canvas(self, canvas: Atoms, numbers: np.ndarray, positions: np.ndarray) -> None:
-        if len(canvas) == 0:
-            return
-        if not np.all(np.isfinite(canvas.positions)):
-            raise ValueError("options['canvas'] has non-finite positions")
-        if np.any(np.abs(canvas.positions) > self.workspace):
-            w = self.workspace
-            raise ValueError(f"options['canvas'] has atoms outside the workspace [-{w}, {w}]^3 Å")
-        self._check_species(set(canvas.numbers.tolist()))
-        problem = structure_problem(np.concatenate([numbers, canvas.numbers]),
-                                    np.concatenate([positions, canvas.positions]))
-        if problem:  # a start canvas obeys the rules every step obeys
-            raise ValueError(f"options['canvas'] breaks the placement rules: {problem}")
-        allowed = set(self.element_numbers.tolist())
-        bad = sorted(set(canvas.numbers.tolist()) - allowed)
-        if bad:
-            raise ValueError(
-                f"options['canvas'] contains {', '.join(symbol(z) for z in bad)}; this task places only "
-                f"{', '.join(self.elements)}"
-            )
-
-    def _structure_energy(self, numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray | None]:
-        """``E`` of a start structure and its committee deviations (``None`` without uncertainties; zeros for an
-        empty canvas or a lone atom, whose energies are exact)."""
-        if len(numbers) <= 1:
-            energy = 0.0 if len(numbers) == 0 else isolated_atom_energies(self.potential, [int(numbers[0])])[
-                int(numbers[0])]
-            return energy, (self._zero_dev() if self.reports_uncertainty else None)
-        energy, error, members = evaluate_one(self.potential, Atoms(numbers=numbers, positions=positions),
-                                               self.reports_uncertainty)
-        if energy is None or not np.isfinite(energy):
-            raise ValueError(f"the start structure could not be evaluated with {self.potential.name}: {error}")
-        return float(energy), (None if members is None else np.asarray(members, dtype=float) - energy)
-
-    def _zero_dev(self) -> np.ndarray:
-        return np.zeros(int(self.potential.heads.members))
-
-    def _step_uncertainty(
-        self, energy: float | None, members: np.ndarray | None, evaluated: bool
-    ) -> tuple[np.ndarray | None, float]:
-        """The committee deviations of the new canvas and the step's uncertainty (eV).
-
-        The step's reward under member k is ``-(E_k(after) - E_k(before) - E(atom))``; its uncertainty is the
-        calibrated standard deviation of that over the members. A step that places the first atom is exact (0).
-        """
-        if not self.reports_uncertainty:
-            return None, 0.0
-        if not evaluated:
-            return self._zero_dev(), 0.0
-        if members is None:
-            raise RuntimeError(f"{self.potential.name} provides uncertainties but returned no committee energies")
-        dev_after = np.asarray(members, dtype=float) - float(energy)
-        spread = dev_after - self._canvas_dev
-        spread -= spread.mean()  # the population standard deviation (np.std), written out: it runs every step
-        sigma = float(self.potential.uncertainty_scale * math.sqrt(float(spread @ spread) / len(spread)))
-        return dev_after, sigma
-
-    def _formula_of_task(self) -> str | None:
-        """The formula whose best-known return applies (canvas + bag at reset); ``None`` for other tasks."""
-        total = dict(self._bag)
-        for z in self._numbers:
-            s = symbol(int(z))
-            total[s] = total.get(s, 0) + 1
-        return format_formula(total)
-
-    def _lookup_best_known(self):
-        """The task formula's best-known return, read from the table once per formula per environment (finding
-        the table and hashing the model file each reset would cost more than a step)."""
-        formula = self._task_formula
-        if not formula:
-            return None
-        if formula not in self._best_known_by_formula:
-            from molgym.best_known import best_known
-
-            try:
-                found = best_known(formula, self.return_potential)
-            except (OSError, ValueError) as err:  # a damaged table must not stop training
-                gym.logger.warn(f"could not read best-known returns: {err}")
-                found = None
-            self._best_known_by_formula[formula] = found
-        return self._best_known_by_formula[formula]
-
-    def _best_known_note(self) -> str:
-        if self.best_known is not None:
-            b = self.best_known
-            return f"{b.value:.4f} eV for {b.formula} under {b.potential} ({b.method}; {b.date})"
-        if not self._task_formula:
-            return "not applicable to this task"
-        return f"unknown for {self._task_formula} under {self.return_potential.name}"
-
     def _observation(self) -> dict[str, np.ndarray]:
-        n = len(self._numbers)
-        positions = np.zeros((self.max_atoms, 3), dtype=np.float32)
-        positions[:n] = self._positions
-        numbers = np.zeros(self.max_atoms, dtype=np.int64)
-        numbers[:n] = self._numbers
-        mask = np.zeros(self.max_atoms, dtype=np.int8)
-        mask[:n] = 1
-        bag = np.array([self._bag.get(s, 0) for s in self.elements], dtype=np.int64)
-        return {"positions": positions, "atomic_numbers": numbers, "mask": mask, "bag": bag}
-
-    def _info(self, invalid_reason: str, terms: dict[str, float], uncertainty: float = 0.0) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "energy": float(self._energy),
-            "n_atoms": int(len(self._numbers)),
-            "action_mask": self.action_masks(),
-            "invalid": bool(invalid_reason),
-            "invalid_reason": invalid_reason,
-        }
-        if self.reports_uncertainty:
-            info["uncertainty"] = float(uncertainty)
-        for name, value in terms.items():
-            info[f"reward_{name}"] = float(value)
-        return info
-
-    def _end_info(self) -> dict[str, Any]:
-        return {
-            "episode_return": float(self._return),
-            "best_known_return": None if self.best_known is None else self.best_known.value,
-            "formula": format_formula(bag_from_numbers(self._numbers)) if len(self._numbers) else "",
-        }
-
-    def _frame(self, step: int, reward: float, element: str = "") -> tuple:
-        """A trajectory frame, kept as arrays (``trajectory()`` turns them into ``ase.Atoms``)."""
-        info = {"step": step, "element": element, "reward": float(reward), "energy": float(self._energy),
-                "episode_return": float(self._return)}
-        return self._numbers, self._positions, tuple(self._rewards), info
-
-
-class _CanvasView:
-    """The two arrays of a canvas, enough for :func:`molgym.reward.placement_problem` (no ``ase.Atoms`` built)."""
-
-    __slots__ = ("numbers", "positions")
-
-    def __init__(self, numbers: np.ndarray, positions: np.ndarray):
-        self.numbers, self.positions = numbers, positions
-
-    def __len__(self) -> int:
-        return len(self.numbers)
+        return observation(self._numbers, self._positions, self._bag, self.elements, self.max_atoms)
 
 
 #: The settings every task takes as keywords and hands to :class:`MolecularEnv` (documented there): a task's own
@@ -732,70 +423,3 @@ def check_settings(task: type, settings: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{task.__name__}: unknown argument(s) {', '.join(map(repr, unknown))}; allowed: "
                          f"{', '.join(own + list(SHARED_SETTINGS))}")
     return dict(settings)
-
-
-def task_vocabulary(elements: Sequence[str] | None, needed: Sequence[str], what: str) -> list[str]:
-    """A task's element vocabulary: ``elements`` when given (it must hold every element ``what`` needs, else
-    ``ValueError``), otherwise the ``needed`` elements in their order."""
-    vocabulary = list(elements) if elements is not None else list(needed)
-    missing = [s for s in needed if s not in vocabulary]
-    if missing:
-        raise ValueError(f"elements={vocabulary} misses {missing}, which {what} needs")
-    return vocabulary
-
-
-def check_reset_options(options: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming any ``reset(options=...)`` key the environment does not understand."""
-    unknown = set(options) - set(allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown reset option(s) {sorted(unknown)}; allowed: {', '.join(repr(a) for a in allowed)}"
-        )
-
-
-def check_uncertainty_options(penalty: float, threshold: float | None) -> tuple[float, float | None]:
-    """Validate ``uncertainty_penalty`` (finite, >= 0) and ``uncertainty_threshold`` (``None`` or finite > 0)."""
-    try:
-        penalty = float(penalty)
-    except (TypeError, ValueError):
-        raise ValueError(f"uncertainty_penalty must be a number >= 0 (eV per eV), got {penalty!r}") from None
-    if not np.isfinite(penalty) or penalty < 0:
-        raise ValueError(f"uncertainty_penalty must be a finite number >= 0 (eV per eV), got {penalty!r}")
-    if threshold is not None:
-        try:
-            threshold = float(threshold)
-        except (TypeError, ValueError):
-            raise ValueError(f"uncertainty_threshold must be None or a number > 0 (eV), got {threshold!r}") from None
-        if not np.isfinite(threshold) or threshold <= 0:
-            raise ValueError(f"uncertainty_threshold must be None or a finite number > 0 (eV), got {threshold!r}")
-    return penalty, threshold
-
-
-def _load_reference(
-    reference: str | os.PathLike | Potential | None, potential: Potential, device: str | None, numbers: set[int]
-) -> tuple[str | Potential | None, Potential | None]:
-    """``(spec, potential)`` of an environment's reference, or ``(None, None)`` for none. Unknown specs and
-    references that do not cover the task's elements raise ``ValueError``; a reference with the same energies as
-    the potential (the same object, model file or method) is a no-op and also gives ``(None, None)``."""
-    if reference is None:
-        return None, None
-    if not isinstance(reference, (str, os.PathLike, Potential)):
-        raise ValueError(
-            f"reference must be None, a potential spec ('xtb', 'pm6', a MACE model path) or a Potential, "
-            f"got {reference!r}"
-        )
-    ref = shared_potential(reference, device=device)  # an unknown spec raises load_potential's ValueError
-    missing = sorted(numbers - set(ref.species))
-    if missing:
-        raise ValueError(
-            f"reference {ref.name} ({reference!r}) does not cover {', '.join(symbol(z) for z in missing)}, which "
-            "this task places"
-        )
-    if ref is potential:
-        return None, None
-    from molgym.best_known import potential_identity
-
-    identity = potential_identity(ref)
-    if identity is not None and identity == potential_identity(potential):
-        return None, None
-    return (ref if isinstance(reference, Potential) else str(reference)), ref

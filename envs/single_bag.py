@@ -69,7 +69,10 @@ class SingleBagEnv(MolecularEnv):
     cannot evaluate (SCF failure, non-finite energy); ``info["invalid_reason"]`` says which. They never raise.
     A valid placement that scores below ``min_reward`` (default -1 eV: atoms squeezed into the repulsive wall)
     gets ``min_reward`` and ends the episode too, as in MolGym, so that no placement scores worse than an
-    invalid one and a learned potential's far repulsive region cannot swamp an agent's value estimates.
+    invalid one and a learned potential's far repulsive region cannot swamp an agent's value estimates; the atom
+    stays on the canvas and ``info["reward_floor"]`` holds the amount added. With a committee potential (the
+    default model's), ``info["uncertainty"]`` is each step's uncertainty (eV; 0 for the first atom and for invalid
+    steps) and ``uncertainty_penalty`` subtracts that many eV per eV (``info["reward_uncertainty"]``).
 
     With ``reference="xtb"`` (any potential spec), the step that ends the episode, however it ends, also gets
     ``info["reward_reference"]`` ``= R_ref - R_potential - (floor terms)``, where ``R`` is the build return
@@ -83,16 +86,21 @@ class SingleBagEnv(MolecularEnv):
 
     ## Starting State
 
-    An empty canvas and the full bag. ``reset(options={"canvas": atoms})`` starts from a partial structure
-    instead: its atoms must be part of the formula and are removed from the bag (one potential evaluation).
+    An empty canvas and the full bag; nothing is random. ``reset(options={"canvas": atoms})`` starts from a
+    partial structure instead: it must obey the placement rules, its atoms must be part of the formula (and leave
+    at least one atom to place) and are removed from the bag; its energy costs one potential evaluation (none for
+    a single atom). The reset ``info`` holds ``task_formula``, ``best_known_return``, ``best_known`` (a sentence)
+    and ``reference``.
 
     ## Episode End
 
-    Terminated when the bag is empty, after an invalid placement or after a step floored at ``min_reward``; never
-    truncated (an episode has at most ``len(formula)`` steps). The final ``info`` holds ``episode_return``, ``formula`` and
-    ``best_known_return``: the return of the best known isomer of the formula under the same potential (the
-    reference, when there is one; :mod:`molgym.best_known`), or ``None`` when none is known for it (``info["best_known"]`` at
-    reset explains). ``env.unwrapped.write_molecule(path)`` / ``write_trajectory(path)`` export to extended XYZ.
+    Terminated when the bag is empty, after an invalid placement, after a step floored at ``min_reward`` or after
+    a step whose uncertainty exceeds ``uncertainty_threshold``; ``info["terminated_by"]`` is ``"bag_empty"``,
+    ``"invalid"``, ``"min_reward"`` or ``"uncertainty"``. Never truncated (an episode has at most ``len(formula)``
+    steps). The final ``info`` holds ``episode_return``, ``formula`` (of the canvas) and ``best_known_return``:
+    the return of the best known isomer of the formula under the same potential (the reference, when there is
+    one; :mod:`molgym.best_known`), or ``None`` when none is known for it (``info["best_known"]`` at reset
+    explains). ``env.unwrapped.write_molecule(path)`` / ``write_trajectory(path)`` export to extended XYZ.
 
     ## Arguments
 
@@ -100,7 +108,7 @@ class SingleBagEnv(MolecularEnv):
     gymnasium.make("MolGym/SingleBag-v0", formula="C3H8O", potential="default")
     ```
 
-    - ``formula``: the bag (e.g. ``"C7H8N2O2"``).
+    - ``formula``: the bag (default ``"C3H8O"``; e.g. ``"C7H8N2O2"``), at least 2 atoms.
     - ``potential``: ``"default"`` (molgym's MACE model), ``"xtb"``, ``"pm6"``, a MACE model path, or a
       ``Potential``; specs are loaded once per process and shared.
     - ``elements``: the element vocabulary of the action (default: the formula's elements, Hill order).
@@ -120,6 +128,23 @@ class SingleBagEnv(MolecularEnv):
       episode return equals (see Rewards); default ``None``, the potential's rewards only. A reference that does
       not cover the formula's elements, or an unknown spec, raises ``ValueError``; one identical to
       ``potential`` (the same method or model file) is a no-op.
+
+    ## Vectorized environment
+
+    ```python
+    gymnasium.make_vec("MolGym/SingleBag-v0", num_envs=64, formula="C3H8O", potential="default")
+    ```
+
+    gives :class:`molgym.envs.vector.SingleBagVectorEnv` (the id's ``vector_entry_point``): each ``step``
+    validates the 64 actions and evaluates every structure that needs an energy in ONE batched potential call
+    (the vector-step protocol of :mod:`molgym.envs.base`), plus, with a ``reference``, one reference call for the
+    final canvases of the episodes that end in that step. The rewards are exactly those of 64 single environments
+    given the same actions: ``reset(seed=s)`` seeds sub-environment ``i`` with ``s + i``. Autoreset is
+    Gymnasium's next-step one (``autoreset_mode="same_step"`` also works); infos are batched Gymnasium's way (an
+    unknown ``best_known_return`` is NaN there). ``vectorization_mode="sync"`` or ``"async"`` gives Gymnasium's
+    own vector envs (one call per sub-environment). For Stable-Baselines3,
+    ``molgym.envs.sb3.make_sb3_vec_env("MolGym/SingleBag-v0", n_envs=64, seed=0, formula="C3H8O")`` keeps the
+    batched call.
     """
 
     def __init__(

@@ -41,38 +41,49 @@ class SolvationEnv(MolecularEnv):
 
     ## Description
 
-    The canvas starts with a solute (an ``ase.Atoms`` or a SMILES string embedded with RDKit, centred at the
-    origin). The bag holds one solvent molecule (``solvent``, e.g. ``H2O``); when it is empty it is refilled
-    with the next one, until ``n_solvent`` molecules are placed (MolGym's solvation task). A distance penalty
-    keeps the solvent near the solute.
+    The canvas starts with a solute (an ``ase.Atoms``, or a SMILES string embedded with RDKit ETKDG and MMFF;
+    centred at the origin either way). The bag holds one solvent molecule (``solvent``, e.g. ``H2O``); when it is
+    empty it is refilled with the next one, until ``n_solvent`` molecules are placed (MolGym's solvation task).
+    A distance penalty keeps the solvent near the solute. Placement rules are those of ``MolGym/SingleBag-v0``
+    (:class:`~molgym.envs.single_bag.SingleBagEnv`).
 
     ## Action Space
 
-    ``Box(4,)``: ``[element_index, x, y, z]`` over the solvent's elements, as in ``MolGym/SingleBag-v0``;
-    ``env.unwrapped.action_masks()`` marks the elements left in the bag.
+    ``Box(4,)`` float32: ``[element_index, x, y, z]`` over ``elements`` (default: the solvent's elements, Hill
+    order), as in ``MolGym/SingleBag-v0``; ``env.unwrapped.action_masks()`` marks the elements left in the bag.
 
     ## Observation Space
 
-    ``Dict`` with ``positions`` (max_atoms, 3), ``atomic_numbers``, ``mask`` (max_atoms,) and ``bag``
-    (len(elements),), where ``max_atoms = len(solute) + n_solvent * len(solvent)``; the solute atoms come first.
+    ``Dict`` with ``positions`` (max_atoms, 3) float32, ``atomic_numbers`` (max_atoms,) int64, ``mask``
+    (max_atoms,) int8 and ``bag`` (len(elements),) int64, 0 padded, where
+    ``max_atoms = len(solute) + n_solvent * len(solvent)``; the solute atoms come first (and count in ``mask``),
+    and ``atomic_numbers`` is bounded by the largest atomic number of ``elements`` and the solute.
 
     ## Rewards
 
     ``r = -[E(canvas + atom) - E(canvas) - E(atom)] - distance_penalty * max(0, d - max_solute_distance)``,
     where ``d`` is the distance (Å) from the new atom to the nearest solute atom; ``info`` holds
-    ``reward_interaction`` and ``reward_distance``. One potential evaluation per step. Invalid placements
-    (rules as in ``MolGym/SingleBag-v0``) get ``invalid_reward`` and end the episode.
+    ``reward_interaction`` and ``reward_distance``. One potential evaluation per step (the canvas is never
+    empty). Invalid placements (rules as in ``MolGym/SingleBag-v0``) get ``invalid_reward`` and end the episode;
+    a placement whose reward (distance term included) falls below ``min_reward`` gets ``min_reward`` and ends it;
+    an ``uncertainty_penalty`` is subtracted. With a ``reference``, the ending step adds
+    ``info["reward_reference"]``, making the return the reference's build return (solute to final canvas) plus
+    the distance terms and any uncertainty penalty (plus ``invalid_reward`` after an invalid placement).
 
     ## Starting State
 
-    The solute alone and one solvent molecule in the bag. ``options={"canvas": atoms}`` adds already placed
-    solvent atoms after the solute (whole molecules and at most one partial one); the bag then holds the rest of
-    the partial molecule (or the next molecule).
+    The solute alone and one solvent molecule in the bag; nothing is random. The solute's energy is evaluated once
+    per environment and reused (with a ``reference``, its reference energy too, the first time an ending needs it).
+    ``options={"canvas": atoms}`` adds already placed solvent atoms after the solute: whole molecules and at most
+    one partial one, fewer than ``n_solvent`` whole ones; the bag then holds the rest of the partial molecule (or
+    the next molecule). The reset ``info["solvent_molecules_left"]`` counts the molecules still to place, the one
+    in the bag included.
 
     ## Episode End
 
-    Terminated when ``n_solvent`` molecules are placed or after an invalid placement; never truncated. There is
-    no best-known return for this task (``best_known_return`` is ``None``).
+    Terminated when ``n_solvent`` molecules are placed, after an invalid placement, a floored step or a step above
+    ``uncertainty_threshold`` (``info["terminated_by"]``); never truncated. There is no best-known return for
+    this task (``best_known_return`` is ``None``).
 
     ## Arguments
 
@@ -80,14 +91,21 @@ class SolvationEnv(MolecularEnv):
     gymnasium.make("MolGym/Solvation-v0", solute="CC(=O)O", solvent="H2O", n_solvent=4, potential="default")
     ```
 
-    - ``solute``: ``ase.Atoms`` or SMILES (default methanol, ``"CO"``).
+    - ``solute``: ``ase.Atoms`` or SMILES (default methanol, ``"CO"``); it must fit in the workspace.
     - ``solvent``: formula of one solvent molecule (default ``"H2O"``).
-    - ``n_solvent``: number of solvent molecules to place (>= 1).
-    - ``distance_penalty``: eV per Å beyond ``max_solute_distance`` (>= 0).
-    - ``max_solute_distance``: Å from the nearest solute atom within which there is no penalty.
+    - ``n_solvent``: number of solvent molecules to place (>= 1, default 4).
+    - ``distance_penalty``: eV per Å beyond ``max_solute_distance`` (>= 0, default 1).
+    - ``max_solute_distance``: Å from the nearest solute atom within which there is no penalty (default 4).
     - ``workspace``: half-width of the placement cube in Å (default 10).
     - ``potential``, ``elements``, ``invalid_reward``, ``min_reward``, ``render_mode``, ``device``,
       ``uncertainty_penalty``, ``uncertainty_threshold``, ``reference``: as in ``MolGym/SingleBag-v0``.
+
+    ## Vectorized environment
+
+    ``gymnasium.make_vec("MolGym/Solvation-v0", num_envs=64, solute="CO", n_solvent=4)`` gives
+    :class:`molgym.envs.vector.SolvationVectorEnv`: one batched potential call per step for all sub-environments
+    (see ``MolGym/SingleBag-v0``). A SMILES solute is embedded once per sub-environment with the same seed, so
+    all start from the same solute structure. ``molgym.envs.sb3.make_sb3_vec_env`` does the same for Stable-Baselines3.
     """
 
     def __init__(

@@ -28,34 +28,39 @@ class StochasticBagEnv(MolecularEnv):
     that can form a neutral closed-shell molecule are kept: an even number of electrons and a valence-feasible
     connected graph (each atom's neutral valence, bond orders 1-3; see :mod:`molgym.envs.bags`). Others are
     drawn again, as are bags whose formula is in ``exclude``: hold those out of training and evaluate on them
-    with ``reset(options={"bag": formula})`` to measure generalisation to bags never seen.
+    with ``reset(options={"bag": formula})`` to measure generalisation to bags never seen. Placement and rewards
+    are those of ``MolGym/SingleBag-v0`` (:class:`~molgym.envs.single_bag.SingleBagEnv`).
 
     ## Action Space
 
-    ``Box(4,)``: ``[element_index, x, y, z]`` over the template's elements, as in ``MolGym/SingleBag-v0``;
-    ``env.unwrapped.action_masks()`` marks the elements left in the bag.
+    ``Box(4,)`` float32: ``[element_index, x, y, z]`` over ``elements`` (default: the template's elements, Hill
+    order), as in ``MolGym/SingleBag-v0``; ``env.unwrapped.action_masks()`` marks the elements left in the bag.
 
     ## Observation Space
 
-    ``Dict`` with ``positions`` (max_atoms, 3), ``atomic_numbers``, ``mask`` (max_atoms,) and ``bag``
-    (len(elements),), where ``max_atoms = size_range[1]``.
+    ``Dict`` with ``positions`` (max_atoms, 3) float32, ``atomic_numbers`` (max_atoms,) int64, ``mask``
+    (max_atoms,) int8 and ``bag`` (len(elements),) int64, 0 padded, where ``max_atoms = size_range[1]``.
 
     ## Rewards
 
-    ``r = -[E(canvas + atom) - E(canvas) - E(atom)]`` per valid placement (one potential evaluation per step);
-    an invalid placement gets ``invalid_reward`` and ends the episode (rules as in ``MolGym/SingleBag-v0``).
+    As in ``MolGym/SingleBag-v0``: ``r = -[E(canvas + atom) - E(canvas) - E(atom)]`` per valid placement (one
+    potential evaluation per step, none for the first atom); an invalid placement gets ``invalid_reward`` and
+    ends the episode; a placement scoring below ``min_reward`` gets ``min_reward`` and ends it; an
+    ``uncertainty_penalty`` is subtracted; with a ``reference`` the ending step adds ``info["reward_reference"]``.
 
     ## Starting State
 
-    An empty canvas and the drawn bag. ``options={"bag": "C6H8O2"}`` plays that bag instead of drawing one (it
-    may be an excluded one; it must use the template's elements, fit ``size_range[1]`` atoms and be able to form a
-    closed-shell molecule). ``options={"canvas": atoms}`` draws only bags that contain the canvas's atoms and
-    starts from it.
+    An empty canvas and a bag drawn with ``self.np_random`` (``reset(seed=...)`` makes it reproducible).
+    ``options={"bag": "C6H8O2"}`` plays that bag instead of drawing one (it may be an excluded one; it must use
+    the template's elements, fit ``size_range[1]`` atoms and be able to form a closed-shell molecule).
+    ``options={"canvas": atoms}`` draws only bags that contain the canvas's atoms and more, and starts from it.
+    The reset ``info["task_formula"]`` names the bag.
 
     ## Episode End
 
-    Terminated when the bag is empty or after an invalid placement; never truncated. ``best_known_return`` in
-    the final ``info`` is that of the episode's formula when one is known for the potential, else ``None``.
+    Terminated when the bag is empty, after an invalid placement, a floored step or a step above
+    ``uncertainty_threshold`` (``info["terminated_by"]``); never truncated. ``best_known_return`` in the final
+    ``info`` is that of the episode's formula when one is known for the potential, else ``None``.
 
     ## Arguments
 
@@ -63,12 +68,21 @@ class StochasticBagEnv(MolecularEnv):
     gymnasium.make("MolGym/StochasticBag-v0", template="C7H8N2O2", size_range=(10, 19), potential="default")
     ```
 
-    - ``template``: formula whose element fractions the bags follow.
-    - ``size_range``: ``(min, max)`` number of atoms of a bag, inclusive, ``2 <= min <= max``.
+    - ``template``: formula whose element fractions the bags follow (default ``"C7H8N2O2"``).
+    - ``size_range``: ``(min, max)`` number of atoms of a bag, inclusive, ``2 <= min <= max`` (default
+      ``(8, 19)``). A template and range that yield no feasible bag (outside ``exclude``) raise ``ValueError``.
     - ``exclude``: formulas never drawn (held-out bags, e.g. ``("C7H10O2", "C6H8O2")``); they can still be played
-      with ``options={"bag": ...}``.
+      with ``options={"bag": ...}``, and each must be playable (checked at construction).
     - ``potential``, ``elements``, ``workspace``, ``invalid_reward``, ``min_reward``, ``render_mode``, ``device``,
       ``uncertainty_penalty``, ``uncertainty_threshold``, ``reference``: as in ``MolGym/SingleBag-v0``.
+
+    ## Vectorized environment
+
+    ``gymnasium.make_vec("MolGym/StochasticBag-v0", num_envs=64, template="C7H8N2O2", size_range=(10, 19))``
+    gives :class:`molgym.envs.vector.StochasticBagVectorEnv`: one batched potential call per step for all
+    sub-environments (see ``MolGym/SingleBag-v0``). Each sub-environment draws its own bags (sub-environment ``i``
+    seeded ``s + i`` by ``reset(seed=s)``); the observations stack because all have ``max_atoms = size_range[1]``.
+    ``molgym.envs.sb3.make_sb3_vec_env`` does the same for Stable-Baselines3.
     """
 
     def __init__(

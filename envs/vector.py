@@ -3,7 +3,8 @@
 ``gymnasium.make_vec("MolGym/SingleBag-v0", num_envs=64, formula=..., potential=...)`` returns a
 :class:`MolGymVectorEnv` (the ids' ``vector_entry_point``). Its ``step`` validates each sub-environment's action,
 gathers every structure that needs an energy, evaluates them in ONE ``potential.energies`` call (a single MACE
-forward pass) and hands the energies back; the per-step rewards are exactly those of the single environments.
+forward pass) and hands the energies back (the vector-step protocol of :mod:`molgym.envs.base`:
+``begin_step`` / ``finish_step``); the per-step rewards are exactly those of the single environments.
 With a ``reference`` (``reference="xtb"``), the final canvases of the sub-environments whose episodes end in a
 step are evaluated by the reference in one more call, after the batched step (the others are not held up by
 anything else).
@@ -40,13 +41,15 @@ __all__ = [
 def batched_step(envs: Sequence[MolecularEnv], actions: Sequence[Any]) -> list[tuple]:
     """Step every environment with its action, evaluating all needed structures in ONE potential call.
 
-    All environments must share one potential object (and one reference, if any); the reference corrections of
-    the episodes that end are computed in one more call for all of them. Returns ``(obs, reward, terminated, truncated, info)``
-    per environment, identical to what ``env.step(action)`` would have returned.
+    The driver of the vector-step protocol (:mod:`molgym.envs.base`): ``begin_step`` on every environment, one
+    batched evaluation of the structures they return, ``finish_step`` on every environment. All environments must
+    share one potential object (and one reference, if any); the reference corrections of the episodes that end are
+    computed in one more call for all of them. Returns ``(obs, reward, terminated, truncated, info)`` per
+    environment, identical to what ``env.step(action)`` would have returned.
     """
     structures, owners = [], []
     for i, (env, action) in enumerate(zip(envs, actions, strict=True)):
-        structure = env._begin_step(action)
+        structure = env.begin_step(action)
         if structure is not None:
             structures.append(structure)
             owners.append(i)
@@ -54,23 +57,23 @@ def batched_step(envs: Sequence[MolecularEnv], actions: Sequence[Any]) -> list[t
     if structures:
         committee = envs[0].reports_uncertainty
         energies = dict(zip(owners, evaluate_batch(envs[0].potential, structures, committee)))
-    results = [env._finish_step(*energies.get(i, (None, "", None))) for i, env in enumerate(envs)]
+    results = [env.finish_step(*energies.get(i, (None, "", None))) for i, env in enumerate(envs)]
     return _settle_endings(envs, results)
 
 
 def _settle_endings(envs: Sequence[MolecularEnv], results: list[tuple]) -> list[tuple]:
     """Add the reference corrections of the environments whose episodes ended this step, with ONE reference
     call for all their final canvases (environments without a reference, or still running, pass through)."""
-    ending = [i for i, env in enumerate(envs) if env._ending is not None]
+    ending = [i for i, env in enumerate(envs) if env.ending_pending]
     if not ending:
         return results
-    needed = {i: envs[i]._ending_structures() for i in ending}
+    needed = {i: envs[i].ending_structures() for i in ending}
     flat = [s for i in ending for s in needed[i]]
     evaluated = evaluate_batch(envs[ending[0]].reference, flat) if flat else []
     k = 0
     for i in ending:
         n = len(needed[i])
-        results[i] = envs[i]._settle_ending(evaluated[k:k + n])
+        results[i] = envs[i].settle_ending(evaluated[k:k + n])
         k += n
     return results
 
@@ -127,7 +130,8 @@ class MolGymVectorEnv(VectorEnv):
 
     Args:
         num_envs: number of sub-environments (>= 1).
-        env_class: the :class:`~molgym.envs.base.MolecularEnv` subclass (set by the per-task subclasses).
+        env_class: the :class:`~molgym.envs.base.MolecularEnv` subclass (set by the per-task subclasses; for a task
+            registered outside molgym, ``vector_entry_point=functools.partial(MolGymVectorEnv, env_class=MyTask)``).
         autoreset_mode: ``"next_step"`` (Gymnasium's default: a finished sub-environment is reset by the next
             ``step``, whose action for it is ignored, with reward 0) or ``"same_step"`` (reset inside the step
             that finishes; the final observation and info go to ``info["final_obs"]``/``info["final_info"]``).
@@ -260,6 +264,10 @@ class MolGymVectorEnv(VectorEnv):
     def _stack(self, observations: list[dict]) -> dict:
         out = create_empty_array(self.single_observation_space, n=self.num_envs, fn=np.zeros)
         return concatenate(self.single_observation_space, observations, out)
+
+
+# The vector forms of the built-in tasks, named by molgym.registration.ENV_IDS. A new task defines its own beside
+# its environment class, in its module (docs/environments.md, "Adding a task"), so nothing here changes.
 
 
 class SingleBagVectorEnv(MolGymVectorEnv):
