@@ -239,7 +239,7 @@ def test_benchmark_generate_takes_an_optional_progress(tiny_mace, small_referenc
 def test_several_candidates_per_relaxation_round_choose_the_same(tiny_mace, small_reference):
     """With few molecules left, a round relaxes several candidates of each; the choice is the one of relaxing
     them one per round."""
-    from molgym.agents.simgen import generator as gen_mod
+    from molgym.agents.simgen import relaxation as gen_mod
 
     def run(round_min):
         gen = _gen(tiny_mace, small_reference, particles=4, relax_steps=3)
