@@ -9,7 +9,10 @@
    hydrogens are accepted.
 3. **Hydrogens** (:func:`add_hydrogens`): each heavy atom gets ``valence - sum of bond orders`` hydrogens at its
    X-H bond length, in the directions a VSEPR picture gives (tetrahedral, trigonal or linear from the atom's
-   total number of neighbours), pointing away from its heavy neighbours.
+   total number of neighbours), pointing away from its heavy neighbours. The group is turned about its axis
+   (and a lone hydrogen tilted) to the orientation that keeps the new hydrogens farthest outside the bonding
+   distance of every other atom (:data:`ROTATIONS` tried), so that a hydrogen is not placed where it would be
+   bonded to a second atom: such a molecule would fail validity for the placement, not for its skeleton.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ MAX_SEARCH_BONDS = 12
 #: aromatic length (1.39-1.40 Å) sit closer to a double than a single bond, and without this every such ring would
 #: become a cumulene instead of alternating single and double bonds.
 CUMULENE_PENALTY = 0.03
+#: Orientations of a hydrogen group tried about its axis (only when the first one puts a hydrogen within
+#: ``CLEARANCE`` of the bonding distance of another atom).
+ROTATIONS = 24
+#: Margin (Å) beyond an atom pair's connectivity cutoff that a new hydrogen should keep from atoms it is not
+#: bonded to.
+CLEARANCE = 0.25
 
 
 def _linear_atoms(positions: np.ndarray, bonds: list[tuple[int, int, float]], n: int,
@@ -184,8 +193,9 @@ _TRIG = {(1, 2): 60.0, (1, 1): 0.0, (2, 1): 0.0}
 
 
 def _h_directions(center: np.ndarray, neighbours: np.ndarray, n_h: int, n_bonds_total: int,
-                  hint: np.ndarray | None) -> np.ndarray:
-    """Unit vectors for ``n_h`` hydrogens on an atom at ``center`` with heavy ``neighbours``."""
+                  hint: np.ndarray | None, turn: float = 0.0, tilt: float = 0.0) -> np.ndarray:
+    """Unit vectors for ``n_h`` hydrogens on an atom at ``center`` with heavy ``neighbours``, the group turned by
+    ``turn`` radians about its axis; ``tilt`` (radians) leans a group on its axis (a lone hydrogen) off it."""
     if len(neighbours) == 0:
         if n_h == 1:
             return np.array([[1.0, 0.0, 0.0]])
@@ -205,6 +215,7 @@ def _h_directions(center: np.ndarray, neighbours: np.ndarray, n_h: int, n_bonds_
     theta = math.radians(table.get((len(neighbours), n_h), 0.0 if n_h == 1 else 60.0))
     if steric <= 2:
         theta = 0.0
+    theta += tilt
     p = _perpendicular(u, hint if hint is not None else (vecs[1] if len(vecs) > 1 else None))
     if len(neighbours) == 2 and n_h == 2:
         p = np.cross(vecs[0], vecs[1])
@@ -212,7 +223,7 @@ def _h_directions(center: np.ndarray, neighbours: np.ndarray, n_h: int, n_bonds_
     q = np.cross(u, p)
     out = []
     for k in range(n_h):
-        phi = 2 * math.pi * k / max(n_h, 1)
+        phi = 2 * math.pi * k / max(n_h, 1) + turn
         out.append(math.cos(theta) * u + math.sin(theta) * (math.cos(phi) * p + math.sin(phi) * q))
     return np.array(out)
 
@@ -238,9 +249,28 @@ def add_hydrogens(skeleton: Atoms, counts: np.ndarray) -> Atoms:
             others = [k for k in neigh[j] if k != i]
             if others:
                 hint = pos[others[0]] - pos[j]
-        dirs = _h_directions(pos[i], nb, int(n_h), len(neigh[i]) + int(n_h), hint)
         length = _XH.get(symbol(int(numbers[i])), 1.05)
-        h_pos.extend(pos[i] + length * d for d in dirs)
+        others = np.array([pos[k] for k in range(len(numbers)) if k != i] + h_pos).reshape(-1, 3)
+        cutoffs = np.array([connectivity_cutoff("H", symbol(int(numbers[k]))) for k in range(len(numbers)) if k != i]
+                           + [connectivity_cutoff("H", "H")] * len(h_pos))
+
+        def placed(turn: float, tilt: float) -> tuple[float, np.ndarray]:
+            dirs = _h_directions(pos[i], nb, int(n_h), len(neigh[i]) + int(n_h), hint, turn, tilt)
+            new = pos[i] + length * dirs
+            if not len(others):
+                return math.inf, new
+            gaps = np.linalg.norm(new[:, None] - others[None], axis=-1) - cutoffs[None]
+            return float(gaps.min()), new
+
+        clearance, best = placed(0.0, 0.0)
+        if clearance < CLEARANCE:
+            tilts = (0.0,) if len(nb) and int(n_h) > 1 else (0.0, math.radians(20), math.radians(40))
+            for tilt in tilts:
+                for k in range(ROTATIONS):
+                    trial = placed(2 * math.pi * k / ROTATIONS, tilt)
+                    if trial[0] > clearance + 1e-9:
+                        clearance, best = trial
+        h_pos.extend(best)
     if not h_pos:
         return Atoms(numbers=numbers.copy(), positions=pos.copy())
     return Atoms(numbers=np.concatenate([numbers, np.ones(len(h_pos), dtype=int)]),

@@ -125,6 +125,31 @@ def test_hydrogens_rebuild_reference_molecules():
     assert same >= 0.85 * len(molecules)
 
 
+def test_hydrogens_keep_clear_of_other_atoms():
+    """A crowded skeleton (a diffusion sample): the default VSEPR orientation would put a hydrogen within bonding
+    distance of a second atom; the group is turned instead, so every hydrogen has exactly one neighbour."""
+    from molgym.metrics.bonds import connectivity
+    from molgym.metrics.chemistry import perceive
+
+    skel = Atoms(numbers=[6, 6, 6, 6, 8, 6, 6, 6], positions=[
+        [-1.936, -0.16, 1.81], [0.118, 0.469, 0.683], [-2.012, -0.275, -0.584], [-1.111, 0.014, 0.611],
+        [0.286, 1.381, 1.769], [0.627, -1.198, -1.673], [2.645, 0.257, -1.522], [1.383, -0.487, -1.093]])
+    whole = hydrogens.hydrogenate(skel)
+    bonded = connectivity(whole)
+    assert (bonded[whole.numbers == 1].sum(axis=1) == 1).all()
+    assert perceive(whole).valid
+    # without turning (one orientation tried) this skeleton gets a hydrogen bonded to two atoms
+    import molgym.agents.simgen.hydrogens as module
+
+    saved = module.CLEARANCE
+    module.CLEARANCE = -1.0
+    try:
+        plain = hydrogens.hydrogenate(skel)
+    finally:
+        module.CLEARANCE = saved
+    assert (connectivity(plain)[plain.numbers == 1].sum(axis=1) > 1).any()
+
+
 def test_bond_orders_respect_a_hydrogen_target():
     # benzene's carbons: a ring of 6 at 1.39 Å takes 3 double bonds for 6 hydrogens
     phi = np.arange(6) * np.pi / 3
