@@ -108,6 +108,8 @@ class CommitteeMACEPotential(MACEPotential):
         **options: as :class:`MACEPotential`.
     """
 
+    capabilities = MACEPotential.capabilities | {"uncertainties", "committee"}
+
     def __init__(self, model, committee: CommitteeHeads | str | os.PathLike, correct: bool = False, **options):
         super().__init__(model, **options)
         self.correct = bool(correct)
@@ -137,11 +139,13 @@ class CommitteeMACEPotential(MACEPotential):
         self._w_mean = torch.as_tensor(mean / self.heads.feature_scale, **kw)  # (F,)
 
     @property
-    def provides_uncertainty(self) -> bool:
-        return True
+    def committee_size(self) -> int:
+        """Number of committee members (heads)."""
+        return self.heads.members
 
     @property
     def uncertainty_scale(self) -> float:
+        """The heads' calibration factor: σ = ``uncertainty_scale`` · std of the members' energies."""
         return float(self.heads.scale)
 
     # --- features ---------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import numpy as np
 from ase import Atoms
 
 from molgym.data.labels import ENERGY_KEY, FORCES_KEY
-from molgym.potentials.base import Potential, PotentialError
+from molgym.potentials.base import Potential
+from molgym.potentials.batching import energies_and_forces_or_nan
 
 STORED = "stored"
 
@@ -57,17 +58,10 @@ def predict(
     bar = tqdm(total=len(structures), desc=potential.name, unit="struct", disable=not progress, leave=False)
     for start in range(0, len(structures), batch_size):
         chunk = list(structures[start : start + batch_size])
-        try:
-            e, f = potential.energies_and_forces(chunk)
-            energies[start : start + len(chunk)] = e
-            forces[start : start + len(chunk)] = f
-        except PotentialError:  # evaluate one by one to isolate the failing structures
-            for k, atoms in enumerate(chunk):
-                try:
-                    e, f = potential.energies_and_forces([atoms])
-                    energies[start + k], forces[start + k] = e[0], f[0]
-                except PotentialError:
-                    pass
+        # one call per chunk; one by one only if it fails, to isolate the failing structures
+        e, f, _reasons = energies_and_forces_or_nan(potential, chunk)
+        energies[start : start + len(chunk)] = e
+        forces[start : start + len(chunk)] = f
         bar.update(len(chunk))
     bar.close()
     return energies, forces

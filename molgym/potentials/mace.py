@@ -115,6 +115,8 @@ class MACEPotential(Potential):
             the device and dtype conversion; :attr:`accelerated` lists the swapped modules.
     """
 
+    capabilities = frozenset({"energies", "forces", "descriptors"})
+
     def __init__(
         self,
         model,

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
+
+if TYPE_CHECKING:
+    from molgym.potentials.base import Potential
 
 __all__ = ["returns", "reward_gaps", "summarise", "collect_molecules"]
 
@@ -35,15 +39,16 @@ def returns(potential, molecules: Sequence[Atoms]) -> np.ndarray:
     return atomisation_energies(potential, list(molecules))[1]
 
 
-def reward_gaps(potential, molecules: Sequence[Atoms], reference=None) -> list[dict]:
+def reward_gaps(potential: Potential, molecules: Sequence[Atoms], reference: str | Potential | None = None
+                ) -> list[dict]:
     """Per molecule: formula, source, return under ``potential`` and under ``reference`` (default GFN2-xTB), the
-    gap, and the potential's uncertainty when it has one."""
+    gap, and the potential's uncertainty when it has one (NaN when it has none)."""
     from molgym.potentials import load_potential
 
     reference = load_potential("xtb") if reference is None else load_potential(reference)
     r_model = returns(potential, molecules)
     r_ref = returns(reference, molecules)
-    sigma = (potential.uncertainties(list(molecules)) if getattr(potential, "provides_uncertainty", False)
+    sigma = (potential.uncertainties(list(molecules)) if potential.supports("uncertainties")
              else np.full(len(molecules), np.nan))
     rows = []
     for i, mol in enumerate(molecules):
