@@ -67,16 +67,16 @@ class TimedPotential:
         class _Timed(Potential):
             name = inner.name
             species = inner.species
-            provides_uncertainty = bool(getattr(inner, "provides_uncertainty", False))
+            capabilities = inner.capabilities
             energies = timed(inner.energies)
-            if provides_uncertainty:
+            if inner.supports("committee"):
                 committee_energies = timed(inner.committee_energies)
 
             def __init__(self):
                 self.seconds = 0.0
                 self.calls = 0
 
-            def __getattr__(self, attribute):  # the committee's heads and scale, when it has them
+            def __getattr__(self, attribute):  # the committee's size and scale, when it has them
                 return getattr(inner, attribute)
 
             def energies_and_forces(self, structures):

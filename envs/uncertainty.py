@@ -40,7 +40,7 @@ def check_uncertainty_options(penalty: float, threshold: float | None) -> tuple[
 def check_uncertainty_support(potential: Potential, penalty: float, threshold: float | None) -> bool:
     """Whether ``potential``'s evaluations give committee energies; ``ValueError`` when ``penalty`` or
     ``threshold`` asks for uncertainties that it does not provide."""
-    reports = bool(getattr(potential, "provides_uncertainty", False))
+    reports = potential.supports("committee")
     if (penalty > 0 or threshold is not None) and not reports:
         raise ValueError(
             f"uncertainty_penalty={penalty} / uncertainty_threshold={threshold} "
@@ -58,7 +58,7 @@ class CommitteeUncertainty:
     _canvas_dev: np.ndarray | None
 
     def _zero_dev(self) -> np.ndarray:
-        return np.zeros(int(self.potential.heads.members))
+        return np.zeros(self.potential.committee_size)
 
     def _step_uncertainty(
         self, energy: float | None, members: np.ndarray | None, evaluated: bool

@@ -128,12 +128,6 @@ class Potential(ABC):
         if not self.supports(capability):
             raise UnsupportedCapabilityError(self.name, capability)
 
-    @property
-    def provides_uncertainty(self) -> bool:
-        """Whether this potential has a committee, so that :meth:`uncertainties` *and* :meth:`committee_energies`
-        work. The same as ``supports("committee")``; kept because the environments read it."""
-        return "committee" in self.capabilities
-
     # --- energies and forces (every potential) ------------------------------------------------------------------
     def energies(self, structures: Sequence[Atoms]) -> np.ndarray:
         """Total energies in eV, one per structure, as a float64 array."""

@@ -5,7 +5,7 @@ counts, so every structure a generator or a metric evaluates goes through one of
 
 The wrapper has exactly the surface of :class:`~molgym.potentials.base.Potential`: each declared capability is
 forwarded explicitly (and counted where it evaluates structures), and :attr:`capabilities` is the wrapped
-potential's, so ``supports``, ``provides_uncertainty`` and the "not supported" errors answer as the wrapped
+potential's, so ``supports`` and the "not supported" errors answer as the wrapped
 potential does. Backend-specific attributes (a MACE model's ``r_max``, ``path``, ``torch_descriptors``...) are
 not forwarded: unwrap with :attr:`CountingPotential.inner` to use them, uncounted.
 """
@@ -46,11 +46,6 @@ class CountingPotential(Potential):
     def capabilities(self) -> frozenset[str]:  # type: ignore[override]
         """The wrapped potential's capabilities."""
         return self.inner.capabilities
-
-    @property
-    def provides_uncertainty(self) -> bool:
-        """The wrapped potential's :attr:`~molgym.potentials.base.Potential.provides_uncertainty`."""
-        return self.inner.provides_uncertainty
 
     # --- evaluations: forwarded and counted -------------------------------------------------------------------------
     def energies(self, structures: Sequence[Atoms]) -> np.ndarray:
@@ -95,12 +90,3 @@ class CountingPotential(Potential):
         """The wrapped potential's uncertainty calibration factor."""
         return self.inner.uncertainty_scale
 
-    @property
-    def heads(self):
-        """The wrapped committee's :class:`~molgym.potentials.committee.CommitteeHeads` (``AttributeError``
-        without a committee).
-
-        Not part of the :class:`Potential` interface: forwarded only because the environments still read
-        ``potential.heads.members`` where :attr:`committee_size` says the same; remove once they switch.
-        """
-        return self.inner.heads

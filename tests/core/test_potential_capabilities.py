@@ -49,8 +49,8 @@ def test_capabilities_of_each_backend(tiny_mace, committee):
     assert committee.capabilities == frozenset(CAPABILITIES)
     for pot in (xtb, tiny_mace, committee):
         assert all(pot.supports(c) == (c in pot.capabilities) for c in CAPABILITIES)
-        assert pot.provides_uncertainty == pot.supports("committee")
-    assert not tiny_mace.provides_uncertainty and committee.provides_uncertainty
+        assert pot.supports("committee") == ("committee" in pot.capabilities)
+    assert not tiny_mace.supports("committee") and committee.supports("committee")
     with pytest.raises(ValueError, match="unknown potential capability 'descriptor'.*descriptors"):
         tiny_mace.supports("descriptor")
 
@@ -96,14 +96,13 @@ def test_counting_potential_has_the_base_surface_and_counts_every_evaluation(tin
     assert public <= {n for n, _ in inspect.getmembers(CountingPotential) if not n.startswith("_")}
     # every declared evaluation is overridden (forwarded and counted), not inherited from the base
     for method in ("energies", "energies_and_forces", "descriptors", "uncertainties", "energies_and_uncertainties",
-                   "committee_energies", "committee_size", "uncertainty_scale", "capabilities",
-                   "provides_uncertainty"):
+                   "committee_energies", "committee_size", "uncertainty_scale", "capabilities"):
         assert method in vars(CountingPotential), method
 
     mols = _molecules()
     counted = CountingPotential(committee)
-    assert counted.capabilities == committee.capabilities and counted.provides_uncertainty
-    assert counted.committee_size == 3 and counted.uncertainty_scale == 2.0 and counted.heads is committee.heads
+    assert counted.capabilities == committee.capabilities and counted.supports("committee")
+    assert counted.committee_size == 3 and counted.uncertainty_scale == 2.0
     np.testing.assert_array_equal(counted.energies(mols), committee.energies(mols))
     for got, want in zip(counted.committee_energies(mols), committee.committee_energies(mols)):
         np.testing.assert_array_equal(got, want)
@@ -115,7 +114,7 @@ def test_counting_potential_has_the_base_surface_and_counts_every_evaluation(tin
     assert counted.calls == 6 * len(mols) and counted.batches == 6
 
     plain = CountingPotential(tiny_mace)
-    assert plain.capabilities == tiny_mace.capabilities and not plain.provides_uncertainty
+    assert plain.capabilities == tiny_mace.capabilities and not plain.supports("committee")
     with pytest.raises(UnsupportedCapabilityError, match=re.escape(f"potential '{tiny_mace.name}' does not pr")):
         plain.uncertainties(mols)
     assert not hasattr(plain, "committee_size") and not hasattr(plain, "heads")

@@ -129,7 +129,7 @@ def test_heads_file_round_trip_and_load_potential_option(tiny_mace, tiny_mace_fi
     assert loaded.scale == 2.5 and loaded.meta == {"note": "test"}
     np.testing.assert_array_equal(loaded.weights, heads.weights)
     pot = load_potential(str(tiny_mace_file), device="cpu", dtype="float64", committee=str(path))
-    assert pot.provides_uncertainty
+    assert pot.supports("committee")
     ref = CommitteeMACEPotential(tiny_mace.model, heads, device="cpu")
     np.testing.assert_allclose(pot.uncertainties(_molecules()), ref.uncertainties(_molecules()), rtol=1e-10)
 
@@ -137,7 +137,7 @@ def test_heads_file_round_trip_and_load_potential_option(tiny_mace, tiny_mace_fi
 def test_clear_errors(tiny_mace, tmp_path):
     with pytest.raises(NotImplementedError, match="does not provide uncertainties"):
         tiny_mace.uncertainties(_molecules())
-    assert not tiny_mace.provides_uncertainty
+    assert not tiny_mace.supports("committee")
     with pytest.raises(FileNotFoundError, match="committee file"):
         CommitteeHeads.load(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
@@ -158,7 +158,7 @@ def test_clear_errors(tiny_mace, tmp_path):
 
 def test_xtb_has_no_uncertainty():
     xtb = load_potential("xtb")
-    assert not xtb.provides_uncertainty
+    assert not xtb.supports("committee")
     with pytest.raises(NotImplementedError, match="does not provide uncertainties"):
         xtb.uncertainties([molecule("H2O")])
 
