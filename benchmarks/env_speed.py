@@ -119,12 +119,13 @@ def run_vector(
     """(a) (and with ``reference``, (e)): steps, step seconds, seconds inside the potential, potential calls and
     seconds inside the reference (``rounds`` full episodes, after ``warmup`` untimed ones)."""
     from molgym.envs import random_valid_action
-    from molgym.envs.vector import SingleBagVectorEnv
+    from molgym.envs.single_bag import SingleBagEnv
+    from molgym.envs.vector import MolGymVectorEnv
 
     timed = TimedPotential(potential).potential
     timed_ref = None if reference is None else TimedPotential(reference).potential
-    venv = SingleBagVectorEnv(num_envs=n_envs, potential=timed, reference=timed_ref, **ENV_KWARGS,
-                              autoreset_mode="same_step")
+    venv = MolGymVectorEnv(num_envs=n_envs, env_class=SingleBagEnv, potential=timed, reference=timed_ref,
+                           autoreset_mode="same_step", **ENV_KWARGS)
     steps, elapsed = 0, 0.0
     for r, timing_starts in _warmup_then_timed(warmup, rounds):
         if timing_starts:

@@ -71,7 +71,7 @@ class MultiBagEnv(MolecularEnv):
     ## Vectorized environment
 
     ``gymnasium.make_vec("MolGym/MultiBag-v0", num_envs=64, formulas=(...), potential="default")`` gives
-    :class:`molgym.envs.vector.MultiBagVectorEnv`: one batched potential call per step for all sub-environments
+    :class:`molgym.envs.vector.MolGymVectorEnv` over this class: one batched potential call per step for all sub-environments
     (see ``MolGym/SingleBag-v0``). Each sub-environment draws its own formulas (sub-environment ``i`` seeded
     ``s + i`` by ``reset(seed=s)``), so one step mixes molecules of different sizes in one call.
     ``molgym.envs.sb3.make_sb3_vec_env`` does the same for Stable-Baselines3.

@@ -135,7 +135,7 @@ class SingleBagEnv(MolecularEnv):
     gymnasium.make_vec("MolGym/SingleBag-v0", num_envs=64, formula="C3H8O", potential="default")
     ```
 
-    gives :class:`molgym.envs.vector.SingleBagVectorEnv` (the id's ``vector_entry_point``): each ``step``
+    gives :class:`molgym.envs.vector.MolGymVectorEnv` over this class (the id's ``vector_entry_point``): each ``step``
     validates the 64 actions and evaluates every structure that needs an energy in ONE batched potential call
     (the vector-step protocol of :mod:`molgym.envs.base`), plus, with a ``reference``, one reference call for the
     final canvases of the episodes that end in that step. The rewards are exactly those of 64 single environments

@@ -103,7 +103,7 @@ class SolvationEnv(MolecularEnv):
     ## Vectorized environment
 
     ``gymnasium.make_vec("MolGym/Solvation-v0", num_envs=64, solute="CO", n_solvent=4)`` gives
-    :class:`molgym.envs.vector.SolvationVectorEnv`: one batched potential call per step for all sub-environments
+    :class:`molgym.envs.vector.MolGymVectorEnv` over this class: one batched potential call per step for all sub-environments
     (see ``MolGym/SingleBag-v0``). A SMILES solute is embedded once per sub-environment with the same seed, so
     all start from the same solute structure. ``molgym.envs.sb3.make_sb3_vec_env`` does the same for Stable-Baselines3.
     """

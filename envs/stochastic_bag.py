@@ -79,7 +79,7 @@ class StochasticBagEnv(MolecularEnv):
     ## Vectorized environment
 
     ``gymnasium.make_vec("MolGym/StochasticBag-v0", num_envs=64, template="C7H8N2O2", size_range=(10, 19))``
-    gives :class:`molgym.envs.vector.StochasticBagVectorEnv`: one batched potential call per step for all
+    gives :class:`molgym.envs.vector.MolGymVectorEnv` over this class: one batched potential call per step for all
     sub-environments (see ``MolGym/SingleBag-v0``). Each sub-environment draws its own bags (sub-environment ``i``
     seeded ``s + i`` by ``reset(seed=s)``); the observations stack because all have ``max_atoms = size_range[1]``.
     ``molgym.envs.sb3.make_sb3_vec_env`` does the same for Stable-Baselines3.

@@ -22,19 +22,11 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from molgym.envs.base import MolecularEnv
 from molgym.potentials.batching import evaluate_batch
-from molgym.envs.multi_bag import MultiBagEnv
-from molgym.envs.single_bag import SingleBagEnv
-from molgym.envs.solvation import SolvationEnv
-from molgym.envs.stochastic_bag import StochasticBagEnv
 
 __all__ = [
     "batched_step",
     "batch_infos",
     "MolGymVectorEnv",
-    "SingleBagVectorEnv",
-    "MultiBagVectorEnv",
-    "StochasticBagVectorEnv",
-    "SolvationVectorEnv",
 ]
 
 
@@ -130,8 +122,8 @@ class MolGymVectorEnv(VectorEnv):
 
     Args:
         num_envs: number of sub-environments (>= 1).
-        env_class: the :class:`~molgym.envs.base.MolecularEnv` subclass (set by the per-task subclasses; for a task
-            registered outside molgym, ``vector_entry_point=functools.partial(MolGymVectorEnv, env_class=MyTask)``).
+        env_class: the :class:`~molgym.envs.base.MolecularEnv` subclass (``gymnasium.make_vec`` passes the id's class:
+            every id registered with :func:`molgym.registration.register_task` has this vector form).
         autoreset_mode: ``"next_step"`` (Gymnasium's default: a finished sub-environment is reset by the next
             ``step``, whose action for it is ignored, with reward 0) or ``"same_step"`` (reset inside the step
             that finishes; the final observation and info go to ``info["final_obs"]``/``info["final_info"]``).
@@ -264,31 +256,3 @@ class MolGymVectorEnv(VectorEnv):
     def _stack(self, observations: list[dict]) -> dict:
         out = create_empty_array(self.single_observation_space, n=self.num_envs, fn=np.zeros)
         return concatenate(self.single_observation_space, observations, out)
-
-
-# The vector forms of the built-in tasks, named by molgym.registration.ENV_IDS. A new task defines its own beside
-# its environment class, in its module (docs/environments.md, "Adding a task"), so nothing here changes.
-
-
-class SingleBagVectorEnv(MolGymVectorEnv):
-    """Vector form of ``MolGym/SingleBag-v0`` (see :class:`MolGymVectorEnv`)."""
-
-    env_class = SingleBagEnv
-
-
-class MultiBagVectorEnv(MolGymVectorEnv):
-    """Vector form of ``MolGym/MultiBag-v0`` (see :class:`MolGymVectorEnv`)."""
-
-    env_class = MultiBagEnv
-
-
-class StochasticBagVectorEnv(MolGymVectorEnv):
-    """Vector form of ``MolGym/StochasticBag-v0`` (see :class:`MolGymVectorEnv`)."""
-
-    env_class = StochasticBagEnv
-
-
-class SolvationVectorEnv(MolGymVectorEnv):
-    """Vector form of ``MolGym/Solvation-v0`` (see :class:`MolGymVectorEnv`)."""
-
-    env_class = SolvationEnv

@@ -1,8 +1,11 @@
 """Register molgym's Gymnasium environments (``MolGym/...-v0``) on ``import molgym``.
 
 Entry points are strings (``"molgym.envs.single_bag:SingleBagEnv"``), so registering imports neither the
-environments nor torch: Gymnasium imports the module when an environment is made. Registering twice is a no-op,
-so re-importing or reloading molgym never warns about overriding an id.
+environments nor torch: Gymnasium imports the module when an environment is made. Every id's vector form is
+molgym's :class:`~molgym.envs.vector.MolGymVectorEnv` over the same class (:func:`make_vector_env`), so
+``gymnasium.make_vec`` evaluates all copies in one potential call per step. Registering twice is a no-op, so
+re-importing or reloading molgym never warns about overriding an id. :func:`register_task` does the same for a
+task defined outside molgym: one line.
 
 ``import molgym`` calls :func:`register_on_import`: if Gymnasium is already imported the ids are registered at
 once; otherwise a small import hook registers them the moment ``gymnasium.envs.registration`` is first imported
@@ -12,23 +15,48 @@ once; otherwise a small import hook registers them the moment ``gymnasium.envs.r
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import sys
+from functools import partial
+from typing import Any
 
-__all__ = ["ENV_IDS", "register_envs", "register_on_import"]
+__all__ = ["ENV_IDS", "register_envs", "register_on_import", "register_task", "make_vector_env"]
 
 _REGISTRY_MODULE = "gymnasium.envs.registration"
 
-#: id -> (entry point, vector entry point)
-ENV_IDS: dict[str, tuple[str, str]] = {
-    "MolGym/SingleBag-v0": ("molgym.envs.single_bag:SingleBagEnv", "molgym.envs.vector:SingleBagVectorEnv"),
-    "MolGym/MultiBag-v0": ("molgym.envs.multi_bag:MultiBagEnv", "molgym.envs.vector:MultiBagVectorEnv"),
-    "MolGym/StochasticBag-v0": (
-        "molgym.envs.stochastic_bag:StochasticBagEnv",
-        "molgym.envs.vector:StochasticBagVectorEnv",
-    ),
-    "MolGym/Solvation-v0": ("molgym.envs.solvation:SolvationEnv", "molgym.envs.vector:SolvationVectorEnv"),
+#: id -> entry point (``"module:Class"`` of the :class:`~molgym.envs.base.MolecularEnv` subclass)
+ENV_IDS: dict[str, str] = {
+    "MolGym/SingleBag-v0": "molgym.envs.single_bag:SingleBagEnv",
+    "MolGym/MultiBag-v0": "molgym.envs.multi_bag:MultiBagEnv",
+    "MolGym/StochasticBag-v0": "molgym.envs.stochastic_bag:StochasticBagEnv",
+    "MolGym/Solvation-v0": "molgym.envs.solvation:SolvationEnv",
 }
+
+
+def _load(entry_point: str | type) -> type:
+    if not isinstance(entry_point, str):
+        return entry_point
+    module, _, name = entry_point.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_vector_env(entry_point: str | type, num_envs: int = 1, **kwargs: Any):
+    """``num_envs`` copies of the environment ``entry_point`` (a class or ``"module:Class"``) as molgym's
+    :class:`~molgym.envs.vector.MolGymVectorEnv`: the vector entry point of every id registered here, imported
+    only when ``gymnasium.make_vec`` is called."""
+    vector = importlib.import_module("molgym.envs.vector").MolGymVectorEnv
+    return vector(num_envs=num_envs, env_class=_load(entry_point), **kwargs)
+
+
+def register_task(env_id: str, entry_point: str | type, **kwargs: Any) -> None:
+    """Register a molgym task as a Gymnasium id: ``gymnasium.make(env_id)`` builds ``entry_point`` (a
+    :class:`~molgym.envs.base.MolecularEnv` subclass or its ``"module:Class"``) and ``gymnasium.make_vec(env_id,
+    num_envs=n)`` molgym's vector env over it (one batched potential call per step; Gymnasium's own vector envs
+    would make one call per copy). ``kwargs`` go to ``gymnasium.register`` (``kwargs=`` defaults, ...)."""
+    from gymnasium.envs.registration import register
+
+    register(id=env_id, entry_point=entry_point, vector_entry_point=partial(make_vector_env, entry_point), **kwargs)
 
 
 def register_envs() -> list[str]:
@@ -37,14 +65,14 @@ def register_envs() -> list[str]:
     Does nothing (and returns ``[]``) when Gymnasium is not installed, so the rest of molgym still imports.
     """
     try:
-        from gymnasium.envs.registration import register, registry
+        from gymnasium.envs.registration import registry
     except ImportError:  # pragma: no cover - gymnasium is a dependency, but the core must not need it
         return []
     added = []
-    for env_id, (entry_point, vector_entry_point) in ENV_IDS.items():
+    for env_id, entry_point in ENV_IDS.items():
         if env_id in registry:
             continue
-        register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point)
+        register_task(env_id, entry_point)
         added.append(env_id)
     return added
 

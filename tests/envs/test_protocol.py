@@ -4,7 +4,6 @@ vector env."""
 
 from __future__ import annotations
 
-from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +13,7 @@ from ase import Atoms
 from molgym.envs import SingleBagEnv, random_valid_action
 from molgym.envs.base import MolecularEnv, check_reset_options, check_settings, task_vocabulary
 from molgym.envs.vector import MolGymVectorEnv
+from molgym.registration import register_task
 from molgym.potentials.batching import evaluate_batch, evaluate_one
 
 
@@ -93,8 +93,7 @@ class _GrowFromMethane(MolecularEnv):
 
 def test_a_new_task_is_one_class_and_one_registration_line(tiny_model_path, counting_potential):
     env_id = "MolGymTest/GrowFromMethane-v0"
-    gym.register(env_id, entry_point=_GrowFromMethane,
-                 vector_entry_point=partial(MolGymVectorEnv, env_class=_GrowFromMethane))
+    register_task(env_id, _GrowFromMethane)
     try:
         venv = gym.make_vec(env_id, num_envs=3, formula="H2O", potential=counting_potential)
         assert isinstance(venv, MolGymVectorEnv) and all(type(e) is _GrowFromMethane for e in venv.envs)

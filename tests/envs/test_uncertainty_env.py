@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from molgym.envs.single_bag import SingleBagEnv
-from molgym.envs.vector import SingleBagVectorEnv
+from molgym.envs.vector import MolGymVectorEnv
 from molgym.potentials.committee import CommitteeHeads, CommitteeMACEPotential, isolated_features
 
 # a C2H6O build: heavy atoms first, then H (valid placements under MolGym's rules)
@@ -102,7 +102,7 @@ def test_vector_env_agrees_with_single_env_in_one_batched_call(committee):
 
     committee.committee_energies = counting
     try:
-        venv = SingleBagVectorEnv(num_envs=3, formula="C2H6O", potential=committee, uncertainty_penalty=0.3)
+        venv = MolGymVectorEnv(num_envs=3, env_class=SingleBagEnv, formula="C2H6O", potential=committee, uncertainty_penalty=0.3)
         venv.reset(seed=0)
         single = _run(SingleBagEnv(formula="C2H6O", potential=committee, uncertainty_penalty=0.3))
         calls.clear()
