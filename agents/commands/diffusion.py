@@ -134,7 +134,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--molecules-from", default=None, help="score this extended XYZ file instead of sampling")
     p.add_argument("--relax-steps", type=int, default=0,
-                   help="FIRE steps of a final relaxation under --potential (default 0: the raw samples)")
+                   help="FIRE steps of a final relaxation under --potential (default 0: the raw samples only); the "
+                        "raw samples are scored too, beside the relaxed ones (molecules.xyz, molecules-relaxed.xyz)")
     p.add_argument("--potential", default="auto", help="potential of the relaxation (default: the shipped MACE)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -233,6 +234,21 @@ def cmd_analyse(args) -> int:
     return 0
 
 
+def _print_metrics(metrics: dict, title: str | None) -> None:
+    from molgym.agents.diffusion.evaluation import EDM_QM9
+
+    if title:
+        print(f"-- {title}")
+    for key in ("atom_stability", "molecule_stability", "validity", "valid_and_unique"):
+        print(f"{key:20s} {metrics[key]:.4f}   (EDM {EDM_QM9[key]:.3f})")
+    for key in ("valid_largest_fragment", "uniqueness", "novelty", "novelty_unique", "connected",
+                "skeleton_valid"):
+        if key not in metrics:
+            continue
+        value = metrics[key]
+        print(f"{key:20s} {'n/a' if value is None else f'{value:.4f}'}")
+
+
 def cmd_evaluate(args) -> int:
     import platform
     import time
@@ -240,8 +256,15 @@ def cmd_evaluate(args) -> int:
     from molgym.agents.diffusion.evaluation import EDM_QM9, qm9_metrics
     from molgym.io import write_json, write_xyz
 
+    from molgym.cli import CLIError
+
+    if args.relax_steps < 0:
+        raise CLIError(f"--relax-steps must be 0 (no relaxation) or more, got {args.relax_steps}")
+    if args.relax_steps and args.molecules_from is not None:
+        raise CLIError("--relax-steps relaxes fresh samples; --molecules-from scores a file as it is (score the "
+                       "molecules-relaxed.xyz of an earlier run instead)")
     out = Path(args.out)
-    sampling = None
+    sampling = relaxed = None
     if args.molecules_from is not None:
         import ase.io
 
@@ -253,8 +276,7 @@ def cmd_evaluate(args) -> int:
         import torch
 
         generator = DiffusionSampler(model=args.model, steps=args.steps, churn=args.churn,
-                                     batch_size=args.batch_size, threads=args.threads,
-                                     relax_steps=args.relax_steps, potential=args.potential)
+                                     batch_size=args.batch_size, threads=args.threads, potential=args.potential)
         molecules, seconds = sample_with_progress(generator, args.num, args.seed, progress=not args.no_progress,
                                                   desc="diffusion sample")
         write_xyz(out / "molecules.xyz", molecules)
@@ -263,20 +285,28 @@ def cmd_evaluate(args) -> int:
                     "churn": args.churn, "batch_size": args.batch_size, "seed": args.seed,
                     "threads": torch.get_num_threads() if args.threads is None else args.threads,
                     "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "generator": generator.metadata()}
+        if args.relax_steps > 0:
+            start = time.perf_counter()
+            relaxed_molecules = generator.relax(molecules, steps=args.relax_steps)
+            relax_seconds = time.perf_counter() - start
+            write_xyz(out / "molecules-relaxed.xyz", relaxed_molecules)
+            relaxed = {"relax_steps": args.relax_steps, "potential": generator.metadata()["potential"],
+                       "seconds": round(relax_seconds, 1),
+                       "seconds_per_molecule": round((seconds + relax_seconds) / len(molecules), 4),
+                       "molecules_file": str(out / "molecules-relaxed.xyz")}
     start = time.perf_counter()
     metrics = qm9_metrics(molecules)
     result = {"model": args.model, "metrics": metrics, "sampling": sampling, "edm_published": EDM_QM9,
               "metrics_seconds": round(time.perf_counter() - start, 1),
               "molecules_file": args.molecules_from or str(out / "molecules.xyz")}
+    if relaxed is not None:
+        relaxed["metrics"] = qm9_metrics(relaxed_molecules)
+        result["relaxed"] = relaxed
     write_json(out / "metrics.json", result)
-    for key in ("atom_stability", "molecule_stability", "validity", "valid_and_unique"):
-        print(f"{key:20s} {metrics[key]:.4f}   (EDM {EDM_QM9[key]:.3f})")
-    for key in ("valid_largest_fragment", "uniqueness", "novelty", "novelty_unique", "connected",
-                "skeleton_valid"):
-        if key not in metrics:
-            continue
-        value = metrics[key]
-        print(f"{key:20s} {'n/a' if value is None else f'{value:.4f}'}")
+    _print_metrics(metrics, "raw samples" if relaxed else None)
+    if relaxed is not None:
+        _print_metrics(relaxed["metrics"], f"after {args.relax_steps} FIRE steps under {relaxed['potential']} "
+                                           f"({relaxed['seconds_per_molecule']} s/molecule in all)")
     if sampling:
         print(f"sampling: {sampling['seconds_per_molecule']} s/molecule ({args.steps} Heun steps, batch "
               f"{args.batch_size}); EDM: {EDM_QM9['seconds_per_molecule_gtx1080ti']} s/sample on a GTX 1080 Ti")

@@ -158,7 +158,7 @@ class DiffusionSampler(Generator):
         if not model.config.hydrogens:
             molecules = [self._complete(m, h) for m, h in zip(molecules, hydrogens)]
         if self.relax_steps > 0:
-            molecules = self._relax(molecules)
+            molecules = self.relax(molecules)
         return molecules
 
     @staticmethod
@@ -171,14 +171,16 @@ class DiffusionSampler(Generator):
         out.info = {**skeleton.info, "skeleton_valid": whole is not None, "hydrogens": "valence rules"}
         return out
 
-    def _relax(self, molecules: list[Atoms]) -> list[Atoms]:
-        """The physical last stage: FIRE under the generator's potential, all molecules in one batch per step."""
+    def relax(self, molecules: list[Atoms], steps: int | None = None) -> list[Atoms]:
+        """The physical last stage: FIRE under the generator's potential, all molecules in one batch per step
+        (``steps``, default ``relax_steps``). Public so that raw samples can be scored before and after it."""
         from molgym.agents.simgen.generator import fire_relax
 
         potential = self.potential()
         covered = set(int(z) for z in potential.species)
         todo = [i for i, m in enumerate(molecules) if len(m) > 1 and set(int(z) for z in m.numbers) <= covered]
-        relaxed, _energies = fire_relax(potential, [molecules[i] for i in todo], steps=self.relax_steps)
+        relaxed, _energies = fire_relax(potential, [molecules[i] for i in todo],
+                                        steps=self.relax_steps if steps is None else int(steps))
         out = list(molecules)
         for i, atoms in zip(todo, relaxed):
             atoms.info = {**molecules[i].info, "relaxed": True}

@@ -390,6 +390,32 @@ def test_heavy_atom_model_samples_skeletons_and_completes_them_by_valence(tmp_pa
         DiffusionSampler(model=str(path), relax_steps=-1)
 
 
+def test_evaluate_scores_raw_and_relaxed_samples_side_by_side(tmp_path, tiny_mace_file, capsys):
+    """`molgym diffusion evaluate --relax-steps N` scores the same samples before and after the last stage."""
+    import json
+
+    from molgym.cli import main
+
+    torch.manual_seed(0)
+    model = EnergyDenoiser(HEAVY).eval()
+    sizes = np.zeros(10)
+    sizes[[3, 4]] = 0.5
+    path = tmp_path / "heavy.pt"
+    save_checkpoint(path, {"config": HEAVY.as_dict(), "model": model.state_dict(), "ema": model.state_dict(),
+                           "size_distribution": sizes.tolist(), "step": 0, "epoch": 0.0, "seconds": 0.0})
+    out = tmp_path / "eval"
+    assert main(["diffusion", "evaluate", "--model", str(path), "-n", "3", "--steps", "2", "--relax-steps", "2",
+                 "--potential", str(tiny_mace_file), "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["metrics"]["molecules"] == result["relaxed"]["metrics"]["molecules"] == 3
+    assert result["relaxed"]["relax_steps"] == 2 and (out / "molecules-relaxed.xyz").is_file()
+    assert "-- raw samples" in capsys.readouterr().out
+    for bad, message in [(["--relax-steps", "-1"], "--relax-steps must be 0"),
+                         (["--relax-steps", "2", "--molecules-from", str(out / "molecules.xyz")], "scores a file")]:
+        assert main(["diffusion", "evaluate", "--model", str(path), "--out", str(tmp_path / "x"), *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_hydrogenate_rebuilds_a_qm9_molecule_from_its_heavy_atoms():
     from molgym.agents.simgen.hydrogens import hydrogenate
     from molgym.data.qm9 import load_qm9
