@@ -342,6 +342,18 @@ def test_shipped_checkpoints_load_and_sample():
 HEAVY = ModelConfig(channels=8, radial_mlp=(8,), num_bessel=4, hydrogens=False, avg_num_neighbors=8.0)
 
 
+def _heavy_checkpoint(tmp_path):
+    """An untrained heavy-atom model (seeded) saved as a checkpoint drawing 3 or 4 heavy atoms per molecule."""
+    torch.manual_seed(0)
+    model = EnergyDenoiser(HEAVY).eval()
+    sizes = np.zeros(10)
+    sizes[[3, 4]] = 0.5
+    path = tmp_path / "heavy.pt"
+    save_checkpoint(path, {"config": HEAVY.as_dict(), "model": model.state_dict(), "ema": model.state_dict(),
+                           "size_distribution": sizes.tolist(), "step": 0, "epoch": 0.0, "seconds": 0.0})
+    return model, path
+
+
 def test_heavy_atom_data_drop_hydrogens_and_training_checks_the_match(tmp_path):
     from molgym.agents.diffusion.training import TrainSettings, train
 
@@ -362,13 +374,7 @@ def test_heavy_atom_model_samples_skeletons_and_completes_them_by_valence(tmp_pa
     from molgym.benchmark import get_task
     from molgym.chem import parse_formula
 
-    torch.manual_seed(0)
-    model = EnergyDenoiser(HEAVY).eval()
-    sizes = np.zeros(10)
-    sizes[[3, 4]] = 0.5
-    path = tmp_path / "heavy.pt"
-    save_checkpoint(path, {"config": HEAVY.as_dict(), "model": model.state_dict(), "ema": model.state_dict(),
-                           "size_distribution": sizes.tolist(), "step": 0, "epoch": 0.0, "seconds": 0.0})
+    model, path = _heavy_checkpoint(tmp_path)
     x, z, batch = heun_sample(model, [5, 4], torch.Generator().manual_seed(0), SamplerSettings(steps=3),
                               heavy_only=True)
     assert (z > 1).all()  # the empty H channel is never decoded
@@ -396,13 +402,7 @@ def test_evaluate_scores_raw_and_relaxed_samples_side_by_side(tmp_path, tiny_mac
 
     from molgym.cli import main
 
-    torch.manual_seed(0)
-    model = EnergyDenoiser(HEAVY).eval()
-    sizes = np.zeros(10)
-    sizes[[3, 4]] = 0.5
-    path = tmp_path / "heavy.pt"
-    save_checkpoint(path, {"config": HEAVY.as_dict(), "model": model.state_dict(), "ema": model.state_dict(),
-                           "size_distribution": sizes.tolist(), "step": 0, "epoch": 0.0, "seconds": 0.0})
+    _model, path = _heavy_checkpoint(tmp_path)
     out = tmp_path / "eval"
     assert main(["diffusion", "evaluate", "--model", str(path), "-n", "3", "--steps", "2", "--relax-steps", "2",
                  "--potential", str(tiny_mace_file), "--threads", "1", "--no-progress", "--out", str(out)]) == 0
