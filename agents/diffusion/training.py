@@ -130,6 +130,143 @@ def _append_curve(path: Path, row: dict) -> None:
         writer.writerow({k: row.get(k, "") for k in CURVE_FIELDS})
 
 
+def _load_data(settings: TrainSettings, config: ModelConfig, train_data: MoleculeSet | None,
+               valid_data: MoleculeSet | None) -> tuple[MoleculeSet, MoleculeSet]:
+    """The training and validation sets (QM9's EDM split unless given), checked against the model's hydrogens."""
+    if train_data is None:
+        train_data = MoleculeSet.from_split("train", hydrogens=config.hydrogens)
+    if settings.train_subset is not None:
+        train_data = train_data.subset(settings.train_subset)
+    if valid_data is None:
+        valid_data = MoleculeSet.from_split("valid", hydrogens=config.hydrogens)
+    for name, data in (("training", train_data), ("validation", valid_data)):
+        if data.hydrogens != config.hydrogens:
+            raise ValueError(f"the {name} data {'has' if data.hydrogens else 'lacks'} hydrogens but the model "
+                             f"config says hydrogens={config.hydrogens}")
+    return train_data, valid_data
+
+
+class _Run:
+    """The state of one training run (model, EMA, optimiser, step, seconds, history) and its files under ``out``:
+    set up fresh or from ``out/checkpoint.pt``, advanced one optimiser step at a time, written atomically."""
+
+    def __init__(self, out: Path, settings: TrainSettings, config: ModelConfig, state: dict | None,
+                 train_data: MoleculeSet, valid_data: MoleculeSet, device: str):
+        self.out, self.settings, self.config, self.device = out, settings, config, device
+        self.train_data, self.valid_data = train_data, valid_data
+        self.log_path, self.curve_path = out / "train.log", out / "learning_curve.csv"
+        torch.manual_seed(settings.seed)  # parameter initialisation only; everything else uses explicit generators
+        self.model = EnergyDenoiser(config).to(device)
+        self.ema = EnergyDenoiser(config).to(device)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.step, self.seconds, self.history = 0, 0.0, []
+        if state is not None:
+            # a checkpoint is always stored on the CPU; load_state_dict copies into the model's device
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step, self.seconds = int(state["step"]), float(state["seconds"])
+            self.history = list(state.get("history", []))
+            _log(self.log_path, f"resumed at step {self.step} ({self.seconds:.0f} s trained)")
+        else:
+            _log(self.log_path, f"new run: {len(train_data)} training molecules, config {config.as_dict()}, "
+                                f"settings {asdict(settings)}")
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.steps_per_epoch = max(1, len(train_data) // settings.batch_size)
+        limits = [settings.max_steps] if settings.max_steps is not None else []
+        if settings.epochs is not None:
+            limits.append(int(math.ceil(settings.epochs * self.steps_per_epoch)))
+        self.final_step = min(limits) if limits else None
+        self.sizes = size_distribution(train_data.sizes).tolist()
+        self._order, self._order_epoch = None, -1
+        self._losses: list[tuple[float, float, float]] = []
+
+    # --- files ----------------------------------------------------------------------------------------------------
+    def snapshot(self, full: bool) -> dict:
+        """The run as a checkpoint dict: EMA weights and what sampling needs; with ``full`` also the optimiser and
+        history that resuming needs."""
+        def cpu(state_dict: dict) -> dict:
+            return {k: v.detach().cpu() for k, v in state_dict.items()}
+
+        s = {"config": self.config.as_dict(), "model": cpu(self.model.state_dict()), "ema": cpu(self.ema.state_dict()),
+             "size_distribution": self.sizes, "step": self.step, "epoch": self.step / self.steps_per_epoch,
+             "seconds": self.seconds, "settings": asdict(self.settings), "threads": torch.get_num_threads(),
+             "train_molecules": len(self.train_data)}
+        if full:
+            s["optimizer"] = self.optimizer.state_dict()
+            s["history"] = self.history
+        return s
+
+    def write_checkpoints(self) -> None:
+        save_checkpoint(self.out / "checkpoint.pt", self.snapshot(True))
+        save_checkpoint(self.out / "model.pt", self.snapshot(False))
+
+    # --- one step ---------------------------------------------------------------------------------------------------
+    def _batch_indices(self) -> np.ndarray:
+        """This step's molecules: a seeded permutation per epoch, so a resumed run sees the same batches."""
+        epoch, within = divmod(self.step, self.steps_per_epoch)
+        if epoch != self._order_epoch:
+            self._order = np.random.default_rng([self.settings.seed, epoch]).permutation(len(self.train_data))
+            self._order_epoch = epoch
+        size = self.settings.batch_size
+        return self._order[within * size:(within + 1) * size]
+
+    def advance(self) -> float:
+        """One optimiser step (and the EMA update); returns the learning rate it used."""
+        settings = self.settings
+        idx = self._batch_indices()
+        gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + self.step)
+        t0 = time.perf_counter()
+        batch = self.train_data.batch(idx).to(self.device)
+        sigma = sample_sigma(len(idx), settings.p_mean, settings.p_std, gen)
+        lr = settings.lr * min(1.0, (self.step + 1) / max(1, settings.warmup_steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, loss_x, loss_h = edm_loss(self.model, batch, sigma, gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}; last checkpoint kept")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            decay = min(settings.ema_decay, (1 + self.step) / (10 + self.step))
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                pe.mul_(decay).add_(pm, alpha=1 - decay)
+        self.step += 1
+        self.seconds += time.perf_counter() - t0
+        self._losses.append((loss.item(), loss_x.item(), loss_h.item()))
+        return lr
+
+    def running_loss(self) -> float:
+        return float(np.mean([r[0] for r in self._losses]))
+
+    def record(self, lr: float) -> None:
+        """After a step: the learning-curve row (every ``log_every``; the validation loss every ``valid_every``),
+        the checkpoint (every ``checkpoint_every``) and the snapshot (every ``snapshot_every``)."""
+        settings, step = self.settings, self.step
+        if step % settings.log_every == 0 or step == self.final_step:
+            mean = [round(float(np.mean([r[k] for r in self._losses])), 5) for k in range(3)]
+            row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "seconds": round(self.seconds, 1),
+                   "train_loss": mean[0], "train_loss_x": mean[1], "train_loss_h": mean[2], "lr": lr}
+            if step % settings.valid_every == 0 or step == self.final_step:
+                t1 = time.perf_counter()
+                row["valid_loss"] = round(validation_loss(self.ema, self.valid_data, settings.valid_molecules,
+                                                          p_mean=settings.p_mean, p_std=settings.p_std,
+                                                          device=self.device), 5)
+                self.seconds += time.perf_counter() - t1
+            self.history.append(row)
+            _append_curve(self.curve_path, row)
+            _log(self.log_path, " ".join(f"{k}={v}" for k, v in row.items()))
+            self._losses = []
+        if step % settings.checkpoint_every == 0:
+            self.write_checkpoints()
+        if settings.snapshot_every and step % settings.snapshot_every == 0:
+            save_checkpoint(self.out / "snapshots" / f"model-{step:07d}.pt", self.snapshot(False))
+
+
 def train(out: str | Path, settings: TrainSettings, config: ModelConfig | None = None, resume: bool = False,
           progress: bool = True, train_data: MoleculeSet | None = None,
           valid_data: MoleculeSet | None = None, device: str = "cpu") -> dict:
@@ -147,138 +284,41 @@ def train(out: str | Path, settings: TrainSettings, config: ModelConfig | None =
     if not resume and ckpt_path.is_file():
         raise ValueError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    log_path, curve_path = out / "train.log", out / "learning_curve.csv"
-
     state = load_checkpoint(ckpt_path) if resume else None
     if state is not None:
         config = ModelConfig.from_dict(state["config"])
     config = config or ModelConfig()
-    if train_data is None:
-        train_data = MoleculeSet.from_split("train", hydrogens=config.hydrogens)
-    if settings.train_subset is not None:
-        train_data = train_data.subset(settings.train_subset)
-    if valid_data is None:
-        valid_data = MoleculeSet.from_split("valid", hydrogens=config.hydrogens)
-    for name, data in (("training", train_data), ("validation", valid_data)):
-        if data.hydrogens != config.hydrogens:
-            raise ValueError(f"the {name} data {'has' if data.hydrogens else 'lacks'} hydrogens but the model "
-                             f"config says hydrogens={config.hydrogens}")
-
-    torch.manual_seed(settings.seed)  # parameter initialisation only; everything else uses explicit generators
-    model = EnergyDenoiser(config).to(device)
-    ema = EnergyDenoiser(config).to(device)
-    ema.load_state_dict(model.state_dict())
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    step, seconds, history = 0, 0.0, []
-    if state is not None:
-        # a checkpoint is always stored on the CPU; load_state_dict copies into the model's device
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, seconds, history = int(state["step"]), float(state["seconds"]), list(state.get("history", []))
-        _log(log_path, f"resumed at step {step} ({seconds:.0f} s trained)")
-    else:
-        _log(log_path, f"new run: {len(train_data)} training molecules, config {config.as_dict()}, "
-                       f"settings {asdict(settings)}")
-    for p in ema.parameters():
-        p.requires_grad_(False)
-
-    steps_per_epoch = max(1, len(train_data) // settings.batch_size)
-    limits = [settings.max_steps] if settings.max_steps is not None else []
-    if settings.epochs is not None:
-        limits.append(int(math.ceil(settings.epochs * steps_per_epoch)))
-    final_step = min(limits) if limits else None
-    sizes = size_distribution(train_data.sizes).tolist()
-
-    def cpu(state_dict: dict) -> dict:
-        return {k: v.detach().cpu() for k, v in state_dict.items()}
-
-    def snapshot(full: bool) -> dict:
-        s = {"config": config.as_dict(), "model": cpu(model.state_dict()), "ema": cpu(ema.state_dict()),
-             "size_distribution": sizes, "step": step, "epoch": step / steps_per_epoch, "seconds": seconds,
-             "settings": asdict(settings), "threads": torch.get_num_threads(),
-             "train_molecules": len(train_data)}
-        if full:
-            s["optimizer"] = optimizer.state_dict()
-            s["history"] = history
-        return s
-
-    def write_checkpoints() -> None:
-        save_checkpoint(ckpt_path, snapshot(True))
-        save_checkpoint(out / "model.pt", snapshot(False))
+    train_data, valid_data = _load_data(settings, config, train_data, valid_data)
+    run = _Run(out, settings, config, state, train_data, valid_data, device)
 
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=final_step, initial=step, unit="step", desc="diffusion train", dynamic_ncols=True)
+        bar = tqdm(total=run.final_step, initial=run.step, unit="step", desc="diffusion train", dynamic_ncols=True)
     start = time.perf_counter()
-    run_losses: list[tuple[float, float, float]] = []
-    order, order_epoch = None, -1
     stop_reason = "max steps/epochs"
     try:
-        while final_step is None or step < final_step:
+        while run.final_step is None or run.step < run.final_step:
             if settings.time_limit is not None and time.perf_counter() - start >= settings.time_limit:
                 stop_reason = "time limit"
                 break
-            epoch, within = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:
-                order = np.random.default_rng([settings.seed, epoch]).permutation(len(train_data))
-                order_epoch = epoch
-            idx = order[within * settings.batch_size:(within + 1) * settings.batch_size]
-            gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
-            t0 = time.perf_counter()
-            batch = train_data.batch(idx).to(device)
-            sigma = sample_sigma(len(idx), settings.p_mean, settings.p_std, gen)
-            lr = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup_steps))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, loss_x, loss_h = edm_loss(model, batch, sigma, gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step}; last checkpoint kept")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                decay = min(settings.ema_decay, (1 + step) / (10 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.mul_(decay).add_(pm, alpha=1 - decay)
-            step += 1
-            seconds += time.perf_counter() - t0
-            run_losses.append((loss.item(), loss_x.item(), loss_h.item()))
+            lr = run.advance()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean([r[0] for r in run_losses]):.3f}", epoch=f"{step / steps_per_epoch:.2f}")
-            if step % settings.log_every == 0 or step == final_step:
-                row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "seconds": round(seconds, 1),
-                       "train_loss": round(float(np.mean([r[0] for r in run_losses])), 5),
-                       "train_loss_x": round(float(np.mean([r[1] for r in run_losses])), 5),
-                       "train_loss_h": round(float(np.mean([r[2] for r in run_losses])), 5), "lr": lr}
-                if step % settings.valid_every == 0 or step == final_step:
-                    t1 = time.perf_counter()
-                    row["valid_loss"] = round(validation_loss(ema, valid_data, settings.valid_molecules,
-                                                              p_mean=settings.p_mean, p_std=settings.p_std,
-                                                              device=device), 5)
-                    seconds += time.perf_counter() - t1
-                history.append(row)
-                _append_curve(curve_path, row)
-                _log(log_path, " ".join(f"{k}={v}" for k, v in row.items()))
-                run_losses = []
-            if step % settings.checkpoint_every == 0:
-                write_checkpoints()
-            if settings.snapshot_every and step % settings.snapshot_every == 0:
-                save_checkpoint(out / "snapshots" / f"model-{step:07d}.pt", snapshot(False))
+                bar.set_postfix(loss=f"{run.running_loss():.3f}", epoch=f"{run.step / run.steps_per_epoch:.2f}")
+            run.record(lr)
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-        write_checkpoints()
-        _log(log_path, f"interrupted at step {step}; checkpoint written")
+        run.write_checkpoints()
+        _log(run.log_path, f"interrupted at step {run.step}; checkpoint written")
         raise
     finally:
         if bar is not None:
             bar.close()
-    write_checkpoints()
-    _log(log_path, f"stopped ({stop_reason}) at step {step}, epoch {step / steps_per_epoch:.3f}, {seconds:.0f} s")
-    return {"step": step, "epoch": step / steps_per_epoch, "seconds": seconds, "stop_reason": stop_reason,
-            "checkpoint": str(ckpt_path), "model": str(out / "model.pt"),
-            "last": history[-1] if history else None}
+    run.write_checkpoints()
+    _log(run.log_path, f"stopped ({stop_reason}) at step {run.step}, epoch {run.step / run.steps_per_epoch:.3f}, "
+                       f"{run.seconds:.0f} s")
+    return {"step": run.step, "epoch": run.step / run.steps_per_epoch, "seconds": run.seconds,
+            "stop_reason": stop_reason, "checkpoint": str(ckpt_path), "model": str(out / "model.pt"),
+            "last": run.history[-1] if run.history else None}
