@@ -51,89 +51,109 @@ def molecule_records(
     that many valid, plausible molecules under the referee (``referee_relax_steps`` BFGS steps at most, 0: no
     relaxation). ``posebusters`` runs PoseBusters' molecule checks on every molecule.
     """
-    records: list[dict] = []
+    records = []
     mols = []
     for i, atoms in enumerate(structures):
         expected = bags[i] if bags is not None else (parse_formula(formula) if formula else None)
-        composition = bag_from_numbers(atoms.numbers) if len(atoms) else {}
-        perception = chemistry.perceive(atoms)
-        stable = bonds.atom_stability(atoms) if len(atoms) else np.zeros(0, bool)
-        rec = {
-            "index": i,
-            "formula": format_formula(composition) if composition else "",
-            "n_atoms": len(atoms),
-            "matches_task": None if expected is None else composition == dict(expected),
-            "valid": perception.valid,
-            "connected": perception.connected,
-            "valid_connected": perception.valid and perception.connected,
-            "fragments": perception.fragments,
-            "smiles": perception.smiles,
-            "atom_stability": float(stable.mean()) if len(stable) else 0.0,
-            "molecule_stable": bool(len(stable) and stable.all()),
-        }
-        mols.append(perception.mol)
-        for metric in REGISTRY.values():
-            if metric.compute is not None:
-                value = metric.compute(atoms)
-                rec[metric.name] = None if value is None else (bool(value) if metric.kind == "fraction"
-                                                               else _finite(value))
-        problem = physics.implausibility(atoms)
-        rec["plausible"] = problem is None
-        if problem:
-            rec["implausible_reason"] = problem
-        if target is not None:
-            rec["shape_distance"] = _finite(shape.shape_distance(atoms, target))  # None without heavy atoms
+        rec, mol = _chemistry_record(i, atoms, expected, target)
         records.append(rec)
-
+        mols.append(mol)
     if posebusters:
         for rec, checks in zip(records, posebusters_checks(mols)):
             rec["posebusters"] = bool(checks) and all(checks.values())
             if checks is not None:
                 rec["posebusters_checks"] = checks
-
     # an empty canvas has no energy to score, and an implausible (fused) structure no meaningful one
     nonempty = [i for i, a in enumerate(structures) if len(a) and records[i]["plausible"]]
     if potential is not None and nonempty:
-        energies, returns = physics.atomisation_energies(potential, [structures[i] for i in nonempty])
-        for k, e, r in zip(nonempty, energies, returns):
-            rec, atoms = records[k], structures[k]
-            rec["energy"] = _finite(e)
-            rec["return"] = _finite(r)
-            rec["return_per_atom"] = _finite(r / len(atoms)) if len(atoms) else None
-            if best_known and rec["matches_task"] and rec["return"] is not None:
-                rec["fraction_best_known"] = rec["return"] / best_known
-        if relax_steps > 0:
-            for rec, atoms in zip(records, structures):
-                if rec.get("energy") is None:
-                    continue
-                try:
-                    result = physics.relax(atoms, potential, fmax=relax_fmax, steps=relax_steps)
-                except (PotentialError, ValueError, np.linalg.LinAlgError):
-                    continue
-                if physics.implausibility(result.atoms):  # the relaxation left the trusted domain: no score
-                    rec["relax_left_domain"] = True
-                    continue
-                heavy = atoms.numbers > 1
-                rec["relax_energy_drop"] = _finite(rec["energy"] - result.energy)
-                rec["relax_rmsd"] = physics.kabsch_rmsd(atoms.positions[heavy], result.atoms.positions[heavy])
-                rec["relax_steps"] = result.steps
-
+        _add_energy_metrics(records, structures, nonempty, potential, best_known, relax_fmax, relax_steps)
     if referee is not None and referee_sample > 0 and nonempty:
-        rng = np.random.default_rng(seed)
-        chosen = sorted(rng.choice(nonempty, size=min(referee_sample, len(nonempty)), replace=False))
-        for i in chosen:
-            try:
-                _e, r = physics.atomisation_energies(referee, [structures[i]])
-            except PotentialError:
-                continue
-            records[i]["referee_return_per_atom"] = _finite(r[0] / len(structures[i]))
-            if referee_best_known and records[i]["matches_task"] and _finite(r[0]) is not None:
-                records[i]["referee_fraction_best_known"] = float(r[0]) / referee_best_known
-        valid = [i for i in nonempty if records[i]["valid"]]
-        if referee_relax_steps > 0 and valid:
-            for i in sorted(rng.choice(valid, size=min(referee_sample, len(valid)), replace=False)):
-                records[i].update(physics.referee_relaxation(structures[i], referee, steps=referee_relax_steps))
+        _add_referee_metrics(records, structures, nonempty, referee, referee_sample, referee_best_known,
+                             referee_relax_steps, seed)
     return records
+
+
+def _chemistry_record(i: int, atoms: Atoms, expected: dict | None, target: np.ndarray | None) -> tuple[dict, object]:
+    """The potential-free metrics of one structure (composition, RDKit perception, EDM stability, registered
+    metrics, plausibility, shape) and its RDKit molecule (``None`` if not perceived)."""
+    composition = bag_from_numbers(atoms.numbers) if len(atoms) else {}
+    perception = chemistry.perceive(atoms)
+    stable = bonds.atom_stability(atoms) if len(atoms) else np.zeros(0, bool)
+    rec = {
+        "index": i,
+        "formula": format_formula(composition) if composition else "",
+        "n_atoms": len(atoms),
+        "matches_task": None if expected is None else composition == dict(expected),
+        "valid": perception.valid,
+        "connected": perception.connected,
+        "valid_connected": perception.valid and perception.connected,
+        "fragments": perception.fragments,
+        "smiles": perception.smiles,
+        "atom_stability": float(stable.mean()) if len(stable) else 0.0,
+        "molecule_stable": bool(len(stable) and stable.all()),
+    }
+    for metric in REGISTRY.values():
+        if metric.compute is not None:
+            value = metric.compute(atoms)
+            rec[metric.name] = None if value is None else (bool(value) if metric.kind == "fraction"
+                                                           else _finite(value))
+    problem = physics.implausibility(atoms)
+    rec["plausible"] = problem is None
+    if problem:
+        rec["implausible_reason"] = problem
+    if target is not None:
+        rec["shape_distance"] = _finite(shape.shape_distance(atoms, target))  # None without heavy atoms
+    return rec, perception.mol
+
+
+def _add_energy_metrics(records: list[dict], structures: Sequence[Atoms], nonempty: list[int], potential: Potential,
+                        best_known: float | None, relax_fmax: float, relax_steps: int) -> None:
+    """Energy, return (and its fraction of ``best_known``) under ``potential`` for the plausible structures, and
+    their relaxation energy drop and heavy-atom RMSD (``relax_steps`` > 0)."""
+    energies, returns = physics.atomisation_energies(potential, [structures[i] for i in nonempty])
+    for k, e, r in zip(nonempty, energies, returns):
+        rec, atoms = records[k], structures[k]
+        rec["energy"] = _finite(e)
+        rec["return"] = _finite(r)
+        rec["return_per_atom"] = _finite(r / len(atoms)) if len(atoms) else None
+        if best_known and rec["matches_task"] and rec["return"] is not None:
+            rec["fraction_best_known"] = rec["return"] / best_known
+    if relax_steps <= 0:
+        return
+    for rec, atoms in zip(records, structures):
+        if rec.get("energy") is None:
+            continue
+        try:
+            result = physics.relax(atoms, potential, fmax=relax_fmax, steps=relax_steps)
+        except (PotentialError, ValueError, np.linalg.LinAlgError):
+            continue
+        if physics.implausibility(result.atoms):  # the relaxation left the trusted domain: no score
+            rec["relax_left_domain"] = True
+            continue
+        heavy = atoms.numbers > 1
+        rec["relax_energy_drop"] = _finite(rec["energy"] - result.energy)
+        rec["relax_rmsd"] = physics.kabsch_rmsd(atoms.positions[heavy], result.atoms.positions[heavy])
+        rec["relax_steps"] = result.steps
+
+
+def _add_referee_metrics(records: list[dict], structures: Sequence[Atoms], nonempty: list[int], referee: Potential,
+                         sample: int, best_known: float | None, relax_steps: int, seed: int) -> None:
+    """The referee's return (and fraction of its ``best_known``) on a seeded sample of ``sample`` plausible
+    structures, and its relaxation of a seeded sample of as many valid ones (``relax_steps`` > 0)."""
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(nonempty, size=min(sample, len(nonempty)), replace=False))
+    for i in chosen:
+        try:
+            _e, r = physics.atomisation_energies(referee, [structures[i]])
+        except PotentialError:
+            continue
+        records[i]["referee_return_per_atom"] = _finite(r[0] / len(structures[i]))
+        if best_known and records[i]["matches_task"] and _finite(r[0]) is not None:
+            records[i]["referee_fraction_best_known"] = float(r[0]) / best_known
+    valid = [i for i in nonempty if records[i]["valid"]]
+    if relax_steps > 0 and valid:
+        for i in sorted(rng.choice(valid, size=min(sample, len(valid)), replace=False)):
+            records[i].update(physics.referee_relaxation(structures[i], referee, steps=relax_steps))
 
 
 def _finite(x) -> float | None:
