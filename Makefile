@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/molgym bench --suite quick --generators random_search,qm9,simgen,diffusion,rl_policy \
+	$(BIN)/molgym bench --suite quick --generators random_search,qm9,simgen,diffusion,diffusion_relaxed,rl_policy \
 		--option rl_policy.checkpoint=shipped --out $(RUN_OUT)
 	@echo "make run: report at $(RUN_OUT)/report.html (Markdown: $(RUN_OUT)/report.md)"
 

@@ -141,6 +141,7 @@ GENERATORS: dict[str, str] = {
     "rl_policy": "molgym.agents.rl_policy:RLPolicy",
     "simgen": "molgym.agents.simgen:SiMGen",
     "diffusion": "molgym.agents.diffusion:DiffusionSampler",
+    "diffusion_relaxed": "molgym.agents.diffusion:RelaxedDiffusionSampler",
 }
 
 

@@ -12,12 +12,13 @@ integrator (:mod:`.sampler`) and analysed against a restoring force and the MACE
 """
 
 from molgym.agents.diffusion.checkpoint import denoiser_from_checkpoint, load_checkpoint, shipped_model_path
-from molgym.agents.diffusion.generator import MAX_ATOMS, DiffusionSampler
+from molgym.agents.diffusion.generator import MAX_ATOMS, DiffusionSampler, RelaxedDiffusionSampler
 from molgym.agents.diffusion.model import ELEMENTS, EnergyDenoiser, ModelConfig, Preconditioning
 from molgym.agents.diffusion.sampler import SamplerSettings, heun_sample
 
 __all__ = [
     "DiffusionSampler",
+    "RelaxedDiffusionSampler",
     "MAX_ATOMS",
     "EnergyDenoiser",
     "ModelConfig",

@@ -416,6 +416,20 @@ def test_evaluate_scores_raw_and_relaxed_samples_side_by_side(tmp_path, tiny_mac
         assert message in capsys.readouterr().err
 
 
+def test_diffusion_relaxed_is_the_sampler_with_its_last_stage_on(tmp_path, tiny_mace):
+    from molgym.generator import get_generator
+
+    _model, path = _heavy_checkpoint(tmp_path)
+    raw = get_generator("diffusion", model=str(path), steps=2, threads=1).generate(None, 2, seed=0)
+    gen = get_generator("diffusion_relaxed", model=str(path), steps=2, threads=1, potential=tiny_mace, relax_steps=3)
+    relaxed = gen.generate(None, 2, seed=0)
+    assert get_generator("diffusion_relaxed", model=str(path)).relax_steps == 100  # on by default
+    assert gen.metadata()["name"] == "diffusion_relaxed" and gen.potential_calls > 0
+    for a, b in zip(raw, relaxed):  # the same samples, then relaxed
+        assert a.get_chemical_formula() == b.get_chemical_formula()
+        assert b.info.get("relaxed") or len(b) == 1
+
+
 def test_hydrogenate_rebuilds_a_qm9_molecule_from_its_heavy_atoms():
     from molgym.agents.simgen.hydrogens import hydrogenate
     from molgym.data.qm9 import load_qm9
