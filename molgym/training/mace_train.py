@@ -18,6 +18,10 @@ re-implemented here.
   its validation energy MAE from 43 to 32 meV/atom in 11 epochs while the force MAE went from 239 to 253 meV/Å.
   The model is then ``OUT/<name>_stagetwo.model`` (mace's name); it is what :func:`train_mace` returns.
   Resuming a finished stage-one run with ``stage_two_from`` set continues it into stage two.
+- **Speed on a small CPU** (docs/potential.md, "Training speed on 2 CPU cores"): torch threads default to one per
+  core found idle at the start (:func:`training_threads`), mace's end-of-run plots (a second pass over the whole
+  train and valid sets) are off, and memory is not pinned on the CPU. None of it changes the trained model beyond
+  float rounding; validation stays every epoch (mace's plateau scheduler and checkpoints follow it).
 - **Resumable**: mace's ``--restart_latest``: rerunning the same command continues from the newest checkpoint.
   Rerunning with ``epochs`` at or below the epochs already done writes the model from the best checkpoint
   without training further (how a time-boxed run is finished).
@@ -36,6 +40,43 @@ from molgym.data.labels import ENERGY_KEY, FORCES_KEY
 from molgym.potentials.mace_arch import ARCHITECTURES, MACEArchitecture
 
 DTYPES = ("float32", "float64")
+
+
+def idle_cores(interval: float = 0.5) -> float | None:
+    """How many CPU cores were idle over the next ``interval`` seconds (Linux ``/proc/stat``), or None if unknown."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields[:8])
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(interval)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (idle1 - idle0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
+def training_threads(threads: int | None, default: int) -> tuple[int, str]:
+    """torch's CPU threads for a training run and why: ``threads`` if given, ``OMP_NUM_THREADS``'s choice
+    (``default``) if that is set, else one per idle core (at least 1, at most ``default``).
+
+    On the 2-core machine molgym's model is trained on, torch's default of one thread per core while another job
+    kept one core busy trained 6-7 structures/s against ~270 with one thread (docs/potential.md, "Training speed
+    on 2 CPU cores"): torch's threads wait for each other at every operation, and one of them is often descheduled.
+    """
+    if threads:
+        return int(threads), "requested"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return default, "OMP_NUM_THREADS"
+    idle = idle_cores()
+    if idle is None:
+        return default, "torch default (idle cores unknown)"
+    return max(1, min(default, int(idle + 0.25))), f"idle cores at start: {idle:.1f}"
 
 
 def _read_manifest(data: Path) -> dict:
@@ -64,11 +105,18 @@ def mace_arguments(
     stage_two_energy_weight: float = 1000.0,
     stage_two_forces_weight: float = 10.0,
     stage_two_lr: float = 1e-3,
+    eval_interval: int = 1,
+    num_workers: int = 0,
+    plot: bool = False,
     extra: list[str] | None = None,
 ) -> list[str]:
     """The ``mace_run_train`` command-line arguments for training on dataset ``data`` into ``out``.
 
-    Checks every argument (names the bad value and what is allowed) before anything is trained.
+    ``eval_interval``: validate every N epochs (mace's ``--eval_interval``; 1, the default, keeps the training
+    trajectory of earlier molgym versions: mace's plateau scheduler and checkpoints follow the validation loss).
+    ``num_workers``: DataLoader worker processes (0: collate batches in the training process). ``plot``: mace's
+    end-of-run plots (they evaluate the whole train and valid sets once more; off by default, the model is the
+    same either way). Checks every argument (names the bad value and what is allowed) before anything is trained.
     """
     data, out = Path(data), Path(out)
     if isinstance(architecture, str):
@@ -89,6 +137,10 @@ def mace_arguments(
                          ("stage_two_forces_weight", stage_two_forces_weight), ("stage_two_lr", stage_two_lr)):
         if not value > 0:
             raise ValueError(f"{label} must be > 0, got {value}")
+    if eval_interval < 1:
+        raise ValueError(f"eval_interval must be >= 1, got {eval_interval}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if not str(device).startswith(("cpu", "cuda", "mps")):
         raise ValueError(f"device must be 'cpu', 'cuda[:N]' or 'mps', got {device!r}")
     manifest = _read_manifest(data)
@@ -137,10 +189,13 @@ def mace_arguments(
         "--amsgrad",
         "--default_dtype", dtype,
         "--device", str(device),
-        "--eval_interval", "1",
+        "--eval_interval", str(eval_interval),
         "--restart_latest",
         "--save_cpu",
-        "--num_workers", "0",
+        "--num_workers", str(num_workers),
+        # pinned memory only helps copies to a GPU; on the CPU it is a no-op that makes torch warn
+        "--pin_memory", str(not str(device).startswith("cpu")),
+        "--plot", str(bool(plot)),
     ]
     if stage_two_from is not None:
         args += [
@@ -197,7 +252,8 @@ def train_mace(
 
     ``options`` go to :func:`mace_arguments` (``batch_size``, ``lr``, ``energy_weight``, ``forces_weight``,
     ``stage_two_from`` and its weights, ``extra``: more raw mace arguments). ``threads`` sets torch's CPU
-    threads (default: torch's choice).
+    threads for the run (default on the CPU: one per core found idle at the start, see :func:`training_threads`;
+    ``OMP_NUM_THREADS``, when set, is respected; the previous setting is restored afterwards).
     A ``train_settings.json`` with the exact arguments and timings is written to ``out``.
     """
     argv = mace_arguments(data, out, architecture=architecture, epochs=epochs, device=device, seed=seed,
@@ -212,15 +268,19 @@ def train_mace(
 
     from molgym.io import write_json
 
-    if threads:
-        torch.set_num_threads(int(threads))
+    previous_threads = torch.get_num_threads()
+    if str(device).startswith("cpu"):
+        n_threads, why_threads = training_threads(threads, previous_threads)
+    else:
+        n_threads, why_threads = (int(threads) if threads else previous_threads), "requested or torch default"
+    torch.set_num_threads(n_threads)
     args = build_default_arg_parser().parse_args(argv)
     settings_path = out / "train_settings.json"
     history = json.loads(settings_path.read_text()).get("runs", []) if settings_path.is_file() else []
     start = time.time()
     arch = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
     record = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)), "seconds": None,
-              "epochs": epochs, "torch_threads": torch.get_num_threads()}
+              "epochs": epochs, "torch_threads": torch.get_num_threads(), "threads_chosen_by": why_threads}
 
     def save_settings() -> None:  # written before training too, so an interrupted run is still described
         write_json(settings_path, {
@@ -239,6 +299,7 @@ def train_mace(
         run(args)  # mace sets torch's default dtype; restored below
     finally:
         torch.set_default_dtype(previous_dtype)
+        torch.set_num_threads(previous_threads)
     record["seconds"] = round(time.time() - start, 1)
     save_settings()
     stem = f"{name}_stagetwo" if options.get("stage_two_from") is not None else name
