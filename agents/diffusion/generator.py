@@ -63,7 +63,7 @@ class DiffusionSampler(Generator):
     version = "1"
     unconditional = True
 
-    def __init__(self, model: str = "default", steps: int = 20, churn: float = 5.0, sigma_max: float = 10.0,
+    def __init__(self, model: str = "default", steps: int = 20, churn: float = 10.0, sigma_max: float = 10.0,
                  sigma_min: float = 0.002, rho: float = 7.0, n_atoms: int | None = None, batch_size: int = 128,
                  ema: bool = True, threads: int | None = None, potential=None, relax_steps: int = 0):
         from molgym.agents.diffusion.sampler import SamplerSettings
