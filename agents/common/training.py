@@ -25,159 +25,21 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TrainConfig", "AGENTS", "validate_config", "train", "greedy_episodes", "save_checkpoint"]
+from molgym.agents.common.episodes import greedy_episodes, held_out_episodes, summarise, summarise_held_out
+from molgym.agents.common.progress_log import progress_logger, tensorboard_available
+from molgym.agents.common.train_config import AGENTS, TrainConfig, resolve_reference, validate_config
 
-#: agent name -> policy class path
-AGENTS: dict[str, str] = {
-    "covariant": "molgym.agents.covariant:CovariantPolicy",
-    "internal": "molgym.agents.internal:InternalPolicy",
-}
-
-
-@dataclass
-class TrainConfig:
-    """Settings of a training run (see ``molgym train --help`` for each)."""
-
-    out: str
-    agent: str = "covariant"
-    env_id: str = "MolGym/SingleBag-v0"
-    formula: str | None = "CH4O"
-    potential: str = "default"
-    #: potential whose build return every episode's return equals (``None``: the potential's own rewards);
-    #: ``molgym train`` resolves its ``--reference auto`` default before it gets here (see ``resolve_reference``)
-    reference: str | None = None
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    steps: int = 10_000
-    n_envs: int = 4
-    seed: int = 0
-    device: str = "cpu"
-    n_steps: int = 64
-    batch_size: int = 64
-    epochs: int = 4
-    learning_rate: float = 3e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    eval_every: int = 2_000
-    eval_episodes: int = 4
-    checkpoint_every: int = 5_000
-    final_molecules: int = 8
-    threads: int = 1
-
-    def env_arguments(self) -> dict[str, Any]:
-        kwargs = dict(self.env_kwargs)
-        if self.formula is not None:
-            kwargs["formula"] = self.formula
-        kwargs["potential"] = self.potential
-        if self.reference is not None:
-            kwargs["reference"] = self.reference
-        if self.device not in ("cpu", "auto"):
-            kwargs.setdefault("device", self.device)
-        return kwargs
-
-    def matters_for_resume(self) -> dict[str, Any]:
-        """The settings a resumed run must share with the original (everything but length and bookkeeping)."""
-        d = asdict(self)
-        for key in ("out", "steps", "device", "eval_every", "eval_episodes", "checkpoint_every", "final_molecules",
-                    "threads"):
-            d.pop(key)
-        return d
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _quantum_potentials() -> tuple[str, ...]:
-    """The named specs that are quantum-chemical methods (all but the shipped MACE model): their rewards are
-    already reference rewards."""
-    from molgym.potentials.registry import NAMED_SPECS
-
-    return tuple(spec for spec in NAMED_SPECS if spec != "default")
-
-
-def resolve_reference(reference: str | None, potential: str) -> str | None:
-    """The reference a run uses: ``"auto"`` is GFN2-xTB for a learned (MACE) potential and none for a
-    quantum-chemical one; ``"none"``/``None`` is none; anything else is a potential spec, kept as given."""
-    if reference is None or str(reference).strip().lower() == "none":
-        return None
-    if str(reference).strip().lower() == "auto":
-        return None if str(potential).strip().lower() in _quantum_potentials() else "xtb"
-    return str(reference)
-
-
-def validate_config(cfg: TrainConfig) -> None:
-    """Raise ``ValueError`` naming the bad setting (cheap checks only; nothing is loaded)."""
-    if cfg.agent not in AGENTS:
-        raise ValueError(f"unknown agent {cfg.agent!r}; choose one of {', '.join(AGENTS)}")
-    for name in ("steps", "n_envs", "n_steps", "batch_size", "epochs", "eval_episodes", "threads"):
-        _positive_int(name, getattr(cfg, name))
-    for name in ("eval_every", "checkpoint_every", "final_molecules"):
-        value = getattr(cfg, name)
-        if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer (0 turns it off), got {value!r}")
-    if cfg.batch_size > cfg.n_steps * cfg.n_envs:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} exceeds the rollout size n_steps x n_envs = {cfg.n_steps * cfg.n_envs}"
-        )
-    for name, lo, hi in (("gamma", 0.0, 1.0), ("gae_lambda", 0.0, 1.0)):
-        value = getattr(cfg, name)
-        if not lo <= value <= hi:
-            raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-    for name in ("learning_rate", "clip_range", "max_grad_norm"):
-        if not getattr(cfg, name) > 0:
-            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
-    if cfg.ent_coef < 0 or cfg.vf_coef < 0:
-        raise ValueError("ent_coef and vf_coef must be non-negative")
-    import gymnasium as gym
-
-    import molgym  # noqa: F401  (registers the MolGym/* ids)
-
-    if "reference" in cfg.env_kwargs:
-        raise ValueError("give the reference with --reference (TrainConfig.reference), not in --env-kwargs")
-    if cfg.reference is not None:
-        _check_reference_spec(cfg.reference)
-    if cfg.env_id not in gym.registry:
-        ids = sorted(k for k in gym.registry if k.startswith("MolGym/"))
-        raise ValueError(f"unknown environment {cfg.env_id!r}; molgym's environments: {', '.join(ids)}")
-    if cfg.formula is not None:
-        from molgym.chem import parse_formula
-
-        parse_formula(cfg.formula)
-    device = str(cfg.device)
-    if device not in ("cpu", "auto") and not device.startswith("cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but torch sees no CUDA device; use --device cpu")
-
-
-def _check_reference_spec(spec: str) -> None:
-    """A reference must be a named potential or an existing MACE model file (checked before anything loads)."""
-    from molgym.potentials.registry import NAMED_SPECS
-
-    if str(spec).strip().lower() not in NAMED_SPECS and not Path(spec).expanduser().is_file():
-        raise ValueError(
-            f"unknown reference {spec!r}: expected 'auto', 'none', one of {', '.join(NAMED_SPECS)} or the path of "
-            "a MACE model file"
-        )
+__all__ = ["TrainConfig", "AGENTS", "validate_config", "resolve_reference", "train", "greedy_episodes",
+           "save_checkpoint"]
 
 
 def _policy_class(agent: str):
@@ -193,100 +55,11 @@ def _make_env(cfg: TrainConfig):
     return gym.make(cfg.env_id, **cfg.env_arguments())
 
 
-def greedy_episodes(
-    policy, env, n: int, seed: int, deterministic: bool = True, options: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
-    """Run ``n`` episodes of ``policy`` on ``env`` (greedy, or sampled with ``deterministic=False``; ``options``
-    go to every ``reset``); one record per episode with the final molecule."""
-    records = []
-    for i in range(n):
-        obs, info = env.reset(seed=seed + i, options=options)
-        best = info.get("best_known_return")
-        done, ret, last = False, 0.0, {}
-        while not done:
-            batch = {k: np.asarray(v)[None] for k, v in obs.items()}
-            action, _ = policy.predict(batch, deterministic=deterministic)
-            obs, reward, terminated, truncated, last = env.step(action[0])
-            ret += float(reward)
-            done = terminated or truncated
-        atoms = env.unwrapped.canvas
-        complete = not last.get("invalid", False) and not env.unwrapped.bag
-        valid = complete and _is_valid(atoms)
-        best = last.get("best_known_return", best)
-        frac = ret / best if (best is not None and np.isfinite(best) and best != 0) else None
-        stable = bool(complete and _is_stable(atoms))
-        atoms.info.update(episode_return=ret, complete=bool(complete), valid=bool(valid), stable=stable,
-                          invalid_reason=last.get("invalid_reason", "") or "none",  # extxyz garbles empty strings
-                          fraction_of_optimum=np.nan if frac is None else frac)
-        records.append({"return": ret, "complete": bool(complete), "valid": bool(valid), "stable": stable,
-                        "fraction_of_optimum": frac, "atoms": atoms, "best_known_return": best})
-    return records
-
-
-def held_out_episodes(policy, env, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Episodes on the bags the run never trained on (``MolGym/StochasticBag-v0``'s ``exclude``): per bag, one
-    greedy episode and ``cfg.eval_episodes`` sampled ones; records as :func:`greedy_episodes` gives, with
-    ``bag`` and ``greedy``. Empty for tasks without held-out bags."""
-    records = []
-    for k, formula in enumerate(sorted(getattr(env.unwrapped, "exclude", ()))):
-        for greedy, n in ((True, 1), (False, cfg.eval_episodes)):
-            seed = cfg.seed + 40_000 + 100 * k
-            for r in greedy_episodes(policy, env, n, seed, deterministic=greedy, options={"bag": formula}):
-                r["atoms"].info["bag"] = formula
-                records.append({**r, "bag": formula, "greedy": greedy})
-    return records
-
-
-def _summarise_held_out(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Per held-out bag and over all of them: the greedy and sampled summaries (``None`` without held-out bags)."""
-    if not records:
-        return None
-    by_bag: dict[str, Any] = {}
-    for bag in sorted({r["bag"] for r in records}):
-        mine = [r for r in records if r["bag"] == bag]
-        by_bag[bag] = {"greedy": _summarise([r for r in mine if r["greedy"]]),
-                       "sampled": _summarise([r for r in mine if not r["greedy"]])}
-    return {"bags": by_bag,
-            "greedy": _summarise([r for r in records if r["greedy"]]),
-            "sampled": _summarise([r for r in records if not r["greedy"]])}
-
-
-def _is_valid(atoms) -> bool:
-    """One connected molecule that RDKit sanitises after bond perception: the benchmark's validity
-    (:func:`molgym.metrics.chemistry.perceive`), so training summaries and benchmark reports agree."""
-    from molgym.metrics.chemistry import perceive
-
-    p = perceive(atoms)
-    return bool(p.valid and p.connected)
-
-
-def _is_stable(atoms) -> bool:
-    """Every atom's bond-order sum is an allowed valence (EDM-style stability, :mod:`molgym.metrics.bonds`)."""
-    from molgym.metrics.bonds import is_stable
-
-    return is_stable(atoms)
-
-
 def _reward_rules(env: Any) -> dict[str, Any]:
     """The environment's reward settings, so that a summary says which rules its returns were earned under (the
     ``min_reward`` floor arrived after the first learning runs)."""
     names = ("invalid_reward", "min_reward", "uncertainty_penalty", "uncertainty_threshold", "reference_name")
     return {name: getattr(env, name, None) for name in names}
-
-
-def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    fracs = [r["fraction_of_optimum"] for r in records if r["fraction_of_optimum"] is not None]
-    best = next((r["best_known_return"] for r in records if r["best_known_return"] is not None), None)
-    return {
-        "episodes": len(records),
-        "mean_return": float(np.mean([r["return"] for r in records])) if records else math.nan,
-        "best_return": float(np.max([r["return"] for r in records])) if records else math.nan,
-        "completed": float(np.mean([r["complete"] for r in records])) if records else math.nan,
-        "validity": float(np.mean([r["valid"] for r in records])) if records else math.nan,
-        "stability": float(np.mean([r["stable"] for r in records])) if records else math.nan,
-        "mean_fraction_of_optimum": float(np.mean(fracs)) if fracs else None,
-        "best_known_return": best,
-    }
 
 
 def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
@@ -330,7 +103,7 @@ def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
 
         def evaluate(self, n: int) -> None:
             records = greedy_episodes(self.model.policy, eval_env, cfg.eval_episodes, seed=cfg.seed + 10_000)
-            s = _summarise(records)
+            s = summarise(records)
             for key in ("mean_return", "validity", "mean_fraction_of_optimum"):
                 if s[key] is not None:
                     self.logger.record(f"eval/{key}", s[key])
@@ -363,92 +136,6 @@ def save_checkpoint(model, out: Path, step: int) -> Path:
     with atomic_path(ckpt_dir / "latest.zip") as tmp:
         shutil.copyfile(target, tmp)
     return target
-
-
-def _tensorboard_available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _read_progress(path: Path, resume_step: int) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a ``progress.csv`` that a run resuming at ``resume_step`` keeps: rows cut short (a run
-    killed mid-write) and rows logged after that step (updates the resumed run redoes from its checkpoint) go."""
-    if not path.is_file():
-        return [], []
-    with open(path, newline="") as fh:
-        table = list(csv.reader(fh))
-    if not table:
-        return [], []
-    header, rows = table[0], [r for r in table[1:] if len(r) == len(table[0])]
-    if "time/total_timesteps" in header:
-        col = header.index("time/total_timesteps")
-
-        def logged_by_then(row: list[str]) -> bool:
-            try:
-                return float(row[col]) <= resume_step
-            except ValueError:
-                return True
-
-        rows = [r for r in rows if logged_by_then(r)]
-    return header, rows
-
-
-def _write_progress(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    """Write ``progress.csv`` atomically, rows padded with empty cells to the header's width."""
-    from molgym.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        if header:
-            writer.writerow(header)
-        writer.writerows(r + [""] * (len(header) - len(r)) for r in rows)
-
-
-def _progress_logger(out: Path, formats: list[str], resume_step: int | None = None):
-    """The SB3 logger of a run: ``progress.csv`` (and TensorBoard events) under ``out``.
-
-    A fresh run (``resume_step=None``) starts ``progress.csv`` anew. A resumed run continues it: SB3's own CSV
-    writer opens the file in write mode and would drop the first session's rows, so the rows up to the resumed
-    checkpoint are kept and the new ones appended under the same header; when a session logs a column the file
-    lacks, the file is rewritten atomically with the wider header (earlier rows get empty cells).
-    """
-    from stable_baselines3.common.logger import (
-        CSVOutputFormat,
-        Logger,
-        configure,
-        filter_excluded_keys,
-        make_output_format,
-    )
-
-    if resume_step is None:
-        return configure(str(out), formats)
-    path = out / "progress.csv"
-    header, rows = _read_progress(path, resume_step)
-    _write_progress(path, header, rows)
-
-    class AppendingCSV(CSVOutputFormat):
-        """SB3's CSV writer, appending to the existing file; new columns widen it atomically."""
-
-        def __init__(self):  # not super().__init__: that truncates the file
-            self.keys, self.separator, self.quotechar = list(header), ",", '"'
-            self.file = open(path, "a")
-
-        def write(self, key_values, key_excluded, step=0) -> None:
-            shown = filter_excluded_keys(key_values, key_excluded, "csv")
-            extra = [k for k in shown if k not in self.keys]
-            if extra:
-                self.file.close()
-                _, kept = _read_progress(path, math.inf)
-                _write_progress(path, self.keys + extra, kept)
-                self.keys += extra
-                self.file = open(path, "a")
-            super().write(key_values, key_excluded, step)
-
-    outputs = [AppendingCSV() if f == "csv" else make_output_format(f, str(out)) for f in formats]
-    return Logger(folder=str(out), output_formats=outputs)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
@@ -494,8 +181,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
             ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
             device=cfg.device, policy_kwargs={"seed": cfg.seed, "model_kwargs": dict(cfg.model_kwargs)}, verbose=0,
         )
-    formats = ["csv"] + (["tensorboard"] if _tensorboard_available() else [])
-    model.set_logger(_progress_logger(out, formats, resume_step=model.num_timesteps if resume else None))
+    formats = ["csv"] + (["tensorboard"] if tensorboard_available() else [])
+    model.set_logger(progress_logger(out, formats, resume_step=model.num_timesteps if resume else None))
     if "tensorboard" in formats:
         log(f"TensorBoard logs in {out} (tensorboard --logdir {out})")
 
@@ -534,9 +221,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         "s_per_10k_steps": wall / trained * 10_000 if trained else None,
         "train_episodes_this_session": len(callback.train_returns),
         "train_mean_return_last_50": float(np.mean(callback.train_returns[-50:])) if callback.train_returns else None,
-        "final_greedy": _summarise(greedy),
-        "final_sampled": _summarise(sampled) if sampled else None,
-        "held_out": _summarise_held_out(held_out),
+        "final_greedy": summarise(greedy),
+        "final_sampled": summarise(sampled) if sampled else None,
+        "held_out": summarise_held_out(held_out),
         "reward_rules": _reward_rules(eval_env.unwrapped),
         "tensorboard": "tensorboard" in formats,
     }

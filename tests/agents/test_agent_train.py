@@ -117,7 +117,7 @@ def test_training_validity_is_the_benchmarks_chemical_validity():
     """A completed episode counts as valid only if its molecule is one connected, RDKit-sanitisable molecule."""
     from ase.build import molecule
 
-    from molgym.agents.common.training import _is_valid
+    from molgym.agents.common.episodes import is_valid as _is_valid
 
     methanol = molecule("CH3OH")
     assert _is_valid(methanol)

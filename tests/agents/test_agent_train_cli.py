@@ -30,7 +30,7 @@ def test_resume_appends_to_progress_and_rounded_steps_are_stated(tmp_path, tiny_
 
 
 def test_progress_log_of_a_resumed_run_keeps_one_header_when_columns_change(tmp_path):
-    from molgym.agents.common.training import _progress_logger
+    from molgym.agents.common.progress_log import progress_logger as _progress_logger
 
     path = tmp_path / "progress.csv"
     # rows past the checkpoint the run resumes from (step 32) belong to updates it redoes; "64" was cut off by a kill

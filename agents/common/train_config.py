@@ -1,0 +1,158 @@
+"""The settings of an agent training run (``TrainConfig``) and their checks, made before any training starts.
+
+``molgym train`` builds a :class:`TrainConfig` from its flags; :func:`validate_config` refuses bad values with an
+error naming them (and what is allowed), and :func:`resolve_reference` turns ``--reference auto`` into the
+reference potential whose returns every episode's return equals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AGENTS", "TrainConfig", "resolve_reference", "validate_config"]
+
+#: agent name -> policy class path
+AGENTS: dict[str, str] = {
+    "covariant": "molgym.agents.covariant:CovariantPolicy",
+    "internal": "molgym.agents.internal:InternalPolicy",
+}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (see ``molgym train --help`` for each)."""
+
+    out: str
+    agent: str = "covariant"
+    env_id: str = "MolGym/SingleBag-v0"
+    formula: str | None = "CH4O"
+    potential: str = "default"
+    #: potential whose build return every episode's return equals (``None``: the potential's own rewards);
+    #: ``molgym train`` resolves its ``--reference auto`` default before it gets here (see ``resolve_reference``)
+    reference: str | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    steps: int = 10_000
+    n_envs: int = 4
+    seed: int = 0
+    device: str = "cpu"
+    n_steps: int = 64
+    batch_size: int = 64
+    epochs: int = 4
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = 2_000
+    eval_episodes: int = 4
+    checkpoint_every: int = 5_000
+    final_molecules: int = 8
+    threads: int = 1
+
+    def env_arguments(self) -> dict[str, Any]:
+        kwargs = dict(self.env_kwargs)
+        if self.formula is not None:
+            kwargs["formula"] = self.formula
+        kwargs["potential"] = self.potential
+        if self.reference is not None:
+            kwargs["reference"] = self.reference
+        if self.device not in ("cpu", "auto"):
+            kwargs.setdefault("device", self.device)
+        return kwargs
+
+    def matters_for_resume(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the original (everything but length and bookkeeping)."""
+        d = asdict(self)
+        for key in ("out", "steps", "device", "eval_every", "eval_episodes", "checkpoint_every", "final_molecules",
+                    "threads"):
+            d.pop(key)
+        return d
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _quantum_potentials() -> tuple[str, ...]:
+    """The named specs that are quantum-chemical methods (all but the shipped MACE model): their rewards are
+    already reference rewards."""
+    from molgym.potentials.registry import NAMED_SPECS
+
+    return tuple(spec for spec in NAMED_SPECS if spec != "default")
+
+
+def resolve_reference(reference: str | None, potential: str) -> str | None:
+    """The reference a run uses: ``"auto"`` is GFN2-xTB for a learned (MACE) potential and none for a
+    quantum-chemical one; ``"none"``/``None`` is none; anything else is a potential spec, kept as given."""
+    if reference is None or str(reference).strip().lower() == "none":
+        return None
+    if str(reference).strip().lower() == "auto":
+        return None if str(potential).strip().lower() in _quantum_potentials() else "xtb"
+    return str(reference)
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the bad setting (cheap checks only; nothing is loaded)."""
+    if cfg.agent not in AGENTS:
+        raise ValueError(f"unknown agent {cfg.agent!r}; choose one of {', '.join(AGENTS)}")
+    for name in ("steps", "n_envs", "n_steps", "batch_size", "epochs", "eval_episodes", "threads"):
+        _positive_int(name, getattr(cfg, name))
+    for name in ("eval_every", "checkpoint_every", "final_molecules"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer (0 turns it off), got {value!r}")
+    if cfg.batch_size > cfg.n_steps * cfg.n_envs:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} exceeds the rollout size n_steps x n_envs = {cfg.n_steps * cfg.n_envs}"
+        )
+    for name, lo, hi in (("gamma", 0.0, 1.0), ("gae_lambda", 0.0, 1.0)):
+        value = getattr(cfg, name)
+        if not lo <= value <= hi:
+            raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    for name in ("learning_rate", "clip_range", "max_grad_norm"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.ent_coef < 0 or cfg.vf_coef < 0:
+        raise ValueError("ent_coef and vf_coef must be non-negative")
+    import gymnasium as gym
+
+    import molgym  # noqa: F401  (registers the MolGym/* ids)
+
+    if "reference" in cfg.env_kwargs:
+        raise ValueError("give the reference with --reference (TrainConfig.reference), not in --env-kwargs")
+    if cfg.reference is not None:
+        _check_reference_spec(cfg.reference)
+    if cfg.env_id not in gym.registry:
+        ids = sorted(k for k in gym.registry if k.startswith("MolGym/"))
+        raise ValueError(f"unknown environment {cfg.env_id!r}; molgym's environments: {', '.join(ids)}")
+    if cfg.formula is not None:
+        from molgym.chem import parse_formula
+
+        parse_formula(cfg.formula)
+    device = str(cfg.device)
+    if device not in ("cpu", "auto") and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but torch sees no CUDA device; use --device cpu")
+
+
+def _check_reference_spec(spec: str) -> None:
+    """A reference must be a named potential or an existing MACE model file (checked before anything loads)."""
+    from molgym.potentials.registry import NAMED_SPECS
+
+    if str(spec).strip().lower() not in NAMED_SPECS and not Path(spec).expanduser().is_file():
+        raise ValueError(
+            f"unknown reference {spec!r}: expected 'auto', 'none', one of {', '.join(NAMED_SPECS)} or the path of "
+            "a MACE model file"
+        )
