@@ -172,3 +172,18 @@ def test_model_evaluation_uses_the_tolerant_batch():
     energies, forces = predict(picky, [small, big, small, small], batch_size=3)
     assert picky.calls == [3, 1, 1, 1, 1]
     assert np.isnan(energies[1]) and forces[1] is None and energies[3] == -3.0 and forces[3].shape == (3, 3)
+
+
+def test_batched_evaluation_isolates_failing_structures():
+    """One call for the batch; when it fails, one by one, so only the failing structure loses its energy."""
+    from molgym.potentials.batching import energies_or_nan, evaluate_batch
+
+    small, big = Atoms("CH2", positions=np.eye(3)), Atoms("CH4", positions=np.vstack([np.zeros(3), np.eye(3) * 1.1,
+                                                                                     [[-1.1, 0, 0]]]))
+    picky = _Picky()
+    assert energies_or_nan(picky, [small, small]).tolist() == [-3.0, -3.0] and picky.calls == [2]
+    picky.calls.clear()
+    energies = energies_or_nan(picky, [small, big, small])
+    assert energies[0] == energies[2] == -3.0 and np.isnan(energies[1]) and picky.calls == [3, 1, 1, 1]
+    assert evaluate_batch(picky, [big])[0] == (None, "no SCF convergence", None)
+    assert evaluate_batch(picky, []) == []

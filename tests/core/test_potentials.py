@@ -331,31 +331,3 @@ def test_xtb_workers_give_the_same_results_and_the_first_failure():
         XTBPotential(workers=0)
 
 
-def test_batched_evaluation_isolates_failing_structures():
-    """One call for the batch; when it fails, one by one, so only the failing structure loses its energy."""
-    from ase import Atoms
-
-    from molgym.potentials.base import Potential, PotentialError
-    from molgym.potentials.batching import energies_or_nan, evaluate_batch
-
-    class Picky(Potential):
-        name, species = "picky", frozenset({1, 6})
-
-        def __init__(self):
-            self.calls = []
-
-        def energies_and_forces(self, structures):
-            self.calls.append(len(structures))
-            if any(len(a) > 3 for a in structures):
-                raise PotentialError("no SCF convergence")
-            return np.array([-float(len(a)) for a in structures]), [np.zeros((len(a), 3)) for a in structures]
-
-    small, big = Atoms("CH2", positions=np.eye(3)), Atoms("CH4", positions=np.vstack([np.zeros(3), np.eye(3) * 1.1,
-                                                                                     [[-1.1, 0, 0]]]))
-    picky = Picky()
-    assert energies_or_nan(picky, [small, small]).tolist() == [-3.0, -3.0] and picky.calls == [2]
-    picky.calls.clear()
-    energies = energies_or_nan(picky, [small, big, small])
-    assert energies[0] == energies[2] == -3.0 and np.isnan(energies[1]) and picky.calls == [3, 1, 1, 1]
-    assert evaluate_batch(picky, [big])[0] == (None, "no SCF convergence", None)
-    assert evaluate_batch(picky, []) == []
