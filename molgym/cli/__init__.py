@@ -43,6 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_option(item: str, expected: str) -> tuple[str, object]:
+    """``"KEY=VALUE"`` -> ``(KEY, VALUE)``, the value read as JSON when it parses and kept as text otherwise (the
+    ``--option`` flags of ``molgym bench`` and ``molgym generate``); a :class:`CLIError` naming the item and
+    ``expected`` (e.g. ``"KEY=VALUE, e.g. steps=100"``) when there is no ``=`` or no key."""
+    import json
+
+    key, eq, raw = item.partition("=")
+    if not eq or not key:
+        raise CLIError(f"malformed --option {item!r}: expected {expected}")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

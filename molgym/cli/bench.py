@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(subparsers) -> None:
@@ -42,18 +41,15 @@ def register(subparsers) -> None:
 
 def _parse_options(items: list[str]) -> dict:
     """``["gen.key=value", ...]`` -> ``{gen: {key: value}}`` (values parsed as JSON when possible)."""
-    from molgym.cli import CLIError
+    from molgym.cli import CLIError, split_option
 
+    expected = "GENERATOR.KEY=VALUE, e.g. random_search.tries=4"
     options: dict = {}
     for item in items:
-        key, eq, raw = item.partition("=")
+        key, value = split_option(item, expected)
         gen, dot, name = key.partition(".")
-        if not eq or not dot or not gen or not name:
-            raise CLIError(f"malformed --option {item!r}: expected GENERATOR.KEY=VALUE, e.g. random_search.tries=4")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
+        if not dot or not gen or not name:
+            raise CLIError(f"malformed --option {item!r}: expected {expected}")
         options.setdefault(gen, {})[name] = value
     return options
 

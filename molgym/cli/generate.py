@@ -94,20 +94,9 @@ def register_generic(commands, name: str) -> None:
 
 def parse_options(items: list[str]) -> dict:
     """``["key=value", ...]`` -> ``{key: value}`` (values parsed as JSON when possible)."""
-    import json
+    from molgym.cli import split_option
 
-    from molgym.cli import CLIError
-
-    options: dict = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        if not eq or not key:
-            raise CLIError(f"malformed --option {item!r}: expected KEY=VALUE, e.g. steps=100")
-        try:
-            options[key] = json.loads(raw)
-        except ValueError:
-            options[key] = raw
-    return options
+    return dict(split_option(item, "KEY=VALUE, e.g. steps=100") for item in items)
 
 
 def cmd_generic(args) -> int:
