@@ -237,6 +237,9 @@ def add_hydrogens(skeleton: Atoms, counts: np.ndarray) -> Atoms:
     for i, j, _ in bonds:
         neigh[i].append(j)
         neigh[j].append(i)
+    # an H's bonding distance to each heavy atom and to another H, for keeping new hydrogens clear of them
+    h_cutoffs = np.array([connectivity_cutoff("H", symbol(int(z))) for z in numbers])
+    hh_cutoff = connectivity_cutoff("H", "H")
     h_pos = []
     for i, n_h in enumerate(counts):
         if n_h <= 0:
@@ -250,9 +253,8 @@ def add_hydrogens(skeleton: Atoms, counts: np.ndarray) -> Atoms:
             if others:
                 hint = pos[others[0]] - pos[j]
         length = _XH.get(symbol(int(numbers[i])), 1.05)
-        others = np.array([pos[k] for k in range(len(numbers)) if k != i] + h_pos).reshape(-1, 3)
-        cutoffs = np.array([connectivity_cutoff("H", symbol(int(numbers[k]))) for k in range(len(numbers)) if k != i]
-                           + [connectivity_cutoff("H", "H")] * len(h_pos))
+        others = np.concatenate([np.delete(pos, i, axis=0), np.reshape(h_pos, (-1, 3))])
+        cutoffs = np.concatenate([np.delete(h_cutoffs, i), np.full(len(h_pos), hh_cutoff)])
 
         def placed(turn: float, tilt: float) -> tuple[float, np.ndarray]:
             dirs = _h_directions(pos[i], nb, int(n_h), len(neigh[i]) + int(n_h), hint, turn, tilt)
