@@ -174,6 +174,12 @@ def register_dataset(commands) -> None:
     ds.add_argument("--workers", type=int, default=None, help="worker processes (default: every core)")
     ds.add_argument("--train-molecules", type=int, default=None, help="override the preset's train molecules")
     ds.add_argument("--test-molecules", type=int, default=None, help="override the preset's test molecules")
+    ds.add_argument("--extra-train-molecules", type=int, default=None, metavar="N",
+                    help="N more train-split QM9 molecules in shards of their own; valid, test, nonqm9 and isomers "
+                    "stay byte-identical, and a rerun into an existing --out labels only the new molecules")
+    ds.add_argument("--extra-train-xyz", action="append", default=[], metavar="FILE",
+                    help="extended XYZ of structures already labelled (REF_energy, REF_forces; H C N O F only), "
+                    "e.g. a refinement round's labelled.xyz, appended to train.xyz (repeatable)")
     ds.set_defaults(func=cmd_dataset)
 
 
@@ -189,11 +195,15 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         config = replace(config, train_molecules=args.train_molecules)
     if args.test_molecules is not None:
         config = replace(config, test_molecules=args.test_molecules)
+    if args.extra_train_molecules is not None:
+        config = replace(config, extra_train_molecules=args.extra_train_molecules)
     config.validate()
-    manifest = build_dataset(args.out, config, workers=args.workers)
+    manifest = build_dataset(args.out, config, workers=args.workers, extra_train_xyz=args.extra_train_xyz)
     for name, counts in manifest["counts"].items():
         print(f"{name:>8}: {counts['total']:6d} structures from {counts['molecules']} molecules  "
               + ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("total", "molecules")))
+    for record in manifest["extra_train_xyz"]:
+        print(f"  train.xyz includes {record['structures']} structures of {record['path']}")
     if manifest["failures"]:
         print("skipped (SCF failures): " + ", ".join(f"{k[7:]} {v}" for k, v in manifest["failures"].items()))
     print(f"wrote {Path(args.out) / 'manifest.json'}")

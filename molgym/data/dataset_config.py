@@ -57,12 +57,18 @@ class DatasetConfig:
     nonqm9_molecules: int | None = None
     nonqm9_thermal: int = 2
     molecules_per_shard: int = 25
+    #: more train-split QM9 molecules on top of ``train_molecules``, drawn with their own random stream and labelled
+    #: in their own shards (``qm9-train-extra-*``): growing it adds training data while the valid, test, non-QM9 and
+    #: isomer sets stay byte-identical (changing ``train_molecules`` would redraw them). Last so that the settings
+    #: of a dataset without extras list their fields as before.
+    extra_train_molecules: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
         for name in ("train_molecules", "valid_molecules", "test_molecules", "thermal_per_molecule", "md_steps",
                      "build_per_molecule", "misplaced_per_molecule", "close_contact_per_molecule",
-                     "test_build_trajectories", "alternative_groups", "isomers", "nonqm9_thermal"):
+                     "test_build_trajectories", "alternative_groups", "isomers", "nonqm9_thermal",
+                     "extra_train_molecules"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.train_molecules < 1 or self.valid_molecules < 1:
@@ -86,6 +92,17 @@ class DatasetConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def fixed_settings(self) -> dict:
+        """The settings a dataset directory cannot change once built: all but ``extra_train_molecules``, which a
+        rerun may grow (new shards) or shrink (fewer shards assembled) without touching the other files."""
+        settings = self.as_dict()
+        settings.pop(GROWABLE, None)
+        return settings
+
+
+#: the one setting a rerun into an existing dataset directory may change
+GROWABLE = "extra_train_molecules"
 
 
 #: Named dataset sizes: ``tiny`` builds in seconds (tests), ``default`` is what the shipped model was trained on.

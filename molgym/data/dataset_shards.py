@@ -279,7 +279,42 @@ def plan_shards(config: DatasetConfig) -> tuple[list[Shard], dict]:
     per = max(1, config.molecules_per_shard // 5)
     for k in range(0, len(smiles), per):
         shards.append(Shard(f"nonqm9-{k // per:04d}", "nonqm9", "nonqm9", smiles[k: k + per]))
+    train_rows = [r for s in shards if s.kind == "qm9" and s.split == "train" for r in s.items]
+    shards += _extra_train_shards(config, np.nonzero(splits == "train")[0], train_rows)
     return shards, test_ranks
+
+
+def _extra_train_shards(config: DatasetConfig, train_pool: np.ndarray, train_rows: Sequence[int]) -> list[Shard]:
+    """Shards of ``config.extra_train_molecules`` more train molecules (``qm9-train-extra-NNNN``, last in the plan).
+
+    They come from the train pool minus the rows already drawn for train, through their own random stream
+    (``[seed, 1003]``), so the rows drawn for valid, test and isomers are the same with or without them. The pool
+    is permuted once and the first N rows taken: growing N keeps every earlier extra row in the same shard, so a
+    rerun reuses the finished shards (only a last, partly filled shard changes and is labelled again).
+    """
+    n = int(config.extra_train_molecules)
+    if n == 0:
+        return []
+    remaining = np.setdiff1d(train_pool, np.asarray(train_rows, dtype=train_pool.dtype))
+    if n > len(remaining):
+        raise ValueError(f"extra_train_molecules={n} is more than the train split allows: "
+                         f"{len(remaining)} train-split QM9 molecules are left after the {len(train_rows)} "
+                         f"train molecules (maximum extra_train_molecules={len(remaining)})")
+    rows = np.random.default_rng([config.seed, 1003]).permutation(remaining)[:n]
+    m = config.molecules_per_shard
+    return [Shard(f"qm9-train-extra-{k // m:04d}", "qm9", "train", sorted(int(r) for r in rows[k: k + m]))
+            for k in range(0, n, m)]
+
+
+def shard_finished(shard_dir: str | os.PathLike, shard: Shard) -> bool:
+    """Whether ``shard``'s marker exists and was written for the same number of items (the last shard of the extra
+    train molecules holds more of them when ``extra_train_molecules`` grows: then it is labelled again)."""
+    import json
+
+    marker = Path(shard_dir) / f"{shard.name}.json"
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("items") == len(shard.items)
 
 
 def _formula_mask(qm9, formula: str) -> np.ndarray:
