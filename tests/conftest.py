@@ -1,6 +1,7 @@
-"""Shared fixtures: tiny *real* MACE models built in the test session (random weights, seeded).
+"""Shared fixtures: tiny *real* MACE models built in the test session (random weights, seeded), and a tiny
+reward-potential dataset.
 
-They exercise the real mace-torch code path (graph, equivariant layers, autograd forces); their energies have no
+The models exercise the real mace-torch code path (graph, equivariant layers, autograd forces); their energies have no
 physical meaning, so tests use them for invariances, batching and plumbing, never for chemistry.
 """
 
@@ -38,3 +39,13 @@ def tiny_mace(tiny_mace_file):
     from molgym.potentials import load_potential
 
     return load_potential(str(tiny_mace_file), device="cpu", dtype="float64")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A ``tiny`` reward-potential dataset (real GFN2-xTB labels, seconds to build) and its manifest."""
+    from molgym.data import dataset as ds
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    manifest = ds.build_dataset(out, "tiny", workers=2, progress=False)
+    return out, manifest

@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from molgym.cli import duration
 from molgym.cli.generate import add_common_arguments, positive_int, check_output_path, run_generation, sample_with_progress
 
 
@@ -32,19 +33,6 @@ def _positive_float(text: str) -> float:
 
 def _non_negative_float(text: str) -> float:
     return _float_at_least(text, 0.0, False, "a number >= 0")
-
-
-def _duration(text: str) -> float:
-    """Seconds from ``3600``, ``90s``, ``45m`` or ``1.5h``."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        value = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration like 3600, 90s, 45m or 1.5h, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
-    return value
 
 
 def _sigmas(text: str) -> tuple[float, ...]:
@@ -74,7 +62,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--max-steps", type=positive_int, default=None, help="total optimiser steps")
     p.add_argument("--epochs", type=_positive_float, default=None, help="total epochs over the training split")
-    p.add_argument("--time-limit", type=_duration, default=None, help="wall time of this call (3600, 45m, 1.5h)")
+    p.add_argument("--time-limit", type=duration, default=None, help="wall time of this call (3600, 45m, 1.5h)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="molecules per step")
     p.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")

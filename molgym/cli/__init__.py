@@ -58,6 +58,19 @@ def split_option(item: str, expected: str) -> tuple[str, object]:
         return key, raw
 
 
+def duration(text: str) -> float:
+    """An argparse type: seconds from ``3600``, ``90s``, ``45m`` or ``1.5h`` (positive)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 3600, 90s, 45m or 1.5h, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

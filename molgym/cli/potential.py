@@ -11,7 +11,9 @@ import json
 import time
 from pathlib import Path
 
+from molgym.cli import CLIError, duration
 from molgym.cli.potential_refine import register_refine
+from molgym.cli.potential_study import register_study
 
 
 def register(subparsers) -> None:
@@ -23,6 +25,7 @@ def register(subparsers) -> None:
     register_evaluate(commands)
     register_dataset(commands)
     register_train(commands)
+    register_study(commands)
     register_card(commands)
     register_committee(commands)
     register_refine(commands)
@@ -236,9 +239,28 @@ def register_train(commands) -> None:
     tr.add_argument("--stage-two-energy-weight", type=float, default=1000.0)
     tr.add_argument("--stage-two-forces-weight", type=float, default=10.0)
     tr.add_argument("--stage-two-lr", type=float, default=1e-3)
+    tr.add_argument("--pair-repulsion", action="store_true", help="add mace's ZBL pair repulsion to the model")
+    tr.add_argument("--category-weight", action="append", default=[], metavar="CATEGORY=WEIGHT",
+                    help="loss weight of a dataset category, e.g. build=2 (repeatable; others weigh 1)")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    tr.add_argument("--time-limit", type=duration, default=None,
+                    help="stop between epochs before this wall time (3600, 45m, 1.5h) and write the model from the "
+                    "newest checkpoint; rerun to continue")
     tr.add_argument("--name", default="model", help="model file name stem (default: model -> OUT/model.model)")
     tr.set_defaults(func=cmd_train)
+
+
+def _category_weights(items: list[str]) -> dict[str, float] | None:
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise CLIError(f"--category-weight expects CATEGORY=WEIGHT (e.g. build=2), got {item!r}") from None
+        if not sep or not name.strip():
+            raise CLIError(f"--category-weight expects CATEGORY=WEIGHT (e.g. build=2), got {item!r}")
+    return weights or None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -247,13 +269,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = dict(batch_size=args.batch_size, lr=args.lr, energy_weight=args.energy_weight,
                    forces_weight=args.forces_weight, stage_two_from=args.stage_two_from,
                    stage_two_energy_weight=args.stage_two_energy_weight,
-                   stage_two_forces_weight=args.stage_two_forces_weight, stage_two_lr=args.stage_two_lr)
+                   stage_two_forces_weight=args.stage_two_forces_weight, stage_two_lr=args.stage_two_lr,
+                   pair_repulsion=args.pair_repulsion, category_weights=_category_weights(args.category_weight))
     # validate everything before importing torch and starting mace
     mace_arguments(args.data, args.out, architecture=args.architecture, epochs=args.epochs, device=args.device,
                    seed=args.seed, dtype=args.dtype, name=args.name, **options)
     model = train_mace(args.data, args.out, architecture=args.architecture, epochs=args.epochs,
                        device=args.device, seed=args.seed, dtype=args.dtype, name=args.name,
-                       threads=args.threads, **options)
+                       threads=args.threads, time_limit=args.time_limit, **options)
     print(f"wrote {model}")
     return 0
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from molgym.data.labels import ENERGY_KEY, FORCES_KEY
@@ -79,6 +80,42 @@ def training_threads(threads: int | None, default: int) -> tuple[int, str]:
     return max(1, min(default, int(idle + 0.25))), f"idle cores at start: {idle:.1f}"
 
 
+#: the train set with each structure's category as mace's config_type (when category weights are given)
+WEIGHTED_TRAIN_FILE = "train_weighted.xyz"
+
+
+def _check_category_weights(category_weights: dict[str, float] | None) -> None:
+    for name, weight in (category_weights or {}).items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"category_weights keys must be category names, got {name!r}")
+        if not float(weight) >= 0:
+            raise ValueError(f"category weight of {name!r} must be >= 0, got {weight}")
+
+
+def write_weighted_train_file(data: str | os.PathLike, out: str | os.PathLike,
+                              category_weights: dict[str, float]) -> Path:
+    """Copy ``DATA/train.xyz`` to ``OUT/train_weighted.xyz`` (atomically) with ``info["config_type"]`` set to
+    each structure's category, the key mace-torch's ``--config_type_weights`` reads. A weighted category that no
+    training structure has is an error (naming the categories there are)."""
+    import ase.io
+
+    from molgym.io import atomic_path
+
+    structures = ase.io.read(Path(data) / "train.xyz", index=":")
+    for atoms in structures:
+        atoms.info["config_type"] = str(atoms.info.get("category", "Default"))
+    present = sorted({a.info["config_type"] for a in structures})
+    missing = [name for name in category_weights if name not in present]
+    if missing:
+        raise ValueError(f"category_weights names {missing}, which no structure of {Path(data) / 'train.xyz'} has; "
+                         f"categories there: {', '.join(present)}")
+    target = Path(out) / WEIGHTED_TRAIN_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        ase.io.write(tmp, structures, format="extxyz")
+    return target
+
+
 def _read_manifest(data: Path) -> dict:
     manifest = data / "manifest.json"
     if not manifest.is_file():
@@ -108,6 +145,8 @@ def mace_arguments(
     eval_interval: int = 1,
     num_workers: int = 0,
     plot: bool = False,
+    pair_repulsion: bool = False,
+    category_weights: dict[str, float] | None = None,
     extra: list[str] | None = None,
 ) -> list[str]:
     """The ``mace_run_train`` command-line arguments for training on dataset ``data`` into ``out``.
@@ -116,7 +155,11 @@ def mace_arguments(
     trajectory of earlier molgym versions: mace's plateau scheduler and checkpoints follow the validation loss).
     ``num_workers``: DataLoader worker processes (0: collate batches in the training process). ``plot``: mace's
     end-of-run plots (they evaluate the whole train and valid sets once more; off by default, the model is the
-    same either way). Checks every argument (names the bad value and what is allowed) before anything is trained.
+    same either way). ``pair_repulsion``: add mace's ZBL pair repulsion to the model. ``category_weights``: loss
+    weight per dataset category (``{"build": 2.0}``; categories not named weigh 1); training then reads
+    ``OUT/train_weighted.xyz``, a copy of the train set with each structure's category as mace's ``config_type``
+    (written by :func:`train_mace`). Checks every argument (names the bad value and what is allowed) before
+    anything is trained.
     """
     data, out = Path(data), Path(out)
     if isinstance(architecture, str):
@@ -143,6 +186,7 @@ def mace_arguments(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if not str(device).startswith(("cpu", "cuda", "mps")):
         raise ValueError(f"device must be 'cpu', 'cuda[:N]' or 'mps', got {device!r}")
+    _check_category_weights(category_weights)
     manifest = _read_manifest(data)
     for split in ("train", "valid"):
         if not (data / f"{split}.xyz").is_file():
@@ -157,7 +201,7 @@ def mace_arguments(
         "--checkpoints_dir", str(out / "checkpoints"),
         "--results_dir", str(out / "results"),
         "--downloads_dir", str(out / "downloads"),
-        "--train_file", str(data / "train.xyz"),
+        "--train_file", str(out / WEIGHTED_TRAIN_FILE if category_weights else data / "train.xyz"),
         "--valid_file", str(data / "valid.xyz"),
         "--energy_key", manifest.get("energy_key", ENERGY_KEY),
         "--forces_key", manifest.get("forces_key", FORCES_KEY),
@@ -197,6 +241,10 @@ def mace_arguments(
         "--pin_memory", str(not str(device).startswith("cpu")),
         "--plot", str(bool(plot)),
     ]
+    if pair_repulsion:
+        args += ["--pair_repulsion"]
+    if category_weights:
+        args += ["--config_type_weights", json.dumps({str(k): float(v) for k, v in category_weights.items()})]
     if stage_two_from is not None:
         args += [
             "--stage_two",
@@ -236,6 +284,56 @@ def _prepare_stage_two_resume(checkpoints: Path, stage_two_lr: float) -> None:
         torch.save(state, tmp)
 
 
+class _TimeUp(Exception):
+    """Raised inside mace's epoch loop when the next epoch would end after the time limit."""
+
+
+@contextmanager
+def _epoch_deadline(deadline: float | None):
+    """Stop mace-torch's epoch loop, between epochs, before an epoch that would end after ``deadline``.
+
+    mace has no time limit of its own. Its loop calls ``mace.tools.train.train_one_epoch`` once per epoch; the
+    wrapper measures the time between two calls (one epoch with its validation and checkpoint) and raises
+    :class:`_TimeUp` before starting one that would not finish in time, so no checkpoint is ever half-written
+    (killing the process could interrupt ``torch.save``). At least one epoch always runs.
+    """
+    if deadline is None:
+        yield {}
+        return
+    import importlib
+
+    # importlib, not `import mace.tools.train as ...`: mace.tools re-exports a function named `train`
+    mace_train_loop = importlib.import_module("mace.tools.train")
+    original = mace_train_loop.train_one_epoch
+    state: dict = {"epoch_seconds": None, "last_start": None, "stopped": False}
+
+    def guarded(*args, **kwargs):
+        now = time.time()
+        if state["last_start"] is not None:
+            state["epoch_seconds"] = now - state["last_start"]
+            if now + state["epoch_seconds"] > deadline:
+                state["stopped"] = True
+                raise _TimeUp
+        state["last_start"] = now
+        return original(*args, **kwargs)
+
+    mace_train_loop.train_one_epoch = guarded
+    try:
+        yield state
+    finally:
+        mace_train_loop.train_one_epoch = original
+
+
+def latest_checkpoint_epoch(checkpoints: str | os.PathLike) -> int | None:
+    """The epoch of the newest mace checkpoint in ``checkpoints`` (``*_epoch-N.pt`` or ``*_epoch-N_swa.pt``)."""
+    epochs = []
+    for path in Path(checkpoints).glob("*_epoch-*.pt"):
+        tail = path.stem.rsplit("_epoch-", 1)[1].removesuffix("_swa")
+        if tail.isdigit():
+            epochs.append(int(tail))
+    return max(epochs) if epochs else None
+
+
 def train_mace(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -246,6 +344,7 @@ def train_mace(
     dtype: str = "float32",
     name: str = "model",
     threads: int | None = None,
+    time_limit: float | None = None,
     **options,
 ) -> Path:
     """Train (or resume training) a MACE model with mace-torch's trainer; returns the model file's path.
@@ -254,8 +353,12 @@ def train_mace(
     ``stage_two_from`` and its weights, ``extra``: more raw mace arguments). ``threads`` sets torch's CPU
     threads for the run (default on the CPU: one per core found idle at the start, see :func:`training_threads`;
     ``OMP_NUM_THREADS``, when set, is respected; the previous setting is restored afterwards).
-    A ``train_settings.json`` with the exact arguments and timings is written to ``out``.
+    ``time_limit`` (seconds): stop between epochs before one that would end after the limit, then write the model
+    from the newest checkpoint (mace checkpoints an epoch whose validation loss is the lowest so far); rerunning
+    continues from there. A ``train_settings.json`` with the exact arguments and timings is written to ``out``.
     """
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
     argv = mace_arguments(data, out, architecture=architecture, epochs=epochs, device=device, seed=seed,
                           dtype=dtype, name=name, **options)
     out = Path(out)
@@ -292,11 +395,26 @@ def train_mace(
         })
 
     save_settings()
+    if options.get("category_weights"):
+        write_weighted_train_file(data, out, options["category_weights"])
     if options.get("stage_two_from") is not None:
         _prepare_stage_two_resume(out / "checkpoints", float(options.get("stage_two_lr", 1e-3)))
     previous_dtype = torch.get_default_dtype()
     try:
-        run(args)  # mace sets torch's default dtype; restored below
+        with _epoch_deadline(None if time_limit is None else start + time_limit) as deadline:
+            try:
+                run(args)  # mace sets torch's default dtype; restored below
+            except _TimeUp:
+                reached = latest_checkpoint_epoch(out / "checkpoints")
+                if reached is None:
+                    raise RuntimeError(f"time limit reached before mace wrote any checkpoint in {out}") from None
+                record["stopped_by_time_limit"] = True
+                record["epoch_seconds"] = round(deadline["epoch_seconds"], 1)
+                record["newest_checkpoint_epoch"] = reached
+                # rerun with the epochs done: mace loads the newest checkpoint, trains nothing, writes the model
+                argv_finish = list(argv)
+                argv_finish[argv_finish.index("--max_num_epochs") + 1] = str(reached)
+                run(build_default_arg_parser().parse_args(argv_finish))
     finally:
         torch.set_default_dtype(previous_dtype)
         torch.set_num_threads(previous_threads)

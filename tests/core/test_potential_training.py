@@ -16,13 +16,6 @@ from molgym.data import dataset as ds
 from molgym.reward import MIN_DISTANCE, placement_problem
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    manifest = ds.build_dataset(out, "tiny", workers=2, progress=False)
-    return out, manifest
-
-
 def _read(path):
     import ase.io
 
@@ -266,6 +259,36 @@ def test_tiny_training_end_to_end(tmp_path, tiny_dataset):
     assert stage_two.name == "model_stagetwo.model" and stage_two.is_file()
     assert list((tmp_path / "train" / "checkpoints").glob("*_swa.pt"))
     assert load_potential(stage_two, device="cpu").species == frozenset(ds.ELEMENTS)
+
+
+@pytest.mark.slow
+def test_time_limited_training_writes_the_model_and_resumes(tmp_path, tiny_dataset):
+    """--time-limit stops between epochs (at least one runs) and writes the model from the newest checkpoint;
+    category weights reach mace as config_type weights and the ZBL pair repulsion is accepted."""
+    import ase.io
+
+    from molgym.potentials import load_potential
+    from molgym.training.mace_train import latest_checkpoint_epoch, train_mace
+
+    data, _ = tiny_dataset
+    out = tmp_path / "train"
+    options = dict(architecture="tiny", batch_size=8, threads=1, pair_repulsion=True,
+                   category_weights={"build": 2.0, "equilibrium": 0.5})
+    model = train_mace(data, out, epochs=50, time_limit=1e-3, **options)
+    run = json.loads((out / "train_settings.json").read_text())["runs"][-1]
+    assert run["stopped_by_time_limit"] and run["newest_checkpoint_epoch"] == latest_checkpoint_epoch(out / "checkpoints")
+    assert run["newest_checkpoint_epoch"] < 49 and model.is_file()
+    assert "--pair_repulsion" in json.loads((out / "train_settings.json").read_text())["mace_arguments"]
+    weighted = ase.io.read(out / "train_weighted.xyz", index=":")
+    assert {a.info["config_type"] for a in weighted} == {a.info["category"] for a in weighted}
+    assert load_potential(model, device="cpu").species == frozenset(ds.ELEMENTS)
+    # a rerun continues from that checkpoint
+    train_mace(data, out, epochs=run["newest_checkpoint_epoch"] + 2, **options)
+    assert latest_checkpoint_epoch(out / "checkpoints") >= run["newest_checkpoint_epoch"]
+    with pytest.raises(ValueError, match="no structure of"):
+        train_mace(data, tmp_path / "bad", epochs=1, architecture="tiny", category_weights={"nonsense": 2.0})
+    with pytest.raises(ValueError, match="time_limit must be > 0"):
+        train_mace(data, tmp_path / "bad", epochs=1, time_limit=0)
 
 
 # --- user models --------------------------------------------------------------------------------------------------
