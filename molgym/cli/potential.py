@@ -13,7 +13,7 @@ from pathlib import Path
 
 from molgym.cli import CLIError, duration
 from molgym.cli.potential_refine import register_refine
-from molgym.cli.potential_study import register_study
+from molgym.cli.potential_study import register_campaign, register_study
 
 
 def register(subparsers) -> None:
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     register_dataset(commands)
     register_train(commands)
     register_study(commands)
+    register_campaign(commands)
     register_card(commands)
     register_committee(commands)
     register_refine(commands)

@@ -1,4 +1,5 @@
-"""``molgym potential study``: the reward potential's learning-curve study (:mod:`molgym.training.study`)."""
+"""``molgym potential study`` and ``molgym potential campaign``: choosing the reward potential's configuration
+(:mod:`molgym.training.study`) and training it across sessions (:mod:`molgym.training.campaign`)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,40 @@ def cmd_study(args: argparse.Namespace) -> int:
                         cpu_hours=args.cpu_hours)
     print(f"wrote {args.out}/summary.md; choice for {args.cpu_hours:g} CPU-hours: {summary['choice']}")
     return 1 if summary["failed"] else 0
+
+
+def register_campaign(commands) -> None:
+    """``molgym potential campaign``: one session of the resumable training campaign."""
+    cp = commands.add_parser(
+        "campaign",
+        help="train the reward potential for one session, resuming from the committed campaign state",
+        description="Continues the campaign in --state (default molgym/potentials/campaign: campaign.json and "
+        "checkpoint.pt, committed to the repository after each session) for --time-limit, evaluates the model on "
+        "the dataset's test files, compares it row by row with the shipped default and the interim goals, and "
+        "writes the new checkpoint and the session back to --state. Start a campaign with --variant NAME (a study "
+        "variant, normally the study's choice).",
+    )
+    cp.add_argument("--data", required=True, help="the dataset the campaign trains on (molgym potential dataset)")
+    cp.add_argument("--work", required=True, help="work directory (mace checkpoints, logs, model)")
+    cp.add_argument("--state", default=None, help="campaign state directory (default: molgym/potentials/campaign)")
+    cp.add_argument("--time-limit", type=duration, required=True, help="training wall time (3600, 45m, 2h)")
+    cp.add_argument("--variant", default=None, help="start a new campaign with this study variant")
+    cp.add_argument("--max-epochs", type=int, default=5000, help="epoch cap of a new campaign (default 5000)")
+    cp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per idle core)")
+    cp.set_defaults(func=cmd_campaign)
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from molgym.training.campaign import STATE_DIR, format_comparison, run_session, start_campaign
+    from molgym.training.study import parse_variants
+
+    state = args.state or STATE_DIR
+    if args.variant:
+        (variant,) = parse_variants(args.variant)
+        start_campaign(state, variant, args.data, max_epochs=args.max_epochs)
+    session = run_session(state, args.data, args.work, time_limit=args.time_limit, threads=args.threads)
+    print(f"campaign: epochs {session['epoch_before']} -> {session['epoch_after']} in {session['wall_seconds']:.0f} s "
+          f"({session['torch_threads']} threads); state written to {state}")
+    if "against_shipped" in session:
+        print(format_comparison(session["against_shipped"]))
+    return 0

@@ -28,6 +28,62 @@ TARGETS = {
 }
 
 
+#: Interim goals of the reward potential v2 (on the way to :data:`TARGETS`): (row of :func:`card_rows`, limit).
+INTERIM_GOALS = {
+    "QM9 equilibrium energy MAE (meV)": 100.0,
+    "QM9 thermal energy MAE (meV)": 100.0,
+    "build-trajectory reward MAE (meV)": 150.0,
+    "QM9 equilibrium force MAE (meV/Å)": 80.0,
+    "QM9 thermal force MAE (meV/Å)": 80.0,
+    "non-QM9 equilibrium energy MAE (meV)": 200.0,
+    "alternative placements Spearman": 0.95,
+    "C7H10O2 isomer Spearman": 0.9,
+}
+
+
+def card_rows(summary: dict) -> list[tuple[str, float | None, bool]]:
+    """The card's comparable rows as ``(label, value, lower_is_better)``: energy and force MAEs per test category,
+    non-QM9 errors, the build-reward MAE, the two rank correlations and the diatomic walls (monotonic pairs)."""
+    rows: list[tuple[str, float | None, bool]] = []
+    names = {"equilibrium": "equilibrium", "thermal": "thermal", "build": "build-prefix", "misplaced": "misplaced",
+             "close_contact": "close-contact"}
+    for cat, value in summary.get("qm9_test_energy_mae_meV", {}).items():
+        rows.append((f"QM9 {names.get(cat, cat)} energy MAE (meV)", value, True))
+    for cat, value in summary.get("qm9_test_force_mae_meV_per_A", {}).items():
+        rows.append((f"QM9 {names.get(cat, cat)} force MAE (meV/Å)", value, True))
+    for cat, value in summary.get("nonqm9_energy_mae_meV", {}).items():
+        rows.append((f"non-QM9 {cat} energy MAE (meV)", value, True))
+    for cat, value in summary.get("nonqm9_force_mae_meV_per_A", {}).items():
+        rows.append((f"non-QM9 {cat} force MAE (meV/Å)", value, True))
+    rows.append(("build-trajectory reward MAE (meV)", summary.get("build_reward_mae_meV"), True))
+    rows.append(("alternative placements Spearman", summary.get("alternatives_spearman_mean"), False))
+    rows.append(("C7H10O2 isomer Spearman", summary.get("isomer_spearman"), False))
+    wall = str(summary.get("diatomics_repulsive_wall_monotonic", ""))
+    rows.append(("diatomic repulsive walls monotonic (pairs)",
+                 float(wall.split("/")[0]) if wall.split("/")[0].isdigit() else None, False))
+    return rows
+
+
+def compare_summaries(new: dict, old: dict) -> dict:
+    """Row by row, ``new`` against ``old`` (card summaries): an error row must be lower, a rank correlation or
+    diatomic count at least as high (they sit near their ceilings). ``better_everywhere`` is what shipping a new
+    default needs."""
+    old_rows = {label: value for label, value, _ in card_rows(old)}
+    rows = []
+    for label, value, lower in card_rows(new):
+        before = old_rows.get(label)
+        if value is None or before is None:
+            better = None
+        else:
+            better = value < before if lower else value >= before
+        goal = INTERIM_GOALS.get(label)
+        meets_goal = None if goal is None or value is None else (value <= goal if lower else value >= goal)
+        rows.append({"row": label, "new": value, "old": before, "better": better, "interim_goal": goal,
+                     "meets_interim_goal": meets_goal})
+    return {"rows": rows, "better_everywhere": all(r["better"] for r in rows if r["better"] is not None)
+            and any(r["better"] is not None for r in rows)}
+
+
 def _hardware() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -88,6 +144,29 @@ def _row(table: dict, key: str, cats=("equilibrium", "thermal")) -> dict:
     return {c: table[c].get(key) for c in cats if c in table}
 
 
+def card_summary(result: dict) -> dict:
+    """The card's headline figures (per-category test MAEs, build-reward MAE, rank correlations, diatomics) from an
+    :func:`molgym.potentials.evaluation.evaluate_dataset` result."""
+    test = result["sets"].get("test", {})
+    nonqm9 = result["sets"].get("nonqm9", {})
+    isomers = result["sets"].get("isomers", {})
+    return {
+        "qm9_test_energy_mae_meV": _row(test.get("errors", {}), "energy_mae_meV",
+                                         ("equilibrium", "thermal", "build", "misplaced", "close_contact")),
+        "qm9_test_force_mae_meV_per_A": _row(test.get("errors", {}), "force_mae_meV_per_A",
+                                              ("equilibrium", "thermal", "build", "misplaced", "close_contact")),
+        "nonqm9_energy_mae_meV": _row(nonqm9.get("errors", {}), "energy_mae_meV"),
+        "nonqm9_force_mae_meV_per_A": _row(nonqm9.get("errors", {}), "force_mae_meV_per_A"),
+        "build_reward_mae_meV": test.get("build_rewards", {}).get("reward_mae_meV"),
+        "alternatives_spearman_mean": test.get("alternatives", {}).get("spearman_mean"),
+        "diatomics_monotonic": f"{test.get('diatomics', {}).get('monotonic_pairs')}/"
+                               f"{test.get('diatomics', {}).get('total_pairs')}",
+        "diatomics_repulsive_wall_monotonic": f"{test.get('diatomics_repulsive_wall', {}).get('monotonic_pairs')}/"
+                                              f"{test.get('diatomics_repulsive_wall', {}).get('total_pairs')}",
+        "isomer_spearman": isomers.get("isomers", {}).get("spearman"),
+    }
+
+
 def write_model_card(
     model: str | os.PathLike,
     data: str | os.PathLike,
@@ -126,24 +205,7 @@ def write_model_card(
         "species": sorted(potential.species),
         "num_interactions": int(potential.model.num_interactions),
     }
-    test = result["sets"].get("test", {})
-    nonqm9 = result["sets"].get("nonqm9", {})
-    isomers = result["sets"].get("isomers", {})
-    summary = {
-        "qm9_test_energy_mae_meV": _row(test.get("errors", {}), "energy_mae_meV",
-                                         ("equilibrium", "thermal", "build", "misplaced", "close_contact")),
-        "qm9_test_force_mae_meV_per_A": _row(test.get("errors", {}), "force_mae_meV_per_A",
-                                              ("equilibrium", "thermal", "build", "misplaced", "close_contact")),
-        "nonqm9_energy_mae_meV": _row(nonqm9.get("errors", {}), "energy_mae_meV"),
-        "nonqm9_force_mae_meV_per_A": _row(nonqm9.get("errors", {}), "force_mae_meV_per_A"),
-        "build_reward_mae_meV": test.get("build_rewards", {}).get("reward_mae_meV"),
-        "alternatives_spearman_mean": test.get("alternatives", {}).get("spearman_mean"),
-        "diatomics_monotonic": f"{test.get('diatomics', {}).get('monotonic_pairs')}/"
-                               f"{test.get('diatomics', {}).get('total_pairs')}",
-        "diatomics_repulsive_wall_monotonic": f"{test.get('diatomics_repulsive_wall', {}).get('monotonic_pairs')}/"
-                                              f"{test.get('diatomics_repulsive_wall', {}).get('total_pairs')}",
-        "isomer_spearman": isomers.get("isomers", {}).get("spearman"),
-    }
+    summary = card_summary(result)
     unmet = unmet_targets(summary)
     reproduce = reproduce or (
         "molgym potential dataset --out runs/data-default --size default --seed 0 && "

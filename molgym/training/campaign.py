@@ -1,0 +1,158 @@
+"""The reward potential's training campaign: one configuration trained a few hours per session, resumed in the
+next session from the state committed to the repository.
+
+A session (``molgym potential campaign --data DIR --work DIR --time-limit 2h``)
+
+1. reads the campaign (``STATE/campaign.json``: the configuration, chosen by the learning-curve study, and every
+   earlier session) and checks that ``--data`` is the dataset it trains on (same settings and train-set size);
+2. puts the committed checkpoint (``STATE/checkpoint.pt``: weights, which mace saves EMA-averaged, optimiser and
+   scheduler state, epoch) into the work directory unless the work directory already holds a newer one;
+3. trains with mace-torch for at most ``--time-limit`` (stopping between epochs), writes the model from the
+   newest checkpoint and evaluates it on the dataset's test files with the model card's figures;
+4. copies the newest checkpoint back to ``STATE/checkpoint.pt`` (atomically) and appends the session (wall and
+   CPU seconds, epochs, structures, the validation curve, the card figures compared row by row with the shipped
+   ``default`` model and with the interim goals) to ``STATE/campaign.json``.
+
+The state is small (the checkpoint of a model with tens to hundreds of thousands of parameters: a few MB), so each
+session commits it. A new ``default`` is shipped only when the campaign's model is better than the shipped one on
+every row of the card (:func:`molgym.potentials.card.compare_summaries`); docs/potential.md lists the steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from molgym.training.study import StudyVariant, VARIANTS_BY_NAME, learning_curve
+
+#: Where the campaign's state is committed (not packaged: it is for people continuing the training).
+STATE_DIR = Path(__file__).resolve().parents[1] / "potentials" / "campaign"
+CAMPAIGN_FILE = "campaign.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+#: mace's checkpoint name for run seed 0 (``--name model --seed 0``), which the state is copied to
+_MACE_TAG = "model_run-{seed}_epoch-{epoch}.pt"
+
+
+def _data_fingerprint(data: Path) -> dict:
+    manifest = json.loads((data / "manifest.json").read_text())
+    settings = dict(manifest.get("settings", {}))
+    return {"settings": settings, "train_structures": manifest["counts"]["train"]["total"],
+            "extra_train_xyz": [e.get("sha256") for e in manifest.get("extra_train_xyz", [])]}
+
+
+def start_campaign(state: str | os.PathLike, variant: StudyVariant, data: str | os.PathLike,
+                   max_epochs: int = 5000, seed: int = 0) -> dict:
+    """Write a new ``STATE/campaign.json`` for ``variant`` trained on ``data``; an existing campaign is an error."""
+    from molgym.io import write_json
+
+    state, data = Path(state), Path(data)
+    if (state / CAMPAIGN_FILE).is_file():
+        raise FileExistsError(f"{state / CAMPAIGN_FILE} exists: a campaign is already running there "
+                              "(continue it without --variant, or choose another --state)")
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
+    _check_dataset(data)
+    campaign = {"variant": asdict(variant), "seed": seed, "max_epochs": max_epochs,
+                "data": _data_fingerprint(data), "epoch": None, "cpu_seconds": 0.0, "sessions": [],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    state.mkdir(parents=True, exist_ok=True)
+    write_json(state / CAMPAIGN_FILE, campaign)
+    return campaign
+
+
+def load_campaign(state: str | os.PathLike) -> dict:
+    path = Path(state) / CAMPAIGN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no campaign in {state} (no {CAMPAIGN_FILE}); start one with --variant NAME "
+                                f"(the study's choice; variants: {', '.join(VARIANTS_BY_NAME)})")
+    return json.loads(path.read_text())
+
+
+def variant_of(campaign: dict) -> StudyVariant:
+    fields = dict(campaign["variant"])
+    fields["category_weights"] = tuple((str(k), float(w)) for k, w in fields.get("category_weights", ()))
+    return StudyVariant(**fields)
+
+
+def _check_dataset(data: Path) -> None:
+    if not (data / "manifest.json").is_file() or not (data / "train.xyz").is_file():
+        raise FileNotFoundError(f"{data} is not a finished molgym dataset (manifest.json and train.xyz); build it "
+                                "with `molgym potential dataset --out DIR --size default`")
+
+
+def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | os.PathLike, time_limit: float,
+                threads: int | None = None, evaluate: bool = True, progress=print) -> dict:
+    """One session of the campaign in ``state`` (see the module docstring); returns the session's record."""
+    from molgym.io import atomic_path, write_json
+    from molgym.training.mace_train import latest_checkpoint_epoch, train_mace
+
+    state, data, work = Path(state), Path(data), Path(work)
+    campaign = load_campaign(state)
+    _check_dataset(data)
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
+    if _data_fingerprint(data) != campaign["data"]:
+        raise ValueError(f"{data} is not the dataset this campaign trains on (its settings or train-set size "
+                         f"differ from {state / CAMPAIGN_FILE}'s 'data'); rebuild it with the recorded settings")
+    seed = int(campaign["seed"])
+    checkpoints = work / "checkpoints"
+    committed = campaign.get("epoch")
+    have = latest_checkpoint_epoch(checkpoints) if checkpoints.is_dir() else None
+    if committed is not None and (have is None or have < committed):
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(state / CHECKPOINT_FILE, checkpoints / _MACE_TAG.format(seed=seed, epoch=committed))
+        progress(f"campaign: resuming from the committed checkpoint (epoch {committed})")
+    variant = variant_of(campaign)
+    start = time.time()
+    model = train_mace(data, work, epochs=int(campaign["max_epochs"]), seed=seed, threads=threads,
+                       time_limit=time_limit, **variant.train_options())
+    seconds = time.time() - start
+    run = json.loads((work / "train_settings.json").read_text())["runs"][-1]
+    reached = latest_checkpoint_epoch(checkpoints)
+    newest = max(checkpoints.glob(f"*_epoch-{reached}*.pt"), key=lambda p: p.stat().st_mtime)
+    with atomic_path(state / CHECKPOINT_FILE) as tmp:
+        shutil.copyfile(newest, tmp)
+    log = work / "logs" / f"model_run-{seed}.log"
+    curve = [p for p in (learning_curve(log) if log.is_file() else []) if committed is None or p["epoch"] > committed]
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)), "wall_seconds": round(seconds, 1),
+               "torch_threads": run["torch_threads"], "cpu_seconds": round(seconds * run["torch_threads"], 1),
+               "epoch_before": committed, "epoch_after": reached, "curve": curve,
+               "stopped_by_time_limit": bool(run.get("stopped_by_time_limit"))}
+    if evaluate:
+        session.update(evaluate_model(model, data))
+    campaign["epoch"] = reached
+    campaign["cpu_seconds"] = round(float(campaign.get("cpu_seconds", 0.0)) + session["cpu_seconds"], 1)
+    campaign["sessions"].append(session)
+    write_json(state / CAMPAIGN_FILE, campaign)  # after the checkpoint: the two always agree
+    return session
+
+
+def evaluate_model(model: str | os.PathLike, data: str | os.PathLike) -> dict:
+    """The card summary of ``model`` on ``data``'s test files, compared row by row with the shipped default."""
+    from molgym.potentials.card import card_summary, compare_summaries
+    from molgym.potentials.evaluation import evaluate_dataset
+    from molgym.potentials.registry import MODELS_DIR
+
+    summary = card_summary(evaluate_dataset(model, data, device="cpu"))
+    shipped = json.loads((MODELS_DIR / "default.json").read_text())["summary"]
+    return {"summary": summary, "against_shipped": compare_summaries(summary, shipped)}
+
+
+def format_comparison(comparison: dict) -> str:
+    """Markdown table of :func:`molgym.potentials.card.compare_summaries`'s rows."""
+    lines = ["| row | campaign | shipped default | better | interim goal | meets goal |", "|---|---:|---:|---|---:|---|"]
+
+    def f(x):
+        return "-" if x is None else f"{x:.3f}" if abs(x) < 2 else f"{x:.0f}"
+
+    for r in comparison["rows"]:
+        lines.append(f"| {r['row']} | {f(r['new'])} | {f(r['old'])} | "
+                     f"{'-' if r['better'] is None else 'yes' if r['better'] else 'no'} | {f(r['interim_goal'])} | "
+                     f"{'-' if r['meets_interim_goal'] is None else 'yes' if r['meets_interim_goal'] else 'no'} |")
+    lines.append("")
+    lines.append(f"Better than the shipped default on every row: **{'yes' if comparison['better_everywhere'] else 'no'}**")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""The reward potential's resumable training campaign (molgym.training.campaign) and the card comparison that
+decides whether a new default ships."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from molgym.potentials.card import card_rows, compare_summaries
+from molgym.training import campaign as cg
+from molgym.training.study import StudyVariant
+
+
+def _summary(scale: float, rho: float = 0.96) -> dict:
+    return {"qm9_test_energy_mae_meV": {"equilibrium": 400 * scale, "thermal": 380 * scale},
+            "qm9_test_force_mae_meV_per_A": {"equilibrium": 110 * scale},
+            "nonqm9_energy_mae_meV": {"equilibrium": 700 * scale}, "nonqm9_force_mae_meV_per_A": {},
+            "build_reward_mae_meV": 400 * scale, "alternatives_spearman_mean": rho, "isomer_spearman": 0.93,
+            "diatomics_repulsive_wall_monotonic": "14/15"}
+
+
+def test_a_new_default_must_be_better_on_every_row():
+    old = _summary(1.0)
+    better = compare_summaries(_summary(0.2), old)
+    assert better["better_everywhere"]
+    rows = {r["row"]: r for r in better["rows"]}
+    assert rows["QM9 equilibrium energy MAE (meV)"]["meets_interim_goal"]  # 80 <= 100
+    assert rows["non-QM9 equilibrium energy MAE (meV)"]["new"] == pytest.approx(140.0)
+    worse_rank = compare_summaries(_summary(0.2, rho=0.90), old)
+    assert not worse_rank["better_everywhere"]  # one row worse is enough to keep the shipped model
+    assert [r["row"] for r in worse_rank["rows"] if r["better"] is False] == ["alternative placements Spearman"]
+    assert not compare_summaries(old, old)["better_everywhere"]  # equal errors are not better
+    assert ("diatomic repulsive walls monotonic (pairs)", 14.0, False) in card_rows(old)
+
+
+def test_campaign_sessions_resume_from_the_committed_state(tmp_path, tiny_dataset):
+    """Two sessions in fresh work directories (as on two machines): the second starts from the checkpoint the
+    first committed; the state records both; a different dataset or a second start is refused."""
+    data, _ = tiny_dataset
+    state = tmp_path / "state"
+    variant = StudyVariant("tiny", changes="8 channels (test)", num_channels=8)
+    cg.start_campaign(state, variant, data, max_epochs=500)
+    with pytest.raises(FileExistsError, match="already running"):
+        cg.start_campaign(state, variant, data)
+    first = cg.run_session(state, data, tmp_path / "work1", time_limit=1e-3, threads=1, progress=lambda m: None)
+    assert first["epoch_before"] is None and first["epoch_after"] >= 0 and first["stopped_by_time_limit"]
+    assert (state / cg.CHECKPOINT_FILE).is_file()
+    rows = {r["row"]: r for r in first["against_shipped"]["rows"]}
+    assert rows["QM9 equilibrium energy MAE (meV)"]["old"] == pytest.approx(438.66, abs=0.01)  # the shipped card
+    messages = []
+    second = cg.run_session(state, data, tmp_path / "work2", time_limit=1e-3, threads=1, evaluate=False,
+                            progress=messages.append)
+    assert messages == [f"campaign: resuming from the committed checkpoint (epoch {first['epoch_after']})"]
+    assert second["epoch_before"] == first["epoch_after"] and second["epoch_after"] >= first["epoch_after"]
+    saved = json.loads((state / cg.CAMPAIGN_FILE).read_text())
+    assert len(saved["sessions"]) == 2 and saved["epoch"] == second["epoch_after"]
+    assert saved["cpu_seconds"] == pytest.approx(first["cpu_seconds"] + second["cpu_seconds"], abs=0.2)
+
+    other = tmp_path / "other-data"
+    shutil.copytree(data, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["counts"]["train"]["total"] += 1
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="is not the dataset this campaign trains on"):
+        cg.run_session(state, other, tmp_path / "work3", time_limit=1.0)
+    with pytest.raises(FileNotFoundError, match="no campaign in"):
+        cg.run_session(tmp_path / "nothing", data, tmp_path / "work4", time_limit=1.0)
