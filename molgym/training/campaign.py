@@ -133,13 +133,19 @@ def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | o
 
 def evaluate_model(model: str | os.PathLike, data: str | os.PathLike) -> dict:
     """The card summary of ``model`` on ``data``'s test files, compared row by row with the shipped default."""
-    from molgym.potentials.card import card_summary, compare_summaries
+    from molgym.potentials.card import card_summary
     from molgym.potentials.evaluation import evaluate_dataset
-    from molgym.potentials.registry import MODELS_DIR
 
     summary = card_summary(evaluate_dataset(model, data, device="cpu"))
-    shipped = json.loads((MODELS_DIR / "default.json").read_text())["summary"]
-    return {"summary": summary, "against_shipped": compare_summaries(summary, shipped)}
+    return {"summary": summary, "against_shipped": against_shipped(summary)}
+
+
+def against_shipped(summary: dict) -> dict:
+    """:func:`molgym.potentials.card.compare_summaries` of a card summary with the shipped default's."""
+    from molgym.potentials.card import compare_summaries
+    from molgym.potentials.registry import MODELS_DIR
+
+    return compare_summaries(summary, json.loads((MODELS_DIR / "default.json").read_text())["summary"])
 
 
 def format_comparison(comparison: dict) -> str:

@@ -67,3 +67,24 @@ def test_campaign_sessions_resume_from_the_committed_state(tmp_path, tiny_datase
         cg.run_session(state, other, tmp_path / "work3", time_limit=1.0)
     with pytest.raises(FileNotFoundError, match="no campaign in"):
         cg.run_session(tmp_path / "nothing", data, tmp_path / "work4", time_limit=1.0)
+
+
+def test_gpu_recipe_cpu_path_writes_model_and_card(tmp_path, tiny_dataset):
+    """The GPU recipe's CPU path on the tiny dataset: time-boxed training, then a card beside the model (not the
+    shipped one), with the comparison to the shipped default."""
+    from molgym.training import gpu_recipe
+
+    data, _ = tiny_dataset
+    messages = []
+    summary = gpu_recipe.run_recipe(data, tmp_path / "gpu", minutes=0.6, card_minutes=0.5, device="cpu",
+                                    architecture="tiny", batch_size=8, state=tmp_path / "no-campaign",
+                                    progress=messages.append)
+    assert summary["configuration"] == "tiny" and summary["device"] == "cpu"
+    card = json.loads((tmp_path / "gpu" / "card" / "gpu.json").read_text())
+    assert card["file"] == "gpu.model" and (tmp_path / "gpu" / "card" / "gpu.model").is_file()
+    assert "GPU recipe" in card["notes"][0] and card["summary"]["qm9_test_energy_mae_meV"]["equilibrium"] > 0
+    assert any("Better than the shipped default on every row" in m for m in messages)
+    assert gpu_recipe.main(["--data", str(data), "--out", str(tmp_path / "x"), "--minutes", "1",
+                            "--card-minutes", "2", "--device", "cpu"]) == 2
+    assert gpu_recipe.main(["--data", str(data), "--out", str(tmp_path / "x"), "--architecture", "huge",
+                            "--device", "cpu"]) == 2
