@@ -6,7 +6,7 @@ shipped configuration (training-set size, channels, ``max_L``, correlation order
 force weight, per-category weights, ZBL pair repulsion), are evaluated on the dataset's validation set, a sample
 of its training set and its test sets, per category. Each run's validation curve (energy MAE per atom against
 wall seconds on one thread, read from mace-torch's log) is fitted with a power law ``err = a * t**-b`` over its
-second half, which predicts the error after a given number of CPU hours; the configuration with the lowest
+second half (every epoch when that has fewer than three), which predicts the error after a given number of CPU hours; the configuration with the lowest
 prediction is the study's choice. ::
 
     molgym potential study --data runs/data-default --out runs/study --budget 9m --parallel 2
@@ -165,9 +165,13 @@ def learning_curve(log_path: str | os.PathLike) -> list[dict]:
 
 def fit_power_law(seconds, errors, tail: float = 0.5) -> dict | None:
     """Least-squares fit of ``log err = log a - b log t`` over the points in the last ``tail`` of the run's
-    time; None with fewer than three such points. ``b`` is how fast the error falls with CPU time."""
+    time, or over every point after the start when fewer than three are there; None with fewer than three
+    points in all. ``b`` is how fast the error falls with CPU time."""
     t, e = np.asarray(seconds, float), np.asarray(errors, float)
-    ok = (t > 0) & (e > 0) & (t >= (1.0 - tail) * (t.max() if len(t) else 0.0))
+    valid = (t > 0) & (e > 0)
+    ok = valid & (t >= (1.0 - tail) * (t.max() if len(t) else 0.0))
+    if ok.sum() < 3:
+        ok = valid
     if ok.sum() < 3:
         return None
     slope, intercept = np.polyfit(np.log(t[ok]), np.log(e[ok]), 1)
@@ -384,7 +388,7 @@ def format_summary(summary: dict) -> str:
     if summary.get("choice"):
         lines += ["", f"Lowest predicted validation energy error after {hours:g} CPU-hours: **{summary['choice']}** "
                   f"(ranking: {', '.join(summary['ranking'])})."]
-    lines += ["", "Fits: `err = a * t**-b` over the second half of each run's validation curve (one thread, so "
+    lines += ["", "Fits: `err = a * t**-b` over the second half of each run's validation curve (every epoch when the second half has fewer than three) (one thread, so "
               "CPU seconds = wall seconds). Short runs see the learning rate near its start value; the predictions "
               "rank how fast configurations learn and are optimistic in absolute terms."]
     return "\n".join(lines) + "\n"

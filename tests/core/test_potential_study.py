@@ -33,6 +33,7 @@ def test_power_law_fit_recovers_exponent_and_predicts():
     assert fit["b"] == pytest.approx(0.4, rel=1e-6) and fit["a"] == pytest.approx(50.0, rel=1e-6)
     assert study.predict(fit, 3600.0) == pytest.approx(50.0 * 3600 ** -0.4, rel=1e-6)
     assert study.fit_power_law([1.0, 2.0], [3.0, 2.0]) is None  # too few points
+    assert study.fit_power_law([10.0, 20.0, 400.0], [9.0, 7.0, 3.0])["points"] == 3  # every point when the tail has 1
     assert study.predict(None, 10.0) is None
 
 
