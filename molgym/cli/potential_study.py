@@ -57,6 +57,8 @@ def register_campaign(commands) -> None:
     cp.add_argument("--time-limit", type=duration, required=True, help="training wall time (3600, 45m, 2h)")
     cp.add_argument("--variant", default=None, help="start a new campaign with this study variant")
     cp.add_argument("--max-epochs", type=int, default=5000, help="epoch cap of a new campaign (default 5000)")
+    cp.add_argument("--warm-start", default=None, metavar="MODEL",
+                    help="start a new campaign from this trained model's weights ('default': the shipped model)")
     cp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per idle core)")
     cp.set_defaults(func=cmd_campaign)
 
@@ -68,7 +70,12 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     state = args.state or STATE_DIR
     if args.variant:
         (variant,) = parse_variants(args.variant)
-        start_campaign(state, variant, args.data, max_epochs=args.max_epochs)
+        warm = args.warm_start
+        if warm == "default":
+            from molgym.potentials.registry import MODELS_DIR
+
+            warm = MODELS_DIR / "default.model"
+        start_campaign(state, variant, args.data, max_epochs=args.max_epochs, warm_start=warm)
     session = run_session(state, args.data, args.work, time_limit=args.time_limit, threads=args.threads)
     print(f"campaign: epochs {session['epoch_before']} -> {session['epoch_after']} in {session['wall_seconds']:.0f} s "
           f"({session['torch_threads']} threads); state written to {state}")

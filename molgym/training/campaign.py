@@ -45,9 +45,14 @@ def _data_fingerprint(data: Path) -> dict:
 
 
 def start_campaign(state: str | os.PathLike, variant: StudyVariant, data: str | os.PathLike,
-                   max_epochs: int = 5000, seed: int = 0) -> dict:
-    """Write a new ``STATE/campaign.json`` for ``variant`` trained on ``data``; an existing campaign is an error."""
+                   max_epochs: int = 5000, seed: int = 0, warm_start: str | os.PathLike | None = None) -> dict:
+    """Write a new ``STATE/campaign.json`` for ``variant`` trained on ``data``; an existing campaign is an error.
+
+    ``warm_start``: a trained MACE model file of the variant's architecture (e.g. the shipped default) whose
+    weights the first session starts from instead of random ones (see :func:`warm_start_checkpoint`).
+    """
     from molgym.io import write_json
+    from molgym.potentials.registry import sha256_of
 
     state, data = Path(state), Path(data)
     if (state / CAMPAIGN_FILE).is_file():
@@ -56,8 +61,12 @@ def start_campaign(state: str | os.PathLike, variant: StudyVariant, data: str | 
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
     _check_dataset(data)
+    if warm_start is not None and not Path(warm_start).is_file():
+        raise FileNotFoundError(f"warm-start model {str(warm_start)!r} does not exist")
     campaign = {"variant": asdict(variant), "seed": seed, "max_epochs": max_epochs,
                 "data": _data_fingerprint(data), "epoch": None, "cpu_seconds": 0.0, "sessions": [],
+                "warm_start": None if warm_start is None else {"model": str(warm_start),
+                                                               "sha256": sha256_of(warm_start)},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     state.mkdir(parents=True, exist_ok=True)
     write_json(state / CAMPAIGN_FILE, campaign)
@@ -84,6 +93,29 @@ def _check_dataset(data: Path) -> None:
                                 "with `molgym potential dataset --out DIR --size default`")
 
 
+def warm_start_checkpoint(checkpoint: str | os.PathLike, model_file: str | os.PathLike) -> None:
+    """Put the weights of a trained MACE model file into a mace checkpoint of the same architecture (rewritten
+    atomically); the optimiser and scheduler state stay the checkpoint's. Any difference in parameter names or
+    shapes is an error naming it."""
+    import torch
+
+    from molgym.io import atomic_path
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    weights = torch.load(model_file, map_location="cpu", weights_only=False).state_dict()
+    names, theirs = set(state["model"]), set(weights)
+    if names != theirs:
+        raise ValueError(f"warm-start model {model_file} does not match the campaign's architecture: parameters "
+                         f"only in the model {sorted(theirs - names)[:5]}, only in training {sorted(names - theirs)[:5]}")
+    for name, value in weights.items():
+        if tuple(value.shape) != tuple(state["model"][name].shape):
+            raise ValueError(f"warm-start model {model_file}: {name} has shape {tuple(value.shape)}, the campaign's "
+                             f"architecture {tuple(state['model'][name].shape)}")
+        state["model"][name] = value.to(state["model"][name].dtype)
+    with atomic_path(checkpoint) as tmp:
+        torch.save(state, tmp)
+
+
 def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | os.PathLike, time_limit: float,
                 threads: int | None = None, evaluate: bool = True, progress=print) -> dict:
     """One session of the campaign in ``state`` (see the module docstring); returns the session's record."""
@@ -108,8 +140,14 @@ def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | o
         progress(f"campaign: resuming from the committed checkpoint (epoch {committed})")
     variant = variant_of(campaign)
     start = time.time()
+    if committed is None and campaign.get("warm_start") and have is None:
+        # one epoch builds mace's checkpoint (optimiser, scheduler) for this architecture; its weights are then
+        # replaced by the warm-start model's, and training continues from there
+        train_mace(data, work, epochs=1, seed=seed, threads=threads, **variant.train_options())
+        warm_start_checkpoint(checkpoints / _MACE_TAG.format(seed=seed, epoch=0), campaign["warm_start"]["model"])
+        progress(f"campaign: warm start from {campaign['warm_start']['model']} (after one epoch of mace set-up)")
     model = train_mace(data, work, epochs=int(campaign["max_epochs"]), seed=seed, threads=threads,
-                       time_limit=time_limit, **variant.train_options())
+                       time_limit=max(1.0, time_limit - (time.time() - start)), **variant.train_options())
     seconds = time.time() - start
     run = json.loads((work / "train_settings.json").read_text())["runs"][-1]
     reached = latest_checkpoint_epoch(checkpoints)

@@ -58,6 +58,23 @@ def test_campaign_sessions_resume_from_the_committed_state(tmp_path, tiny_datase
     assert len(saved["sessions"]) == 2 and saved["epoch"] == second["epoch_after"]
     assert saved["cpu_seconds"] == pytest.approx(first["cpu_seconds"] + second["cpu_seconds"], abs=0.2)
 
+    # a new campaign warm-started from the first campaign's model (same architecture) ...
+    warm = tmp_path / "warm"
+    cg.start_campaign(warm, variant, data, warm_start=tmp_path / "work1" / "model.model")
+    messages.clear()
+    cg.run_session(warm, data, tmp_path / "work-warm", time_limit=1e-3, threads=1, evaluate=False,
+                   progress=messages.append)
+    assert any(m.startswith("campaign: warm start from") for m in messages)
+    # ... while the shipped default (32 channels) does not fit an 8-channel campaign
+    from molgym.potentials.registry import MODELS_DIR
+
+    wrong = tmp_path / "wrong"
+    cg.start_campaign(wrong, variant, data, warm_start=MODELS_DIR / "default.model")
+    with pytest.raises(ValueError, match="has shape"):
+        cg.run_session(wrong, data, tmp_path / "work-wrong", time_limit=1e-3, threads=1, evaluate=False)
+    with pytest.raises(FileNotFoundError, match="warm-start model"):
+        cg.start_campaign(tmp_path / "w2", variant, data, warm_start=tmp_path / "missing.model")
+
     other = tmp_path / "other-data"
     shutil.copytree(data, other)
     manifest = json.loads((other / "manifest.json").read_text())
