@@ -319,19 +319,67 @@ def summarise(out: str | os.PathLike, variants: list[StudyVariant], cpu_hours: f
         path = out / "results" / f"{v.name}.json"
         if path.is_file():
             rows.append(_row(json.loads(path.read_text()), cpu_hours))
-    ranked = sorted((r for r in rows if r["predicted_valid_E_meV_per_atom"] is not None),
-                    key=lambda r: r["predicted_valid_E_meV_per_atom"])
+    _score(rows)
+    ranked = sorted((r for r in rows if r["score"] is not None), key=lambda r: r["score"])
+    long_run = shipped_training_curve()
     summary = {"cpu_hours": cpu_hours, "rows": rows, "choice": ranked[0]["variant"] if ranked else None,
-               "ranking": [r["variant"] for r in ranked]}
+               "ranking": [r["variant"] for r in ranked], "shipped_training": long_run}
+    if long_run:
+        curve = long_run["curve"]
+        for key, column in (("fit_energy", "energy_mae_per_atom_meV"), ("fit_forces", "force_mae_meV_per_A")):
+            long_run[key] = fit_power_law([p["seconds"] for p in curve], [p[column] for p in curve])
+        long_run["predicted_valid_E_meV_per_atom"] = predict(long_run["fit_energy"], cpu_hours * 3600.0)
+        long_run["predicted_valid_F_meV_per_A"] = predict(long_run["fit_forces"], cpu_hours * 3600.0)
     write_json(out / "summary.json", summary)
     from molgym.io import atomic_path
 
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(format_summary(summary))
     if rows:
-        plot_learning_curves(out, [json.loads((out / "results" / f"{r['variant']}.json").read_text()) for r in rows],
-                             cpu_hours)
+        records = [json.loads((out / "results" / f"{r['variant']}.json").read_text()) for r in rows]
+        plot_learning_curves(out, records, cpu_hours, long_run)
     return summary
+
+
+def _score(rows: list[dict]) -> None:
+    """Each row's ``score``: the mean of its predicted validation energy and force errors, each divided by the
+    ``base`` row's (the card asks for both to improve); energy alone when ``base`` has no fit or is missing.
+    None without a prediction."""
+    base = next((r for r in rows if r["variant"] == "base"), None)
+    both = base is not None and base["predicted_valid_E_meV_per_atom"] and base["predicted_valid_F_meV_per_A"]
+    for r in rows:
+        e, f = r["predicted_valid_E_meV_per_atom"], r["predicted_valid_F_meV_per_A"]
+        if e is None:
+            r["score"] = None
+        elif both and f is not None:
+            r["score"] = 0.5 * (e / base["predicted_valid_E_meV_per_atom"] + f / base["predicted_valid_F_meV_per_A"])
+        else:
+            r["score"] = e
+
+
+def shipped_training_curve() -> dict | None:
+    """The shipped default's own validation curve (base configuration, its card's ``validation_by_epoch``), on a
+    time axis of its recorded wall seconds spread evenly over its epochs: the one long run of the study's base
+    configuration. None when the card has no curve."""
+    from molgym.potentials.registry import MODELS_DIR
+
+    card_path = MODELS_DIR / "default.json"
+    if not card_path.is_file():
+        return None
+    training = json.loads(card_path.read_text()).get("training", {})
+    lines = training.get("validation_by_epoch") or []
+    per_epoch = float(training.get("wall_seconds") or 0.0) / max(1, int(training.get("epochs_trained") or 0))
+    pattern = re.compile(r"Epoch (\d+):.*MAE_E_per_atom=\s*([-\d.eE+]+) meV, MAE_F=\s*([-\d.eE+]+) meV")
+    curve = []
+    for line in lines:
+        match = pattern.search(line)
+        if match and per_epoch > 0:
+            epoch = int(match.group(1))
+            curve.append({"seconds": (epoch + 1) * per_epoch, "epoch": epoch,
+                          "energy_mae_per_atom_meV": float(match.group(2)), "force_mae_meV_per_A": float(match.group(3))})
+    if not curve:
+        return None
+    return {"curve": curve, "seconds_per_epoch": per_epoch, "epochs": len(curve)}
 
 
 def _row(record: dict, cpu_hours: float) -> dict:
@@ -373,8 +421,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         "| variant | change | params | str/s (1 thread) | epochs | valid E meV/atom | train-sample E meV/atom | "
         "test E eq / thermal / build / close (meV) | test F eq (meV/Å) | build reward MAE (meV) | non-QM9 eq E (meV) "
-        f"| fit b (E) | predicted valid E after {hours:g} CPU-h (meV/atom) | predicted valid F (meV/Å) |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        f"| fit b (E) | predicted valid E after {hours:g} CPU-h (meV/atom) | predicted valid F (meV/Å) | score |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["rows"]:
         cats = " / ".join(_f(r[f"test_{c}_E_meV"]) for c in CATEGORIES)
@@ -384,19 +432,30 @@ def format_summary(summary: dict) -> str:
             f"{r['epochs']} | {_f(r['valid_E_meV_per_atom'], 1)} | {_f(r['train_sample_E_meV_per_atom'], 1)} | "
             f"{cats} | {_f(r['test_equilibrium_F_meV_per_A'])} | {_f(r['build_reward_mae_meV'])} | "
             f"{_f(r['nonqm9_equilibrium_E_meV'])} | {_f(b, 2)} | {_f(r['predicted_valid_E_meV_per_atom'], 1)} | "
-            f"{_f(r['predicted_valid_F_meV_per_A'])} |")
+            f"{_f(r['predicted_valid_F_meV_per_A'])} | {_f(r['score'], 2)} |")
+    long_run = summary.get("shipped_training")
+    if long_run and long_run.get("fit_energy"):
+        fe, ff = long_run["fit_energy"], long_run.get("fit_forces")
+        last = long_run["curve"][-1]
+        lines += ["", f"The shipped model's own training (base configuration, {long_run['epochs']} epochs, "
+                  f"{long_run['seconds_per_epoch']:.0f} s per epoch on one thread): validation "
+                  f"{last['energy_mae_per_atom_meV']:.1f} meV/atom, {last['force_mae_meV_per_A']:.0f} meV/Å at the end; "
+                  f"fit b = {fe['b']:.2f} (energy), {ff['b'] if ff else float('nan'):.2f} (forces); predicted after "
+                  f"{hours:g} CPU-hours: {_f(long_run['predicted_valid_E_meV_per_atom'], 1)} meV/atom, "
+                  f"{_f(long_run['predicted_valid_F_meV_per_A'])} meV/Å."]
     if summary.get("choice"):
-        lines += ["", f"Lowest predicted validation energy error after {hours:g} CPU-hours: **{summary['choice']}** "
-                  f"(ranking: {', '.join(summary['ranking'])})."]
+        lines += ["", f"Lowest score (mean of predicted validation energy and force errors relative to base's) after "
+                  f"{hours:g} CPU-hours: **{summary['choice']}** (ranking: {', '.join(summary['ranking'])}); "
+                  "variants with fewer than three epochs have no fit and are not ranked."]
     lines += ["", "Fits: `err = a * t**-b` over the second half of each run's validation curve (every epoch when the second half has fewer than three) (one thread, so "
               "CPU seconds = wall seconds). Short runs see the learning rate near its start value; the predictions "
               "rank how fast configurations learn and are optimistic in absolute terms."]
     return "\n".join(lines) + "\n"
 
 
-def plot_learning_curves(out: Path, records: list[dict], cpu_hours: float) -> Path:
+def plot_learning_curves(out: Path, records: list[dict], cpu_hours: float, long_run: dict | None = None) -> Path:
     """Validation energy MAE per atom against CPU seconds, every variant, with its fitted power law extended to
-    ``cpu_hours`` (log-log)."""
+    ``cpu_hours`` (log-log); ``long_run`` (the shipped model's training) in black."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -417,6 +476,13 @@ def plot_learning_curves(out: Path, records: list[dict], cpu_hours: float) -> Pa
         if fit:
             tt = np.geomspace(t.max() / 2, cpu_hours * 3600.0, 50)
             ax.plot(tt, [predict(fit, x) for x in tt], ":", color=line.get_color(), lw=1)
+    if long_run:
+        t = np.array([p["seconds"] for p in long_run["curve"]])
+        e = np.array([p["energy_mae_per_atom_meV"] for p in long_run["curve"]])
+        ax.plot(t, e, color="k", lw=1.2, label="shipped model's training (base)")
+        if long_run.get("fit_energy"):
+            tt = np.geomspace(t.max() / 2, cpu_hours * 3600.0, 50)
+            ax.plot(tt, [predict(long_run["fit_energy"], x) for x in tt], ":", color="k", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training CPU seconds (one thread)")

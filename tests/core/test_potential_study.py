@@ -97,3 +97,14 @@ def test_study_runs_evaluates_summarises_and_resumes(tmp_path, tiny_dataset):
     messages.clear()
     study.run_study(data, tmp_path / "study", variants[:1], budget=1.0, progress=messages.append)
     assert messages[0].startswith("study: 1 of 1 variants finished; running none")
+
+
+def test_shipped_training_curve_and_scores():
+    long_run = study.shipped_training_curve()
+    assert long_run["epochs"] == 45 and long_run["curve"][0]["epoch"] == 0  # the shipped card's 45 epochs
+    assert long_run["curve"][-1]["seconds"] == pytest.approx(45 * long_run["seconds_per_epoch"])
+    rows = [{"variant": "base", "predicted_valid_E_meV_per_atom": 20.0, "predicted_valid_F_meV_per_A": 100.0},
+            {"variant": "energy", "predicted_valid_E_meV_per_atom": 10.0, "predicted_valid_F_meV_per_A": 300.0},
+            {"variant": "short", "predicted_valid_E_meV_per_atom": None, "predicted_valid_F_meV_per_A": None}]
+    study._score(rows)
+    assert [r["score"] for r in rows] == [1.0, pytest.approx(1.75), None]  # (0.5 + 3) / 2: forces count too
