@@ -144,6 +144,9 @@ def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | o
         # one epoch builds mace's checkpoint (optimiser, scheduler) for this architecture; its weights are then
         # replaced by the warm-start model's, and training continues from there
         train_mace(data, work, epochs=1, seed=seed, threads=threads, **variant.train_options())
+        log = work / "logs" / f"model_run-{seed}.log"
+        if log.is_file():  # keep the set-up epoch out of the session's learning curve
+            log.rename(log.with_name("warm_start_setup.log"))
         warm_start_checkpoint(checkpoints / _MACE_TAG.format(seed=seed, epoch=0), campaign["warm_start"]["model"])
         progress(f"campaign: warm start from {campaign['warm_start']['model']} (after one epoch of mace set-up)")
     model = train_mace(data, work, epochs=int(campaign["max_epochs"]), seed=seed, threads=threads,
