@@ -394,10 +394,12 @@ def _row(record: dict, cpu_hours: float) -> dict:
         "parameters": record["parameters"], "train_structures": record["train_structures"],
         "epochs": record["epochs"], "structures_per_second": record["structures_per_second"],
         "trained_seconds": curve[-1]["seconds"] if curve else None,
-        "valid_E_meV_per_atom": curve[-1]["energy_mae_per_atom_meV"] if curve else None,
-        "valid_F_meV_per_A": curve[-1]["force_mae_meV_per_A"] if curve else None,
-        "train_sample_E_meV_per_atom": ev["train_sample"]["all"].get("energy_mae_per_atom_meV"),
-        "valid_all_E_meV_per_atom": ev["valid"]["all"].get("energy_mae_per_atom_meV"),
+        # the trained model's (mace keeps the checkpoint of the lowest validation loss, not always the last epoch)
+        "valid_E_meV_per_atom": ev["valid"]["all"].get("energy_mae_per_atom_meV"),
+        "valid_F_meV_per_A": ev["valid"]["all"].get("force_mae_meV_per_A"),
+        "last_epoch_valid_E_meV_per_atom": curve[-1]["energy_mae_per_atom_meV"] if curve else None,
+        # over the categories the validation set has (not the isolated atoms and diatomics only train has)
+        "train_sample_E_meV_per_atom": _pooled(ev["train_sample"], [c for c in ev["valid"] if c != "all"]),
         "build_reward_mae_meV": test.get("build_rewards", {}).get("reward_mae_meV"),
         "nonqm9_equilibrium_E_meV": ev["test"].get("nonqm9", {}).get("errors", {}).get("equilibrium", {})
         .get("energy_mae_meV"),
@@ -411,6 +413,14 @@ def _row(record: dict, cpu_hours: float) -> dict:
     return row
 
 
+def _pooled(table: dict, categories: list[str], key: str = "energy_mae_per_atom_meV") -> float | None:
+    """The structure-weighted mean of ``key`` over ``categories`` of an error table (None if none has it)."""
+    pairs = [(table[c]["structures"] - table[c].get("failed", 0), table[c][key]) for c in categories
+             if c in table and key in table[c]]
+    total = sum(n for n, _ in pairs)
+    return sum(n * v for n, v in pairs) / total if total else None
+
+
 def _f(value, digits: int = 0) -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
@@ -419,7 +429,7 @@ def format_summary(summary: dict) -> str:
     """Markdown: one row per variant (measured at the end of its run, and predicted after ``cpu_hours``)."""
     hours = summary["cpu_hours"]
     lines = [
-        "| variant | change | params | str/s (1 thread) | epochs | valid E meV/atom | train-sample E meV/atom | "
+        "| variant | change | params | str/s (1 thread) | epochs | valid E meV/atom | train-sample E meV/atom (valid's categories) | "
         "test E eq / thermal / build / close (meV) | test F eq (meV/Å) | build reward MAE (meV) | non-QM9 eq E (meV) "
         f"| fit b (E) | predicted valid E after {hours:g} CPU-h (meV/atom) | predicted valid F (meV/Å) | score |",
         "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
