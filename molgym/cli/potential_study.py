@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from molgym.cli import duration
 
@@ -57,6 +58,8 @@ def register_campaign(commands) -> None:
     cp.add_argument("--time-limit", type=duration, required=True, help="training wall time (3600, 45m, 2h)")
     cp.add_argument("--variant", default=None, help="start a new campaign with this study variant")
     cp.add_argument("--max-epochs", type=int, default=5000, help="epoch cap of a new campaign (default 5000)")
+    cp.add_argument("--lr", type=float, default=None,
+                    help="learning rate of a new campaign (default: the variant's, 0.01; lower for a warm start)")
     cp.add_argument("--warm-start", default=None, metavar="MODEL",
                     help="start a new campaign from this trained model's weights ('default': the shipped model)")
     cp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per idle core)")
@@ -70,6 +73,10 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     state = args.state or STATE_DIR
     if args.variant:
         (variant,) = parse_variants(args.variant)
+        if args.lr is not None:
+            if not args.lr > 0:
+                raise ValueError(f"--lr must be > 0, got {args.lr}")
+            variant = replace(variant, lr=args.lr, changes=f"{variant.changes}, learning rate {args.lr:g}")
         warm = args.warm_start
         if warm == "default":
             from molgym.potentials.registry import MODELS_DIR

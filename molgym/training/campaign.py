@@ -95,8 +95,9 @@ def _check_dataset(data: Path) -> None:
 
 def warm_start_checkpoint(checkpoint: str | os.PathLike, model_file: str | os.PathLike) -> None:
     """Put the weights of a trained MACE model file into a mace checkpoint of the same architecture (rewritten
-    atomically); the optimiser and scheduler state stay the checkpoint's. Any difference in parameter names or
-    shapes is an error naming it."""
+    atomically) and clear the optimiser's moments (the set-up epoch's, from random weights, would scale the first
+    steps wrongly; AMSGrad keeps their maximum for good); learning rate and scheduler stay the checkpoint's. Any
+    difference in parameter names or shapes is an error naming it."""
     import torch
 
     from molgym.io import atomic_path
@@ -112,6 +113,7 @@ def warm_start_checkpoint(checkpoint: str | os.PathLike, model_file: str | os.Pa
             raise ValueError(f"warm-start model {model_file}: {name} has shape {tuple(value.shape)}, the campaign's "
                              f"architecture {tuple(state['model'][name].shape)}")
         state["model"][name] = value.to(state["model"][name].dtype)
+    state["optimizer"]["state"] = {}
     with atomic_path(checkpoint) as tmp:
         torch.save(state, tmp)
 

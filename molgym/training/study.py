@@ -61,6 +61,7 @@ class StudyVariant:
     forces_weight: float = 10.0
     category_weights: tuple[tuple[str, float], ...] = ()
     pair_repulsion: bool = False
+    lr: float = 0.01
 
     def architecture(self) -> MACEArchitecture:
         return replace(ARCHITECTURES["cpu"], num_channels=self.num_channels, max_L=self.max_L,
@@ -70,7 +71,8 @@ class StudyVariant:
         """Keyword arguments of :func:`molgym.training.mace_train.train_mace` for this variant."""
         return dict(architecture=self.architecture(), dtype=self.dtype, batch_size=self.batch_size,
                     energy_weight=self.energy_weight, forces_weight=self.forces_weight,
-                    category_weights=dict(self.category_weights) or None, pair_repulsion=self.pair_repulsion)
+                    category_weights=dict(self.category_weights) or None, pair_repulsion=self.pair_repulsion,
+                    lr=self.lr)
 
 
 _BASE = StudyVariant("base")
