@@ -23,6 +23,7 @@ re-implemented here.
   train and valid sets) are off, and memory is not pinned on the CPU. None of it changes the trained model beyond
   float rounding; validation stays every epoch (mace's plateau scheduler and checkpoints follow it).
 - **Resumable**: mace's ``--restart_latest``: rerunning the same command continues from the newest checkpoint.
+  ``time_limit`` stops between epochs and writes the model from the newest checkpoint (``--time-limit``).
   Rerunning with ``epochs`` at or below the epochs already done writes the model from the best checkpoint
   without training further (how a time-boxed run is finished).
 
