@@ -39,7 +39,8 @@ def _configuration(architecture: str | None, state: Path):
 
     if architecture is None and (state / CAMPAIGN_FILE).is_file():
         variant = variant_of(load_campaign(state))
-        return variant.name, variant.train_options()
+        # from random weights: the study's learning rate, not a warm-started campaign's lower one
+        return variant.name, {**variant.train_options(), "lr": VARIANTS_BY_NAME["base"].lr}
     name = architecture or "cpu"
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES)}")
