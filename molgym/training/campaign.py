@@ -82,9 +82,7 @@ def load_campaign(state: str | os.PathLike) -> dict:
 
 
 def variant_of(campaign: dict) -> StudyVariant:
-    fields = dict(campaign["variant"])
-    fields["category_weights"] = tuple((str(k), float(w)) for k, w in fields.get("category_weights", ()))
-    return StudyVariant(**fields)
+    return StudyVariant.from_dict(campaign["variant"])
 
 
 def _check_dataset(data: Path) -> None:

@@ -117,7 +117,9 @@ def write_weighted_train_file(data: str | os.PathLike, out: str | os.PathLike,
     return target
 
 
-def _read_manifest(data: Path) -> dict:
+def read_dataset_manifest(data: str | os.PathLike) -> dict:
+    """DATA/manifest.json of a molgym dataset; a clear error (how to build one) when there is none."""
+    data = Path(data)
     manifest = data / "manifest.json"
     if not manifest.is_file():
         raise FileNotFoundError(
@@ -188,7 +190,7 @@ def mace_arguments(
     if not str(device).startswith(("cpu", "cuda", "mps")):
         raise ValueError(f"device must be 'cpu', 'cuda[:N]' or 'mps', got {device!r}")
     _check_category_weights(category_weights)
-    manifest = _read_manifest(data)
+    manifest = read_dataset_manifest(data)
     for split in ("train", "valid"):
         if not (data / f"{split}.xyz").is_file():
             raise FileNotFoundError(f"dataset {data} has no {split}.xyz; was `molgym potential dataset` finished?")
@@ -306,14 +308,13 @@ def _epoch_deadline(deadline: float | None):
     # importlib, not `import mace.tools.train as ...`: mace.tools re-exports a function named `train`
     mace_train_loop = importlib.import_module("mace.tools.train")
     original = mace_train_loop.train_one_epoch
-    state: dict = {"epoch_seconds": None, "last_start": None, "stopped": False}
+    state: dict = {"epoch_seconds": None, "last_start": None}
 
     def guarded(*args, **kwargs):
         now = time.time()
         if state["last_start"] is not None:
             state["epoch_seconds"] = now - state["last_start"]
             if now + state["epoch_seconds"] > deadline:
-                state["stopped"] = True
                 raise _TimeUp
         state["last_start"] = now
         return original(*args, **kwargs)

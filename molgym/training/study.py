@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from molgym.potentials.mace_arch import ARCHITECTURES, MACEArchitecture
+from molgym.training.mace_train import read_dataset_manifest
 
 #: test categories whose errors the study reports (the env's states: molecules, hot molecules, partial builds,
 #: atoms too close)
@@ -62,6 +63,13 @@ class StudyVariant:
     category_weights: tuple[tuple[str, float], ...] = ()
     pair_repulsion: bool = False
     lr: float = 0.01
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> StudyVariant:
+        """The variant ``dataclasses.asdict`` gave (after a JSON round trip: category weights come back as lists)."""
+        fields = dict(fields)
+        fields["category_weights"] = tuple((str(k), float(w)) for k, w in fields.get("category_weights", ()))
+        return cls(**fields)
 
     def architecture(self) -> MACEArchitecture:
         return replace(ARCHITECTURES["cpu"], num_channels=self.num_channels, max_L=self.max_L,
@@ -135,8 +143,9 @@ def _is_qm9_molecule(atoms) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 # learning curves and fits
 # --------------------------------------------------------------------------------------------------------------
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) INFO: (Initial|Epoch (\d+)): .*"
-                       r"MAE_E_per_atom=\s*([-\d.eE+]+) meV, MAE_F=\s*([-\d.eE+]+) meV")
+#: one validation line of mace-torch (``--error_table PerAtomMAE``): before training (``Initial``) or after an epoch
+_VALIDATION = re.compile(r"(Initial|Epoch (\d+)): .*MAE_E_per_atom=\s*([-\d.eE+]+) meV, MAE_F=\s*([-\d.eE+]+) meV")
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) INFO: ")
 
 
 def learning_curve(log_path: str | os.PathLike) -> list[dict]:
@@ -148,20 +157,20 @@ def learning_curve(log_path: str | os.PathLike) -> list[dict]:
     t0 = None
     seen: set[int] = set()
     for line in Path(log_path).read_text().splitlines():
-        match = _LOG_LINE.match(line)
-        if not match:
+        stamp, match = _STAMP.match(line), _VALIDATION.search(line)
+        if not stamp or not match or match.start() != stamp.end():
             continue
-        stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        seconds = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
         if t0 is None:
-            t0 = stamp
-        if match.group(3) is None:
+            t0 = seconds
+        if match.group(2) is None:
             continue
-        epoch = int(match.group(3))
+        epoch = int(match.group(2))
         if epoch in seen:
             continue
         seen.add(epoch)
-        points.append({"seconds": stamp - t0, "epoch": epoch, "energy_mae_per_atom_meV": float(match.group(4)),
-                       "force_mae_meV_per_A": float(match.group(5))})
+        points.append({"seconds": seconds - t0, "epoch": epoch, "energy_mae_per_atom_meV": float(match.group(3)),
+                       "force_mae_meV_per_A": float(match.group(4))})
     return points
 
 
@@ -268,9 +277,7 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, variants: list[St
     """Run every unfinished variant (``parallel`` child processes at a time, one torch thread each), then
     summarise all finished ones; returns the summary (also in OUT/summary.json, .md and learning_curves.png)."""
     data, out = Path(data), Path(out)
-    if not (data / "manifest.json").is_file():
-        raise FileNotFoundError(f"{data} is not a molgym dataset (no manifest.json); build one with "
-                                "`molgym potential dataset --out DIR`")
+    read_dataset_manifest(data)  # a clear error when DATA is no dataset, before anything is trained
     if not budget > 0:
         raise ValueError(f"budget must be > 0 seconds, got {budget}")
     if parallel < 1:
@@ -316,11 +323,9 @@ def summarise(out: str | os.PathLike, variants: list[StudyVariant], cpu_hours: f
     from molgym.io import write_json
 
     out = Path(out)
-    rows = []
-    for v in variants:
-        path = out / "results" / f"{v.name}.json"
-        if path.is_file():
-            rows.append(_row(json.loads(path.read_text()), cpu_hours))
+    records = [json.loads(path.read_text()) for path in (out / "results" / f"{v.name}.json" for v in variants)
+               if path.is_file()]
+    rows = [_row(record, cpu_hours) for record in records]
     _score(rows)
     ranked = sorted((r for r in rows if r["score"] is not None), key=lambda r: r["score"])
     long_run = shipped_training_curve()
@@ -337,8 +342,7 @@ def summarise(out: str | os.PathLike, variants: list[StudyVariant], cpu_hours: f
 
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(format_summary(summary))
-    if rows:
-        records = [json.loads((out / "results" / f"{r['variant']}.json").read_text()) for r in rows]
+    if records:
         plot_learning_curves(out, records, cpu_hours, long_run)
     return summary
 
@@ -371,14 +375,13 @@ def shipped_training_curve() -> dict | None:
     training = json.loads(card_path.read_text()).get("training", {})
     lines = training.get("validation_by_epoch") or []
     per_epoch = float(training.get("wall_seconds") or 0.0) / max(1, int(training.get("epochs_trained") or 0))
-    pattern = re.compile(r"Epoch (\d+):.*MAE_E_per_atom=\s*([-\d.eE+]+) meV, MAE_F=\s*([-\d.eE+]+) meV")
     curve = []
     for line in lines:
-        match = pattern.search(line)
-        if match and per_epoch > 0:
-            epoch = int(match.group(1))
+        match = _VALIDATION.search(line)
+        if match and match.group(2) is not None and per_epoch > 0:
+            epoch = int(match.group(2))
             curve.append({"seconds": (epoch + 1) * per_epoch, "epoch": epoch,
-                          "energy_mae_per_atom_meV": float(match.group(2)), "force_mae_meV_per_A": float(match.group(3))})
+                          "energy_mae_per_atom_meV": float(match.group(3)), "force_mae_meV_per_A": float(match.group(4))})
     if not curve:
         return None
     return {"curve": curve, "seconds_per_epoch": per_epoch, "epochs": len(curve)}
@@ -530,9 +533,7 @@ def _child_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--budget", type=float, required=True)
     args = parser.parse_args(argv)
-    fields = json.loads(args.variant)
-    fields["category_weights"] = tuple((str(k), float(w)) for k, w in fields.get("category_weights", ()))
-    run_variant(StudyVariant(**fields), args.data, args.out, args.budget, threads=1)
+    run_variant(StudyVariant.from_dict(json.loads(args.variant)), args.data, args.out, args.budget, threads=1)
     return 0
 
 
