@@ -38,8 +38,16 @@ _MACE_TAG = "model_run-{seed}_epoch-{epoch}.pt"
 
 
 def _data_fingerprint(data: Path) -> dict:
+    """What identifies the campaign's dataset: its fixed settings, train-set size and extra train files.
+
+    The growable setting (``extra_train_molecules``) is left out, as the dataset builder leaves it out of what a
+    directory cannot change: its effect shows in the train-set size, and a manifest written before the setting
+    existed must match one written after (where it reads 0)."""
+    from molgym.data.dataset_config import GROWABLE
+
     manifest = json.loads((data / "manifest.json").read_text())
     settings = dict(manifest.get("settings", {}))
+    settings.pop(GROWABLE, None)
     return {"settings": settings, "train_structures": manifest["counts"]["train"]["total"],
             "extra_train_xyz": [e.get("sha256") for e in manifest.get("extra_train_xyz", [])]}
 

@@ -105,3 +105,21 @@ def test_gpu_recipe_cpu_path_writes_model_and_card(tmp_path, tiny_dataset):
                             "--card-minutes", "2", "--device", "cpu"]) == 2
     assert gpu_recipe.main(["--data", str(data), "--out", str(tmp_path / "x"), "--architecture", "huge",
                             "--device", "cpu"]) == 2
+
+
+def test_committed_campaign_accepts_a_default_dataset_built_today(tmp_path):
+    """The committed campaign state recorded the `default` dataset's settings before `extra_train_molecules`
+    existed; a `default` dataset built by today's builder (which writes that setting as 0) is the same dataset."""
+    from molgym.data.dataset_config import SIZES
+
+    committed = json.loads((cg.STATE_DIR / cg.CAMPAIGN_FILE).read_text())["data"]
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = {"settings": SIZES["default"].as_dict(), "counts": {"train": {"total": committed["train_structures"]}}}
+    assert manifest["settings"]["extra_train_molecules"] == 0
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert cg._data_fingerprint(data) == committed
+    manifest["settings"]["extra_train_molecules"] = 50  # grown data changes the train set, which is refused
+    manifest["counts"]["train"]["total"] += 400
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert cg._data_fingerprint(data) != committed
