@@ -59,6 +59,22 @@ def shipped_checkpoint(formula: str) -> Path:
     return check_sha256(path, entry["sha256"], "shipped checkpoint", "its index")
 
 
+#: ``molgym train`` flag of each PPO setting in a run's config.json
+_PPO_FLAGS = {"learning_rate": "--lr", "n_steps": "--n-steps", "batch_size": "--batch-size", "epochs": "--epochs",
+              "gamma": "--gamma", "gae_lambda": "--gae-lambda", "clip_range": "--clip-range", "ent_coef": "--ent-coef",
+              "vf_coef": "--vf-coef", "max_grad_norm": "--max-grad-norm"}
+
+
+def _ppo_flags(cfg: dict) -> dict[str, object]:
+    """The PPO flags that reproduce a run: the learning rate always (its default has changed before), the others
+    where they differ from today's defaults."""
+    from molgym.agents.common.train_config import TrainConfig
+
+    defaults = TrainConfig(out="-")
+    return {flag: cfg[key] for key, flag in _PPO_FLAGS.items()
+            if key in cfg and (key == "learning_rate" or cfg[key] != getattr(defaults, key))}
+
+
 def ship_checkpoint(run_dirs: list[str | Path], checkpoint_dir: str | Path = CHECKPOINT_DIR,
                     note: str | None = None) -> dict:
     """Ship the median seed of finished ``molgym train`` runs of one formula task: copy its ``model.zip`` to
@@ -101,7 +117,7 @@ def ship_checkpoint(run_dirs: list[str | Path], checkpoint_dir: str | Path = CHE
     flags = {"--potential": cfg["potential"], "--reference": cfg.get("reference") or "none", "--agent": agent,
              "--steps": cfg["steps"], "--n-envs": cfg["n_envs"], "--eval-every": cfg["eval_every"],
              "--eval-episodes": cfg["eval_episodes"], "--checkpoint-every": cfg["checkpoint_every"],
-             "--final-molecules": cfg["final_molecules"], "--seed": cfg["seed"]}
+             "--final-molecules": cfg["final_molecules"], "--seed": cfg["seed"], **_ppo_flags(cfg)}
     entry = {
         "formula": formula, "file": name, "sha256": sha256_of(checkpoint_dir / name), "agent": agent,
         "algorithm": "PPO", "env_id": cfg["env_id"], "env_kwargs": cfg.get("env_kwargs", {}),
@@ -114,7 +130,7 @@ def ship_checkpoint(run_dirs: list[str | Path], checkpoint_dir: str | Path = CHE
         "wall_s": summary.get("wall_s"),
         **({"note": note} if note else {}),
         "command": f"molgym train --formula {formula} " + " ".join(f"{k} {v}" for k, v in flags.items())
-        + " --out DIR",
+        + (f" --model-kwargs '{json.dumps(cfg['model_kwargs'])}'" if cfg.get("model_kwargs") else "") + " --out DIR",
     }
     if cfg["potential"] == "default":
         from molgym.potentials.registry import shipped_model_card
