@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     ppo.add_argument("--n-steps", type=int, default=64, help="rollout steps per environment per update (default 64)")
     ppo.add_argument("--batch-size", type=int, default=64, help="minibatch size (default 64)")
     ppo.add_argument("--epochs", type=int, default=4, help="epochs per update (default 4)")
-    ppo.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
+    ppo.add_argument("--lr", type=float, default=1e-3,
+                     help="learning rate (default 1e-3; 3e-4 before 2026-12-02, see docs/agents.md)")
     ppo.add_argument("--gamma", type=float, default=0.99)
     ppo.add_argument("--gae-lambda", type=float, default=0.95)
     ppo.add_argument("--clip-range", type=float, default=0.2)

@@ -42,7 +42,7 @@ class TrainConfig:
     n_steps: int = 64
     batch_size: int = 64
     epochs: int = 4
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_range: float = 0.2

@@ -142,7 +142,7 @@ def test_ship_checkpoint_copies_the_median_seed_and_indexes_it(tmp_path, tiny_ma
     assert index["checkpoints"][0]["sha256"] == sha256_of(shipped)
     assert entry["reference"] == "xtb" and "--reference xtb" in entry["command"]
     # the command reproduces the run's PPO settings: the learning rate always, the others where not the default
-    assert "--lr 0.0003" in entry["command"] and "--n-steps 8 --batch-size 8 --epochs 1" in entry["command"]
+    assert "--lr 0.001" in entry["command"] and "--n-steps 8 --batch-size 8 --epochs 1" in entry["command"]
     assert "--gamma" not in entry["command"] and "--model-kwargs '{" in entry["command"]
     other = tmp_path / "runs" / "other"
     args = train_args(other, tiny_mace_file, "internal", 16, "--reference", "none")
