@@ -7,9 +7,11 @@ A session (``molgym potential campaign --data DIR --work DIR --time-limit 2h``)
    earlier session) and checks that ``--data`` is the dataset it trains on (same settings and train-set size);
 2. puts the committed checkpoint (``STATE/checkpoint.pt``: weights, which mace saves EMA-averaged, optimiser and
    scheduler state, epoch) into the work directory unless the work directory already holds a newer one;
-3. trains with mace-torch for at most ``--time-limit`` (stopping between epochs), writes the model from the
-   newest checkpoint and evaluates it on the dataset's test files with the model card's figures;
-4. copies the newest checkpoint back to ``STATE/checkpoint.pt`` (atomically) and appends the session (wall and
+3. trains with mace-torch for at most ``--time-limit`` (stopping between epochs, checkpointing every epoch: mace
+   alone keeps only epochs that lower the validation loss, and a session resumed from such an epoch would lose
+   the epochs after it), writes the model from the last epoch and evaluates it on the dataset's test files with
+   the model card's figures;
+4. copies the last epoch's checkpoint back to ``STATE/checkpoint.pt`` (atomically) and appends the session (wall and
    CPU seconds, epochs, structures, the validation curve, the card figures compared row by row with the shipped
    ``default`` model and with the interim goals) to ``STATE/campaign.json``.
 
@@ -147,18 +149,22 @@ def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | o
         shutil.copyfile(state / CHECKPOINT_FILE, checkpoints / _MACE_TAG.format(seed=seed, epoch=committed))
         progress(f"campaign: resuming from the committed checkpoint (epoch {committed})")
     variant = variant_of(campaign)
+    options = variant.train_options()
+    # mace checkpoints only epochs that lower the validation loss; a campaign continues from the epoch it last
+    # trained (with that epoch's optimiser and scheduler), so every epoch is checkpointed
+    options["extra"] = list(options.get("extra") or []) + ["--save_all_checkpoints"]
     start = time.time()
     if committed is None and campaign.get("warm_start") and have is None:
         # one epoch builds mace's checkpoint (optimiser, scheduler) for this architecture; its weights are then
         # replaced by the warm-start model's, and training continues from there
-        train_mace(data, work, epochs=1, seed=seed, threads=threads, **variant.train_options())
+        train_mace(data, work, epochs=1, seed=seed, threads=threads, **options)
         log = work / "logs" / f"model_run-{seed}.log"
         if log.is_file():  # keep the set-up epoch out of the session's learning curve
             log.rename(log.with_name("warm_start_setup.log"))
         warm_start_checkpoint(checkpoints / _MACE_TAG.format(seed=seed, epoch=0), campaign["warm_start"]["model"])
         progress(f"campaign: warm start from {campaign['warm_start']['model']} (after one epoch of mace set-up)")
     model = train_mace(data, work, epochs=int(campaign["max_epochs"]), seed=seed, threads=threads,
-                       time_limit=max(1.0, time_limit - (time.time() - start)), **variant.train_options())
+                       time_limit=max(1.0, time_limit - (time.time() - start)), **options)
     seconds = time.time() - start
     run = json.loads((work / "train_settings.json").read_text())["runs"][-1]
     reached = latest_checkpoint_epoch(checkpoints)

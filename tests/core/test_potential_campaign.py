@@ -123,3 +123,19 @@ def test_committed_campaign_accepts_a_default_dataset_built_today(tmp_path):
     manifest["counts"]["train"]["total"] += 400
     (data / "manifest.json").write_text(json.dumps(manifest))
     assert cg._data_fingerprint(data) != committed
+
+
+def test_a_session_commits_its_last_epoch_not_only_its_best(tmp_path, tiny_dataset):
+    """mace alone checkpoints only epochs that lower the validation loss; the campaign must resume from the last
+    epoch it trained, or each session would throw away the epochs after its best one. At this learning rate the
+    validation loss of the tiny model is lowest at epoch 2 of 0-4 (measured), so the best epoch is not the last."""
+    data, _ = tiny_dataset
+    state = tmp_path / "state"
+    variant = StudyVariant("tiny-hot", changes="8 channels, lr 0.3 (test)", num_channels=8, lr=0.3)
+    cg.start_campaign(state, variant, data, max_epochs=5)
+    session = cg.run_session(state, data, tmp_path / "work", time_limit=600.0, threads=1, evaluate=False,
+                             progress=lambda m: None)
+    trained = [p["epoch"] for p in session["curve"]]
+    assert trained and session["epoch_after"] == max(trained) == 4
+    last = tmp_path / "work" / "checkpoints" / "model_run-0_epoch-4.pt"
+    assert (state / cg.CHECKPOINT_FILE).read_bytes() == last.read_bytes()
