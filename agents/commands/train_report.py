@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         "train-report",
         help="learning table and curves over seeds from finished molgym train runs",
         description="Group finished `molgym train` runs by setting (seeds together) and write training_report.md "
-        "(median over seeds of the final greedy return / best-known, validity, first evaluation at >= 90%%, cost) "
+        "(median over seeds of the final greedy return / best-known, validity, first evaluation at >= 90%, cost) "
         "and learning_curves.png (periodic greedy evaluations, median and min-max band per agent).",
     )
     p.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")

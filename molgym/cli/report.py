@@ -11,7 +11,7 @@ def register(subparsers) -> None:
         "report",
         help="write report.md and a self-contained report.html for a benchmark run",
         description="Read DIR/results.json (from `molgym bench --out DIR`) and write report.md and report.html "
-        "(leaderboards with 95%% CIs, plots, pictures of the best molecules; the HTML needs no network).",
+        "(leaderboards with 95% CIs, plots, pictures of the best molecules; the HTML needs no network).",
     )
     p.add_argument("dir", help="benchmark output directory (holds results.json)")
     p.add_argument("--out", default=None, help="where to write the report (default: DIR)")

@@ -28,6 +28,26 @@ def test_group_without_command_prints_its_help(capsys):
     assert "evaluate" in capsys.readouterr().out
 
 
+def test_every_command_help_renders_cleanly():
+    """argparse %-formats option help but not descriptions: a ``%%`` in a description shows as is."""
+    import argparse
+
+    from molgym.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+
+    seen = list(parsers(build_parser()))
+    assert len(seen) > 10
+    for parser in seen:
+        text = parser.format_help()
+        assert "%%" not in text, f"{parser.prog}: a literal %% in its help"
+
+
 def test_potential_info_xtb(capsys):
     assert main(["potential", "info", "xtb", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
