@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from molgym.agents.common.train_config import LR_SCHEDULES
+
 AGENT_CHOICES = ("covariant", "internal")
 
 
@@ -58,6 +60,8 @@ def register(subparsers) -> None:
     ppo.add_argument("--epochs", type=int, default=4, help="epochs per update (default 4)")
     ppo.add_argument("--lr", type=float, default=1e-3,
                      help="learning rate (default 1e-3; 3e-4 before 2026-12-02, see docs/agents.md)")
+    ppo.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                     help="learning rate over the run: constant (default) or linear decay to 0 at the last step")
     ppo.add_argument("--gamma", type=float, default=0.99)
     ppo.add_argument("--gae-lambda", type=float, default=0.95)
     ppo.add_argument("--clip-range", type=float, default=0.2)
@@ -93,7 +97,8 @@ def config_from_args(args: argparse.Namespace):
         reference=resolve_reference(args.reference, args.potential),
         env_kwargs=_json_arg("--env-kwargs", args.env_kwargs), steps=args.steps, n_envs=args.n_envs, seed=args.seed,
         device=args.device, n_steps=args.n_steps, batch_size=args.batch_size, epochs=args.epochs,
-        learning_rate=args.lr, gamma=args.gamma, gae_lambda=args.gae_lambda, clip_range=args.clip_range,
+        learning_rate=args.lr, lr_schedule=args.lr_schedule, gamma=args.gamma, gae_lambda=args.gae_lambda,
+        clip_range=args.clip_range,
         ent_coef=args.ent_coef, vf_coef=args.vf_coef, max_grad_norm=args.max_grad_norm,
         model_kwargs=_json_arg("--model-kwargs", args.model_kwargs), eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,

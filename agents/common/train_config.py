@@ -13,13 +13,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AGENTS", "TrainConfig", "resolve_reference", "validate_config"]
+__all__ = ["AGENTS", "LR_SCHEDULES", "TrainConfig", "learning_rate_schedule", "resolve_reference", "validate_config"]
 
 #: agent name -> policy class path
 AGENTS: dict[str, str] = {
     "covariant": "molgym.agents.covariant:CovariantPolicy",
     "internal": "molgym.agents.internal:InternalPolicy",
 }
+
+#: how the PPO learning rate changes over a run: held constant, or decayed linearly to 0 at the run's last step
+LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class TrainConfig:
     batch_size: int = 64
     epochs: int = 4
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_range: float = 0.2
@@ -74,6 +78,18 @@ class TrainConfig:
                     "threads"):
             d.pop(key)
         return d
+
+
+def learning_rate_schedule(cfg: TrainConfig):
+    """What SB3's PPO takes as ``learning_rate`` for ``cfg``: the rate itself, or for ``"linear"`` SB3's
+    :class:`~stable_baselines3.common.utils.LinearSchedule` from the rate at step 0 to 0 at ``cfg.steps`` (SB3 feeds
+    it the fraction of the run still to go, counted from step 0: a run resumed to the same ``--steps`` stays on
+    the same line; one resumed to more steps continues on the line that ends at the new total)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    from stable_baselines3.common.utils import LinearSchedule
+
+    return LinearSchedule(cfg.learning_rate, 0.0, 1.0)
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -120,6 +136,8 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in ("learning_rate", "clip_range", "max_grad_norm"):
         if not getattr(cfg, name) > 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
     if cfg.ent_coef < 0 or cfg.vf_coef < 0:
         raise ValueError("ent_coef and vf_coef must be non-negative")
     import gymnasium as gym

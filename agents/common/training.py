@@ -36,7 +36,8 @@ import numpy as np
 
 from molgym.agents.common.episodes import greedy_episodes, held_out_episodes, summarise, summarise_held_out
 from molgym.agents.common.progress_log import progress_logger, tensorboard_available
-from molgym.agents.common.train_config import AGENTS, TrainConfig, resolve_reference, validate_config
+from molgym.agents.common.train_config import (AGENTS, TrainConfig, learning_rate_schedule, resolve_reference,
+                                               validate_config)
 
 __all__ = ["TrainConfig", "AGENTS", "validate_config", "resolve_reference", "train", "greedy_episodes",
            "save_checkpoint"]
@@ -177,7 +178,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     else:
         model = PPO(
             policy_class, venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
-            learning_rate=cfg.learning_rate, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
+            learning_rate=learning_rate_schedule(cfg), gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
+            clip_range=cfg.clip_range,
             ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
             device=cfg.device, policy_kwargs={"seed": cfg.seed, "model_kwargs": dict(cfg.model_kwargs)}, verbose=0,
         )

@@ -72,10 +72,30 @@ def test_resume_continues_to_the_total(tmp_path, tiny_mace_file):
     assert main(_args(out, tiny_mace_file, "internal", 48, "--resume", "--lr", "1e-2")) == 2
 
 
+def test_linear_learning_rate_decays_to_zero_over_the_run_across_a_resume(tmp_path, tiny_mace_file):
+    import csv
+
+    out = tmp_path / "run"
+    assert main(_args(out, tiny_mace_file, "internal", 48, "--lr-schedule", "linear", "--lr", "1e-3")) == 0
+    with open(out / "progress.csv") as fh:
+        first = [float(r["train/learning_rate"]) for r in csv.DictReader(fh) if r.get("train/learning_rate")]
+    # one update per 16 steps (n_steps 8 x 2 envs), at the rate 1e-3 (1 - t/48) after step t; SB3 logs each
+    # update's figures with the next rollout's, so the last one (at rate 0) is not in the log
+    assert first == pytest.approx([1e-3 * (1 - t / 48) for t in (16, 32)])
+    assert json.loads((out / "config.json").read_text())["lr_schedule"] == "linear"
+    assert main(_args(out, tiny_mace_file, "internal", 80, "--resume", "--lr-schedule", "linear", "--lr", "1e-3")) == 0
+    with open(out / "progress.csv") as fh:
+        rates = [float(r["train/learning_rate"]) for r in csv.DictReader(fh) if r.get("train/learning_rate")]
+    assert rates[len(first):] == pytest.approx([1e-3 * (1 - 64 / 80)])  # the line now ends at the new total
+    # the schedule is a setting of the run: resuming without it is refused
+    assert main(_args(out, tiny_mace_file, "internal", 96, "--resume", "--lr", "1e-3")) == 2
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
         (["--agent", "nope"], None),  # argparse choices: exit status 2 via SystemExit
+        (["--lr-schedule", "cosine"], None),
         (["--steps", "0"], "steps must be a positive integer"),
         (["--formula", "c2h6"], "malformed formula"),
         (["--env", "MolGym/Nope-v0"], "unknown environment"),
