@@ -67,8 +67,12 @@ class TrainingRun:
 
     @property
     def setting(self) -> str:
-        """The settings that define what is learned (seed and bookkeeping removed), as sorted JSON."""
-        return json.dumps({k: v for k, v in self.config.items() if k not in BOOKKEEPING}, sort_keys=True)
+        """The settings that define what is learned (seed and bookkeeping removed, settings added since the run was
+        made filled in with the value its config implies), as sorted JSON."""
+        from molgym.agents.common.train_config import IMPLIED_SETTINGS
+
+        config = {**IMPLIED_SETTINGS, **self.config}
+        return json.dumps({k: v for k, v in config.items() if k not in BOOKKEEPING}, sort_keys=True)
 
 
 def _float(text: str) -> float | None:

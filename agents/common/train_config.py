@@ -13,13 +13,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AGENTS", "LR_SCHEDULES", "TrainConfig", "learning_rate_schedule", "resolve_reference", "validate_config"]
+__all__ = ["AGENTS", "IMPLIED_SETTINGS", "LR_SCHEDULES", "TrainConfig", "learning_rate_schedule", "resolve_reference", "validate_config"]
 
 #: agent name -> policy class path
 AGENTS: dict[str, str] = {
     "covariant": "molgym.agents.covariant:CovariantPolicy",
     "internal": "molgym.agents.internal:InternalPolicy",
 }
+
+#: Settings added to ``config.json`` after runs were made, with the value a config written without them implies
+#: (the behaviour before the setting existed): a run report compares old and new runs with these filled in.
+IMPLIED_SETTINGS: dict[str, Any] = {"lr_schedule": "constant"}
 
 #: how the PPO learning rate changes over a run: held constant, or decayed linearly to 0 at the run's last step
 LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")

@@ -12,12 +12,12 @@ from molgym.agents.common.run_report import find_runs, group_runs, learning_tabl
 from molgym.cli import main
 
 
-def _fake_run(folder, seed, fraction, validity, evals, lr=3e-4, formula="CH4O"):
+def _fake_run(folder, seed, fraction, validity, evals, lr=3e-4, formula="CH4O", **settings):
     """A run folder as `molgym train` writes it (only the files the report reads), with chosen figures."""
     folder.mkdir(parents=True)
     config = {"out": str(folder), "agent": "internal", "env_id": "MolGym/SingleBag-v0", "formula": formula,
               "potential": "default", "env_kwargs": {}, "steps": 12000, "seed": seed, "learning_rate": lr,
-              "eval_every": 2000, "device": "cpu", "threads": 1}
+              "eval_every": 2000, "device": "cpu", "threads": 1, **settings}
     (folder / "config.json").write_text(json.dumps(config))
     final = {"episodes": 4, "mean_return": 10 * fraction, "validity": validity, "mean_fraction_of_optimum": fraction}
     summary = {"final_greedy": final, "final_sampled": dict(final, validity=validity / 2), "held_out": None,
@@ -31,15 +31,17 @@ def _fake_run(folder, seed, fraction, validity, evals, lr=3e-4, formula="CH4O"):
 def test_table_takes_medians_over_seeds_and_separates_settings(tmp_path):
     _fake_run(tmp_path / "a0", 0, 0.5, 0.0, [0.2, 0.5])
     _fake_run(tmp_path / "a1", 1, 0.9, 1.0, [0.4, 0.95])
-    _fake_run(tmp_path / "a2", 2, 0.7, 1.0, [0.91, 0.7])
+    _fake_run(tmp_path / "a2", 2, 0.7, 1.0, [0.91, 0.7], lr_schedule="constant")  # what a config without it meant
     _fake_run(tmp_path / "b0", 0, 0.3, 0.0, [0.3], lr=1e-3)  # another learning rate: its own group
+    _fake_run(tmp_path / "d0", 0, 0.6, 1.0, [0.6], lr_schedule="linear")  # another schedule: its own group
     (tmp_path / "c0").mkdir()
     (tmp_path / "c0" / "config.json").write_text("{}")  # started, not finished
     runs, unfinished = find_runs([tmp_path])
-    assert unfinished == [tmp_path / "c0"] and len(runs) == 4
+    assert unfinished == [tmp_path / "c0"] and len(runs) == 5
     groups = group_runs(runs)
     assert {k: len(v) for k, v in groups.items()} == {("CH4O", 12000, "internal [1]"): 3,
-                                                       ("CH4O", 12000, "internal [2]"): 1}
+                                                       ("CH4O", 12000, "internal [2]"): 1,
+                                                       ("CH4O", 12000, "internal [3]"): 1}
     table = learning_table(groups).splitlines()
     assert table[2] == ("| CH4O | 12,000 | internal [1] | default | 3 | 0.700 [0.500, 0.900] | 100% | 50% | never, "
                         "4,000, 2,000 | 41 | 249 |")
