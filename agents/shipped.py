@@ -60,9 +60,10 @@ def shipped_checkpoint(formula: str) -> Path:
 
 
 #: ``molgym train`` flag of each PPO setting in a run's config.json
-_PPO_FLAGS = {"learning_rate": "--lr", "lr_schedule": "--lr-schedule", "n_steps": "--n-steps", "batch_size": "--batch-size", "epochs": "--epochs",
-              "gamma": "--gamma", "gae_lambda": "--gae-lambda", "clip_range": "--clip-range", "ent_coef": "--ent-coef",
-              "vf_coef": "--vf-coef", "max_grad_norm": "--max-grad-norm"}
+_PPO_FLAGS = {"learning_rate": "--lr", "lr_schedule": "--lr-schedule", "n_steps": "--n-steps",
+              "batch_size": "--batch-size", "epochs": "--epochs", "gamma": "--gamma", "gae_lambda": "--gae-lambda",
+              "clip_range": "--clip-range", "ent_coef": "--ent-coef", "vf_coef": "--vf-coef",
+              "max_grad_norm": "--max-grad-norm"}
 
 
 def _ppo_flags(cfg: dict) -> dict[str, object]:

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AGENTS", "IMPLIED_SETTINGS", "LR_SCHEDULES", "TrainConfig", "learning_rate_schedule", "resolve_reference", "validate_config"]
+__all__ = ["AGENTS", "IMPLIED_SETTINGS", "LR_SCHEDULES", "TrainConfig", "learning_rate_schedule", "resolve_reference",
+           "validate_config"]
 
 #: agent name -> policy class path
 AGENTS: dict[str, str] = {
