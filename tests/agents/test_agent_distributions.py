@@ -73,6 +73,28 @@ def test_spherical_density_is_rotation_invariant_with_wigner_coefficients():
     assert torch.allclose(lp, lp_rot, atol=1e-9)
 
 
+def test_spherical_mode_is_the_density_maximum_not_a_grid_node_and_rotates_with_the_coefficients():
+    """Greedy directions: the maximum of the density (no grid rounding), so they rotate with the canvas."""
+    from e3nn import o3
+
+    rng = np.random.default_rng(4)
+    grid, fine = SphericalGrid(3, 32, 64), SphericalGrid(3, 120, 240)
+    a = torch.stack([_coefficients(rng, 3, 12.0) for _ in range(40)])
+    u = SphericalHarmonicDensity(a, grid).mode()
+    assert torch.allclose(u.norm(dim=-1), torch.ones(40, dtype=D), atol=1e-12)
+    f = (real_spherical_harmonics(3, u) * a).sum(-1)
+    assert (f >= (a @ fine.ylm_nodes.T).max(-1).values - 1e-9).all()  # at least the best of 28,800 nodes
+    v = u.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad((real_spherical_harmonics(3, v) * a).sum(), v)
+    assert (g - (g * u).sum(-1, keepdim=True) * u).norm(dim=-1).max() < 1e-3  # a stationary point on the sphere
+    grid_nodes = grid.nodes[(a @ grid.ylm_nodes.T).argmax(-1)]
+    assert ((u * grid_nodes).sum(-1) < 1.0 - 1e-6).all()  # not rounded to the quadrature grid
+    R = o3.rand_matrix(dtype=D)
+    a_rot = a @ o3.Irreps("1o + 2e + 3o").D_from_matrix(R).T
+    u_rot = SphericalHarmonicDensity(a_rot, grid).mode()
+    assert torch.acos(((u @ R.T) * u_rot).sum(-1).clamp(-1.0, 1.0)).max() < 1e-4
+
+
 @pytest.mark.parametrize("total", [0.0, 4.0, 20.0])
 def test_spherical_sampler_matches_density(total):
     """Chi-square of 20k samples over 8 x 16 (theta, phi) cells against the cells' probabilities (fine grid)."""

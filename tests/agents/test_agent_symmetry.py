@@ -73,6 +73,21 @@ def test_internal_agent_is_chiral_on_generic_canvases():
     assert (lp - lp2).abs().max() > 1e-3
 
 
+def test_covariant_greedy_action_rotates_with_the_canvas():
+    """The greedy (deterministic) action is the density's maximum, not a grid node: rotating a generic canvas
+    rotates the greedy placement (the degenerate canvases have no unique greedy direction)."""
+    rng = np.random.default_rng(7)
+    policy = make_policy("covariant")
+    obs = observation(canvas_positions("many", rng), rng)
+    with torch.no_grad():
+        action = policy.distribution(obs).mode()
+        for seed in range(3):
+            Q = _orthogonal(seed, proper=True)
+            rotated = policy.distribution(transform(obs, Q)).mode()
+            assert torch.equal(rotated[..., 0], action[..., 0])
+            assert torch.allclose(rotated, transform_actions(action, Q), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("agent", ["covariant", "internal"])
 @pytest.mark.parametrize("kind", ["one", "two", "many"])
 def test_translation_invariance(agent, kind):

@@ -1,0 +1,104 @@
+"""Greedy direction on the quadrature grid vs refined to the density's maximum, on the shipped checkpoints.
+
+Plays each shipped covariant checkpoint greedily on its formula twice: with the greedy direction rounded to the
+best node of the spherical quadrature grid (molgym's behaviour before 2026-12-03; ``mode(tol=inf)`` skips the
+refinement) and refined to the density's maximum (the default). Each greedy molecule is judged by GFN2-xTB like
+``molgym train-report --referee xtb`` (fraction of the xTB best-known return, validity, energy released by xTB
+relaxation). For the refined molecule it also says where the strain sits: rms deviation of bond lengths (Å) and
+bond angles (degrees) from the relaxed molecule, and the energy released by a relaxation with every bond length
+frozen. Prints one markdown table; a few minutes on one core.
+
+    python benchmarks/greedy_direction.py                 # all shipped checkpoints
+    python benchmarks/greedy_direction.py C7H8N2O2 C4H7N  # some
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from functools import partialmethod
+
+import numpy as np
+
+
+def _greedy_molecule(formula: str, referee):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    import molgym  # noqa: F401  (registers the environments)
+    from molgym.agents.common.training import greedy_episodes
+    from molgym.agents.shipped import shipped_checkpoint
+
+    env = gym.make("MolGym/SingleBag-v0", formula=formula, potential=referee)
+    model = PPO.load(str(shipped_checkpoint(formula)), device="cpu")
+    return greedy_episodes(model.policy, env, 1, seed=0)[0]["atoms"]
+
+
+def _strain_split(atoms, referee) -> dict[str, float]:
+    """Bond-length and bond-angle deviations from the xTB-relaxed molecule, and the drop with bonds frozen."""
+    from ase.constraints import FixBondLengths
+    from ase.neighborlist import NeighborList, natural_cutoffs
+    from ase.optimize import BFGS
+
+    from molgym.metrics.physics import relax
+
+    free = relax(atoms, referee, fmax=0.05, steps=300)
+    start, end = atoms, free.atoms
+    nl = NeighborList(natural_cutoffs(end), self_interaction=False, bothways=True)
+    nl.update(end)
+    bonds = sorted({tuple(sorted((i, int(j)))) for i in range(len(end)) for j in nl.get_neighbors(i)[0]})
+    d_bond = [start.get_distance(i, j) - end.get_distance(i, j) for i, j in bonds]
+    d_angle = []
+    for centre in range(len(end)):
+        nb = nl.get_neighbors(centre)[0]
+        for x in range(len(nb)):
+            for y in range(x + 1, len(nb)):
+                d_angle.append(start.get_angle(nb[x], centre, nb[y]) - end.get_angle(nb[x], centre, nb[y]))
+    frozen = start.copy()
+    frozen.set_constraint(FixBondLengths([list(b) for b in bonds]))
+    frozen.calc = referee.as_calculator()
+    BFGS(frozen, logfile=None).run(fmax=0.05, steps=300)
+    return {"bond_rms": float(np.sqrt(np.mean(np.square(d_bond)))),
+            "angle_rms": float(np.sqrt(np.mean(np.square(d_angle)))) if d_angle else 0.0,
+            "frozen_drop": free.start_energy - float(frozen.get_potential_energy())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("formulas", nargs="*", help="shipped formulas (default: all)")
+    args = parser.parse_args(argv)
+
+    from molgym.agents.common.distributions import SphericalHarmonicDensity
+    from molgym.agents.common.referee import judge_molecules
+    from molgym.agents.shipped import shipped_checkpoints
+    from molgym.potentials import load_potential
+
+    shipped = shipped_checkpoints()
+    unknown = [f for f in args.formulas if f not in shipped]
+    if unknown:
+        parser.error(f"no shipped checkpoint for {', '.join(unknown)}; shipped: {', '.join(sorted(shipped))}")
+    referee = load_potential("xtb")
+    refined_mode = SphericalHarmonicDensity.mode
+    print("| formula | fraction, grid | fraction, refined | relaxation drop, grid (eV) | relaxation drop, refined "
+          "(eV) | bond rms (Å) | angle rms (deg) | drop, bonds frozen (eV) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for formula in args.formulas or sorted(shipped):
+        judged = {}
+        try:
+            for name, mode in (("grid", partialmethod(refined_mode, tol=math.inf)), ("refined", refined_mode)):
+                SphericalHarmonicDensity.mode = mode
+                atoms = _greedy_molecule(formula, referee)
+                judged[name] = (atoms, judge_molecules([atoms], referee)[0])
+        finally:
+            SphericalHarmonicDensity.mode = refined_mode
+        split = _strain_split(judged["refined"][0], referee)
+        g, r = judged["grid"][1], judged["refined"][1]
+        valid = "" if g["valid"] and r["valid"] else f" (valid: grid {g['valid']}, refined {r['valid']})"
+        print(f"| {formula}{valid} | {g['referee_fraction']:.3f} | {r['referee_fraction']:.3f} | "
+              f"{g['relax_drop']:.3f} | {r['relax_drop']:.3f} | {split['bond_rms']:.3f} | {split['angle_rms']:.1f} | "
+              f"{split['frozen_drop']:.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
