@@ -9,6 +9,7 @@ conditional position density (:meth:`position_log_prob`, :meth:`sample_position`
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,28 @@ class PlacementModel(nn.Module):
         max_atomic_number: largest atomic number the atom embedding knows.
         first_atom_scale: standard deviation (Å) of the isotropic Gaussian at the origin for the first atom.
     """
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The keyword options of this model: its constructor's and its bases' (less ``n_elements``)."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if not (isinstance(klass, type) and issubclass(klass, PlacementModel)):
+                continue
+            for name, param in inspect.signature(klass.__init__).parameters.items():
+                if name not in ("self", "n_elements", *names) and param.kind in (param.POSITIONAL_OR_KEYWORD,
+                                                                                param.KEYWORD_ONLY):
+                    names.append(name)
+        return names
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """``ValueError`` naming any key of ``options`` that is not one of :meth:`option_names` (instead of a
+        ``TypeError`` from deep inside the policy's construction)."""
+        unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown model option(s) {', '.join(map(repr, unknown))}; allowed: "
+                             f"{', '.join(cls.option_names())}")
 
     def __init__(self, n_elements: int, channels: int = 64, element_channels: int = 16, max_atomic_number: int = 54,
                  first_atom_scale: float = 0.1):

@@ -145,6 +145,7 @@ class PlacementPolicy(ActorCriticPolicy):
             raise ValueError("placement policies do not support use_sde=True")
         self.n_elements = check_spaces(observation_space, action_space)
         self.model_kwargs = dict(model_kwargs or {})
+        self.model_class.check_options(self.model_kwargs)
         self.seed = int(torch.initial_seed() % (2**63) if seed is None else seed)
         kwargs.setdefault("ortho_init", False)
         super().__init__(observation_space, action_space, lr_schedule, use_sde=False, **kwargs)

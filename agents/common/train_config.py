@@ -97,6 +97,14 @@ def learning_rate_schedule(cfg: TrainConfig):
     return LinearSchedule(cfg.learning_rate, 0.0, 1.0)
 
 
+def policy_class(agent: str):
+    """The SB3 policy class of ``agent`` (a key of :data:`AGENTS`)."""
+    import importlib
+
+    module, name = AGENTS[agent].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -141,6 +149,9 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in ("learning_rate", "clip_range", "max_grad_norm"):
         if not getattr(cfg, name) > 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if not isinstance(cfg.model_kwargs, dict):
+        raise ValueError(f"model_kwargs must be a JSON object (a dict), got {cfg.model_kwargs!r}")
+    policy_class(cfg.agent).model_class.check_options(cfg.model_kwargs)
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
     if cfg.ent_coef < 0 or cfg.vf_coef < 0:

@@ -36,18 +36,13 @@ import numpy as np
 
 from molgym.agents.common.episodes import greedy_episodes, held_out_episodes, summarise, summarise_held_out
 from molgym.agents.common.progress_log import progress_logger, tensorboard_available
-from molgym.agents.common.train_config import (AGENTS, TrainConfig, learning_rate_schedule, resolve_reference,
-                                               validate_config)
+from molgym.agents.common.train_config import (AGENTS, TrainConfig, learning_rate_schedule, policy_class,
+                                               resolve_reference, validate_config)
 
 __all__ = ["TrainConfig", "AGENTS", "validate_config", "resolve_reference", "train", "greedy_episodes",
            "save_checkpoint"]
 
 
-def _policy_class(agent: str):
-    import importlib
-
-    module, name = AGENTS[agent].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _make_env(cfg: TrainConfig):
@@ -170,14 +165,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     out.mkdir(parents=True, exist_ok=True)
     write_json(config_path, asdict(cfg))
 
-    policy_class = _policy_class(cfg.agent)
+    policy = policy_class(cfg.agent)
     if resume:
         model = PPO.load(str(latest), env=venv, device=cfg.device)
         model.policy.generator.manual_seed(cfg.seed + model.num_timesteps)  # a fresh stream after resuming
         log(f"resuming {out} at step {model.num_timesteps}")
     else:
         model = PPO(
-            policy_class, venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
+            policy, venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
             learning_rate=learning_rate_schedule(cfg), gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
             clip_range=cfg.clip_range,
             ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,

@@ -24,6 +24,7 @@ The first atom of an episode is drawn from an isotropic Gaussian at the origin (
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -42,6 +43,25 @@ from molgym.agents.common.model import Canvas, Encoded, PlacementModel, select_e
 __all__ = ["CovariantModel"]
 
 _PARITY = {0: "e", 1: "o", 2: "e", 3: "o"}
+
+
+def _check_direction_settings(lmax: int, min_distance_scale: float, max_distance_scale: float,
+                              max_concentration: float, quadrature: tuple[int, int]) -> None:
+    """``ValueError`` for settings the covariant model cannot honour: ``lmax`` outside 1..3, distance widths out
+    of order, or a quadrature that does not normalise the direction density to 1e-6 at ``max_concentration``."""
+    if not 1 <= lmax <= 3:
+        raise ValueError(f"lmax must be 1, 2 or 3, got {lmax}")
+    if not 0 < min_distance_scale < max_distance_scale:
+        raise ValueError("need 0 < min_distance_scale < max_distance_scale")
+    if not max_concentration > 0:
+        raise ValueError(f"max_concentration must be positive, got {max_concentration}")
+    error = quadrature_error(int(lmax), float(max_concentration), *quadrature)
+    if error > 1e-6:
+        raise ValueError(
+            f"quadrature={tuple(quadrature)} normalises the direction density only to {error:.1e} at "
+            f"max_concentration={max_concentration:g} (lmax={lmax}); use a finer quadrature "
+            "(e.g. (40, 80) up to 30, (48, 96) up to 80) or a lower max_concentration"
+        )
 
 
 class CovariantModel(PlacementModel):
@@ -68,10 +88,7 @@ class CovariantModel(PlacementModel):
                  min_distance_scale: float = 0.01, max_distance_scale: float = 0.5, max_concentration: float = 20.0,
                  quadrature: tuple[int, int] = (32, 64), **kwargs: Any):
         super().__init__(n_elements, channels=channels, **kwargs)
-        if not 1 <= lmax <= 3:
-            raise ValueError(f"lmax must be 1, 2 or 3, got {lmax}")
-        if not 0 < min_distance_scale < max_distance_scale:
-            raise ValueError("need 0 < min_distance_scale < max_distance_scale")
+        _check_direction_settings(lmax, min_distance_scale, max_distance_scale, max_concentration, quadrature)
         self.lmax, self.cutoff, self.num_radial = int(lmax), float(cutoff), int(num_radial)
         self.vector_channels = int(vector_channels)
         self.distance_components = int(distance_components)
@@ -91,14 +108,17 @@ class CovariantModel(PlacementModel):
         with torch.no_grad():  # start with components spread over 0.9 .. 1.9 Å, width 0.1 (log Å)
             self.distance_head[-1].bias[k:2 * k] = torch.linspace(-1.5, 1.5, k)
         self.direction_head = mlp([head_in, channels, lmax * vector_channels])
-        error = quadrature_error(self.lmax, self.max_concentration, *quadrature)
-        if error > 1e-6:
-            raise ValueError(
-                f"quadrature={tuple(quadrature)} normalises the direction density only to {error:.1e} at "
-                f"max_concentration={self.max_concentration:g} (lmax={self.lmax}); use a finer quadrature "
-                "(e.g. (40, 80) up to 30, (48, 96) up to 80) or a lower max_concentration"
-            )
         self.grid = spherical_grid(lmax, *quadrature, *sampling_cells(self.max_concentration))
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Unknown keys, and the direction settings :meth:`__init__` would refuse, as ``ValueError`` before any
+        model is built (``molgym train`` checks its ``--model-kwargs`` with this)."""
+        super().check_options(options)
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
+        settings = {**defaults, **options}
+        _check_direction_settings(*(settings[k] for k in ("lmax", "min_distance_scale", "max_distance_scale",
+                                                          "max_concentration", "quadrature")))
 
     # --------------------------------------------------------------------------------------- encoder
     def node_features(self, canvas: Canvas, h0: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -102,6 +102,8 @@ def test_linear_learning_rate_decays_to_zero_over_the_run_across_a_resume(tmp_pa
         (["--batch-size", "999"], "exceeds the rollout size"),
         (["--device", "tpu"], "device must be"),
         (["--model-kwargs", "{oops"], "not valid JSON"),
+        (["--model-kwargs", '{"max_concentraton": 80}'], "unknown model option(s) 'max_concentraton'; allowed:"),
+        (["--model-kwargs", '{"max_concentration": 80}'], "use a finer quadrature"),
         (["--reference", "gfn9"], "unknown reference 'gfn9'"),
         (["--env-kwargs", '{"reference": "xtb"}'], "give the reference with --reference"),
     ],
