@@ -43,8 +43,6 @@ __all__ = ["TrainConfig", "AGENTS", "validate_config", "resolve_reference", "tra
            "save_checkpoint"]
 
 
-
-
 def _make_env(cfg: TrainConfig):
     import gymnasium as gym
 
