@@ -21,19 +21,6 @@ from functools import partialmethod
 import numpy as np
 
 
-def _greedy_molecule(formula: str, referee):
-    import gymnasium as gym
-    from stable_baselines3 import PPO
-
-    import molgym  # noqa: F401  (registers the environments)
-    from molgym.agents.common.training import greedy_episodes
-    from molgym.agents.shipped import shipped_checkpoint
-
-    env = gym.make("MolGym/SingleBag-v0", formula=formula, potential=referee)
-    model = PPO.load(str(shipped_checkpoint(formula)), device="cpu")
-    return greedy_episodes(model.policy, env, 1, seed=0)[0]["atoms"]
-
-
 def _strain_split(atoms, referee) -> dict[str, float]:
     """Bond-length and bond-angle deviations from the xTB-relaxed molecule, and the drop with bonds frozen."""
     from ase.constraints import FixBondLengths
@@ -69,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from molgym.agents.common.distributions import SphericalHarmonicDensity
-    from molgym.agents.common.referee import judge_molecules
-    from molgym.agents.shipped import shipped_checkpoints
+    from molgym.agents.common.referee import greedy_checkpoint_molecule, judge_molecules
+    from molgym.agents.shipped import shipped_checkpoint, shipped_checkpoints
     from molgym.potentials import load_potential
 
     shipped = shipped_checkpoints()
@@ -87,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name, mode in (("grid", partialmethod(refined_mode, tol=math.inf)), ("refined", refined_mode)):
                 SphericalHarmonicDensity.mode = mode
-                atoms = _greedy_molecule(formula, referee)
+                atoms = greedy_checkpoint_molecule(shipped_checkpoint(formula), formula, referee)
                 judged[name] = (atoms, judge_molecules([atoms], referee)[0])
         finally:
             SphericalHarmonicDensity.mode = refined_mode

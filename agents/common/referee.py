@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-__all__ = ["judge_molecules", "judge_run", "judge_checkpoint", "summarise_judged"]
+__all__ = ["judge_molecules", "judge_run", "judge_checkpoint", "greedy_checkpoint_molecule", "summarise_judged"]
 
 #: Relaxation settings of the referee (those of ``molgym.best_known``'s xTB entries).
 RELAX_FMAX = 0.05
@@ -108,22 +108,28 @@ def judge_run(run_dir: str | Path, referee_spec: str = "xtb", referee=None) -> d
     return result
 
 
-def judge_checkpoint(path: str | Path, formula: str, referee_spec: str = "xtb", seed: int = 0) -> dict[str, Any]:
-    """Play a policy file (SB3 ``.zip``) greedily on ``MolGym/SingleBag-v0`` for ``formula`` and judge its
-    molecule; ``{"records", "summary"}`` as :func:`judge_run` gives."""
+def greedy_checkpoint_molecule(path: str | Path, formula: str, referee, seed: int = 0) -> Atoms:
+    """The final canvas of one greedy episode of a policy file (SB3 ``.zip``) on ``MolGym/SingleBag-v0`` for
+    ``formula``, in an environment under ``referee`` (the policy sees only the canvas and the bag, so no learned
+    potential is needed)."""
     import gymnasium as gym
     from stable_baselines3 import PPO
 
     import molgym  # noqa: F401  (registers the environments)
     from molgym.agents.common.training import greedy_episodes
+
+    env = gym.make("MolGym/SingleBag-v0", formula=formula, potential=referee)
+    model = PPO.load(str(path), device="cpu")
+    return greedy_episodes(model.policy, env, 1, seed=seed)[0]["atoms"]
+
+
+def judge_checkpoint(path: str | Path, formula: str, referee_spec: str = "xtb", seed: int = 0) -> dict[str, Any]:
+    """Play a policy file (SB3 ``.zip``) greedily on ``MolGym/SingleBag-v0`` for ``formula`` and judge its
+    molecule; ``{"records", "summary"}`` as :func:`judge_run` gives."""
     from molgym.potentials import load_potential
 
     referee = load_potential(referee_spec)
-    # the policy sees only the canvas and the bag: an environment under the referee, no learned potential needed
-    env = gym.make("MolGym/SingleBag-v0", formula=formula, potential=referee)
-    model = PPO.load(str(path), device="cpu")
-    episodes = greedy_episodes(model.policy, env, 1, seed=seed)
-    records = judge_molecules([e["atoms"] for e in episodes], referee)
+    records = judge_molecules([greedy_checkpoint_molecule(path, formula, referee, seed)], referee)
     return {"referee": referee.name, "records": records, "summary": summarise_judged(records)}
 
 
