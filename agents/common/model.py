@@ -110,6 +110,28 @@ class PlacementModel(nn.Module):
         return names
 
     @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """The default of every option that has one (a subclass's default wins over its base's)."""
+        values: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            if not (isinstance(klass, type) and issubclass(klass, PlacementModel)):
+                continue
+            for name, param in inspect.signature(klass.__init__).parameters.items():
+                if name in cls.option_names() and name not in values and param.default is not param.empty:
+                    values[name] = param.default
+        return values
+
+    @classmethod
+    def resolved_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Every option's value, ``options`` over :meth:`option_defaults`, after :meth:`check_options`.
+
+        Training stores this, not only the options given, in the checkpoint, so a later change of a default
+        cannot change what a saved policy is when it is loaded again.
+        """
+        cls.check_options(options)
+        return {**cls.option_defaults(), **options}
+
+    @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         """``ValueError`` naming any key of ``options`` that is not one of :meth:`option_names` (instead of a
         ``TypeError`` from deep inside the policy's construction)."""

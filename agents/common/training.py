@@ -174,7 +174,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
             learning_rate=learning_rate_schedule(cfg), gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
             clip_range=cfg.clip_range,
             ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
-            device=cfg.device, policy_kwargs={"seed": cfg.seed, "model_kwargs": dict(cfg.model_kwargs)}, verbose=0,
+            device=cfg.device, verbose=0,
+            policy_kwargs={"seed": cfg.seed, "model_kwargs": policy.model_class.resolved_options(cfg.model_kwargs)},
         )
     formats = ["csv"] + (["tensorboard"] if tensorboard_available() else [])
     model.set_logger(progress_logger(out, formats, resume_step=model.num_timesteps if resume else None))

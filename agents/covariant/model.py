@@ -24,7 +24,6 @@ The first atom of an episode is drawn from an isotropic Gaussian at the origin (
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -115,8 +114,7 @@ class CovariantModel(PlacementModel):
         """Unknown keys, and the direction settings :meth:`__init__` would refuse, as ``ValueError`` before any
         model is built (``molgym train`` checks its ``--model-kwargs`` with this)."""
         super().check_options(options)
-        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
-        settings = {**defaults, **options}
+        settings = {**cls.option_defaults(), **options}
         _check_direction_settings(*(settings[k] for k in ("lmax", "min_distance_scale", "max_distance_scale",
                                                           "max_concentration", "quadrature")))
 

@@ -7,9 +7,11 @@ import json
 import ase.io
 import numpy as np
 import pytest
+from stable_baselines3 import PPO
 
 from agent_helpers import train_args as _args
 
+from molgym.agents.common.train_config import policy_class
 from molgym.cli import main
 
 
@@ -37,6 +39,13 @@ def test_train_run_writes_every_output(agent, tmp_path, tiny_mace_file, capsys):
     assert s["validity"] <= s["completed"]
     rows = (out / "eval.csv").read_text().splitlines()
     assert rows[0].startswith("step,mean_return") and len(rows) == 3  # steps 16 and 32
+    # the checkpoint records every model option, so a later change of a default cannot change the saved policy
+    recorded = PPO.load(str(out / "model.zip"), device="cpu").policy_kwargs["model_kwargs"]
+    model_class = policy_class(agent).model_class
+    given = json.loads((out / "config.json").read_text())["model_kwargs"]
+    assert set(recorded) == set(model_class.option_names()) and given and set(given) < set(recorded)
+    expected = {**model_class.option_defaults(), **given}
+    assert json.loads(json.dumps(recorded)) == json.loads(json.dumps(expected))
 
 
 def test_stochastic_bag_run_reports_the_held_out_bags(tmp_path, tiny_mace_file, capsys):
