@@ -24,20 +24,19 @@ import numpy as np
 def _strain_split(atoms, referee) -> dict[str, float]:
     """Bond-length and bond-angle deviations from the xTB-relaxed molecule, and the drop with bonds frozen."""
     from ase.constraints import FixBondLengths
-    from ase.neighborlist import NeighborList, natural_cutoffs
     from ase.optimize import BFGS
 
+    from molgym.metrics.bonds import connectivity
     from molgym.metrics.physics import relax
 
     free = relax(atoms, referee, fmax=0.05, steps=300)
     start, end = atoms, free.atoms
-    nl = NeighborList(natural_cutoffs(end), self_interaction=False, bothways=True)
-    nl.update(end)
-    bonds = sorted({tuple(sorted((i, int(j)))) for i in range(len(end)) for j in nl.get_neighbors(i)[0]})
+    graph = connectivity(end)  # molgym's bond rule (the validity metric's), on the relaxed molecule
+    bonds = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(graph)))]
     d_bond = [start.get_distance(i, j) - end.get_distance(i, j) for i, j in bonds]
     d_angle = []
     for centre in range(len(end)):
-        nb = nl.get_neighbors(centre)[0]
+        nb = np.flatnonzero(graph[centre])
         for x in range(len(nb)):
             for y in range(x + 1, len(nb)):
                 d_angle.append(start.get_angle(nb[x], centre, nb[y]) - end.get_angle(nb[x], centre, nb[y]))
