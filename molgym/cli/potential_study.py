@@ -63,14 +63,29 @@ def register_campaign(commands) -> None:
     cp.add_argument("--warm-start", default=None, metavar="MODEL",
                     help="start a new campaign from this trained model's weights ('default': the shipped model)")
     cp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per idle core)")
+    cp.add_argument("--stage-two", action="store_true",
+                    help="switch the campaign to mace's stage two (higher energy weight, SWA) from its next epoch; "
+                    "recorded in campaign.json, so later sessions continue in stage two without the flag")
+    cp.add_argument("--stage-two-weights", type=float, nargs=2, default=(1000.0, 10.0), metavar=("ENERGY", "FORCES"),
+                    help="stage two's loss weights (default 1000 10, mace's; stage one's are the variant's, 40 10)")
+    cp.add_argument("--stage-two-lr", type=float, default=1e-3, help="stage two's learning rate (default 1e-3)")
     cp.set_defaults(func=cmd_campaign)
 
 
 def cmd_campaign(args: argparse.Namespace) -> int:
-    from molgym.training.campaign import STATE_DIR, format_comparison, run_session, start_campaign
+    from molgym.training.campaign import (STATE_DIR, begin_stage_two, format_comparison, run_session,
+                                          start_campaign)
     from molgym.training.study import parse_variants
 
     state = args.state or STATE_DIR
+    if args.stage_two and args.variant:
+        raise ValueError("--stage-two continues a campaign that has trained; start it with --variant first, "
+                         "and add --stage-two in a later session")
+    if args.stage_two:
+        energy, forces = args.stage_two_weights
+        two = begin_stage_two(state, energy_weight=energy, forces_weight=forces, lr=args.stage_two_lr)
+        print(f"campaign: stage two from epoch {two['from_epoch']} (energy weight {two['energy_weight']:g}, "
+              f"forces {two['forces_weight']:g}, lr {two['lr']:g})")
     if args.variant:
         (variant,) = parse_variants(args.variant)
         if args.lr is not None:

@@ -16,7 +16,8 @@ re-implemented here.
   (``stage_two_lr``, default 1e-3) and averages weights (SWA). The reward is an energy difference, so the
   energy error matters most. Continuing the default model's 44-epoch run into stage two (forces weight 20) took
   its validation energy MAE from 43 to 32 meV/atom in 11 epochs while the force MAE went from 239 to 253 meV/Å.
-  The model is then ``OUT/<name>_stagetwo.model`` (mace's name); it is what :func:`train_mace` returns.
+  The model is then ``OUT/<name>_stagetwo.model`` (mace's name); it is what :func:`train_mace` returns (the
+  stage-one model when a time limit stops the run before stage two begins).
   Resuming a finished stage-one run with ``stage_two_from`` set continues it into stage two.
 - **Speed on a small CPU** (docs/potential.md, "Training speed on 2 CPU cores"): torch threads default to one per
   core found idle at the start (:func:`training_threads`), mace's end-of-run plots (a second pass over the whole
@@ -416,6 +417,10 @@ def train_mace(
                 # rerun with the epochs done: mace loads the newest checkpoint, trains nothing, writes the model
                 argv_finish = list(argv)
                 argv_finish[argv_finish.index("--max_num_epochs") + 1] = str(reached)
+                if "--start_stage_two" in argv_finish:
+                    # mace drops stage two (and writes no stage-two model) unless it starts before the last epoch
+                    i = argv_finish.index("--start_stage_two") + 1
+                    argv_finish[i] = str(max(1, min(int(argv_finish[i]), reached - 1)))
                 run(build_default_arg_parser().parse_args(argv_finish))
     finally:
         torch.set_default_dtype(previous_dtype)
@@ -424,6 +429,10 @@ def train_mace(
     save_settings()
     stem = f"{name}_stagetwo" if options.get("stage_two_from") is not None else name
     model = out / f"{stem}.model"
+    if not model.is_file() and stem != name:
+        reached = latest_checkpoint_epoch(out / "checkpoints")
+        if reached is not None and reached < int(options["stage_two_from"]):
+            model = out / f"{name}.model"  # stopped by the time limit before stage two began: stage one's model
     if not model.is_file():
         raise RuntimeError(f"mace's trainer finished without writing {model}; see {out / 'logs'}")
     return model

@@ -139,3 +139,57 @@ def test_a_session_commits_its_last_epoch_not_only_its_best(tmp_path, tiny_datas
     assert trained and session["epoch_after"] == max(trained) == 4
     last = tmp_path / "work" / "checkpoints" / "model_run-0_epoch-4.pt"
     assert (state / cg.CHECKPOINT_FILE).read_bytes() == last.read_bytes()
+
+
+def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
+    """After :func:`begin_stage_two` the sessions train mace's stage two (its loss weights, SWA) from the next epoch,
+    and a later session in a fresh work directory resumes stage two from the committed ``_swa`` checkpoint."""
+    data, _ = tiny_dataset
+    state = tmp_path / "state"
+    variant = StudyVariant("tiny", changes="8 channels (test)", num_channels=8)
+    cg.start_campaign(state, variant, data, max_epochs=2)
+    with pytest.raises(ValueError, match="no committed epoch"):
+        cg.begin_stage_two(state)
+    cg.run_session(state, data, tmp_path / "work1", time_limit=600.0, threads=1, evaluate=False,
+                   progress=lambda m: None)
+    with pytest.raises(ValueError, match="energy_weight must be > 0, got 0"):
+        cg.begin_stage_two(state, energy_weight=0)
+    two = cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=1e-3)
+    assert two == {"from_epoch": 2, "energy_weight": 100.0, "forces_weight": 10.0, "lr": 1e-3}
+    assert cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=1e-3) == two  # same: a no-op
+    with pytest.raises(ValueError, match="in stage two already"):
+        cg.begin_stage_two(state, energy_weight=1000.0)
+    from molgym.cli import main
+
+    common = ["potential", "campaign", "--data", str(data), "--work", str(tmp_path / "w"), "--time-limit", "1"]
+    assert main(common + ["--state", str(tmp_path / "new"), "--variant", "base", "--stage-two"]) == 2
+    assert not (tmp_path / "new").exists()  # refused before a campaign was started
+    assert "start it with --variant first" in capsys.readouterr().err
+    assert main(common + ["--state", str(state), "--stage-two", "--stage-two-weights", "1000", "10"]) == 2
+    assert "in stage two already" in capsys.readouterr().err
+
+    def grow(epochs):  # a longer campaign (the test's stand-in for max_epochs 5000)
+        campaign = json.loads((state / cg.CAMPAIGN_FILE).read_text())
+        campaign["max_epochs"] = epochs
+        (state / cg.CAMPAIGN_FILE).write_text(json.dumps(campaign))
+
+    grow(4)
+    quick = cg.run_session(state, data, tmp_path / "work2a", time_limit=1e-3, threads=1, evaluate=False,
+                           progress=lambda m: None)  # one epoch, still stage one: the stage-one model is written
+    assert quick["epoch_after"] == 1 and quick["stopped_by_time_limit"]
+    assert (tmp_path / "work2a" / "model.model").is_file() and not (tmp_path / "work2a" / "model_stagetwo.model").exists()
+    second = cg.run_session(state, data, tmp_path / "work2", time_limit=600.0, threads=1, evaluate=False,
+                            progress=lambda m: None)
+    assert (second["epoch_before"], second["epoch_after"]) == (1, 3)
+    work2 = tmp_path / "work2"
+    assert (work2 / "model_stagetwo.model").is_file()
+    assert (state / cg.CHECKPOINT_FILE).read_bytes() == (work2 / "checkpoints" / "model_run-0_epoch-3_swa.pt").read_bytes()
+    args = json.loads((work2 / "train_settings.json").read_text())["mace_arguments"]
+    assert args[args.index("--stage_two_energy_weight") + 1] == "100.0"
+    grow(5)  # a fresh work directory resumes stage two; stopped by the time limit, it still writes its model
+    messages = []
+    third = cg.run_session(state, data, tmp_path / "work3", time_limit=1e-3, threads=1, evaluate=False,
+                           progress=messages.append)
+    assert messages == ["campaign: resuming from the committed checkpoint (epoch 3)"]
+    assert third["stopped_by_time_limit"] and (third["epoch_before"], third["epoch_after"]) == (3, 3)
+    assert (tmp_path / "work3" / "model_stagetwo.model").is_file()
