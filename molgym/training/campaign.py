@@ -11,7 +11,8 @@ A session (``molgym potential campaign --data DIR --work DIR --time-limit 2h``)
    alone keeps only epochs that lower the validation loss, and a session resumed from such an epoch would lose
    the epochs after it), writes the model from the last epoch and evaluates it on the dataset's test files with
    the model card's figures;
-4. copies the last epoch's checkpoint back to ``STATE/checkpoint.pt`` (atomically) and appends the session (wall and
+4. copies the last epoch's checkpoint back to ``STATE/checkpoint.pt`` and its model to ``STATE/model.model``
+   (atomically; the model is what ships when the session is better on every row) and appends the session (wall and
    CPU seconds, epochs, structures, the validation curve, the card figures compared row by row with the shipped
    ``default`` model and with the interim goals) to ``STATE/campaign.json``.
 
@@ -38,6 +39,8 @@ from molgym.training.study import StudyVariant, VARIANTS_BY_NAME, learning_curve
 STATE_DIR = Path(__file__).resolve().parents[1] / "potentials" / "campaign"
 CAMPAIGN_FILE = "campaign.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+#: the model file of the last session (what `molgym potential card` ships when the session qualifies)
+MODEL_FILE = "model.model"
 #: mace's checkpoint name for run seed 0 (``--name model --seed 0``), which the state is copied to
 _MACE_TAG = "model_run-{seed}_epoch-{epoch}.pt"
 
@@ -181,6 +184,7 @@ def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | o
                 threads: int | None = None, evaluate: bool = True, progress=print) -> dict:
     """One session of the campaign in ``state`` (see the module docstring); returns the session's record."""
     from molgym.io import atomic_path, write_json
+    from molgym.potentials.registry import sha256_of
     from molgym.training.mace_train import latest_checkpoint_epoch, train_mace
 
     state, data, work = Path(state), Path(data), Path(work)
@@ -231,12 +235,14 @@ def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | o
     newest = max(checkpoints.glob(f"*_epoch-{reached}*.pt"), key=lambda p: p.stat().st_mtime)
     with atomic_path(state / CHECKPOINT_FILE) as tmp:
         shutil.copyfile(newest, tmp)
+    with atomic_path(state / MODEL_FILE) as tmp:
+        shutil.copyfile(model, tmp)
     log = work / "logs" / f"model_run-{seed}.log"
     curve = [p for p in (learning_curve(log) if log.is_file() else []) if committed is None or p["epoch"] > committed]
     session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)), "wall_seconds": round(seconds, 1),
                "torch_threads": run["torch_threads"], "cpu_seconds": round(seconds * run["torch_threads"], 1),
                "epoch_before": committed, "epoch_after": reached, "curve": curve,
-               "stopped_by_time_limit": bool(run.get("stopped_by_time_limit"))}
+               "stopped_by_time_limit": bool(run.get("stopped_by_time_limit")), "model_sha256": sha256_of(model)}
     if evaluate:
         session.update(evaluate_model(model, data))
     campaign["epoch"] = reached

@@ -47,6 +47,9 @@ def test_campaign_sessions_resume_from_the_committed_state(tmp_path, tiny_datase
     first = cg.run_session(state, data, tmp_path / "work1", time_limit=1e-3, threads=1, progress=lambda m: None)
     assert first["epoch_before"] is None and first["epoch_after"] >= 0 and first["stopped_by_time_limit"]
     assert (state / cg.CHECKPOINT_FILE).is_file()
+    from molgym.potentials.registry import sha256_of
+
+    assert sha256_of(state / cg.MODEL_FILE) == first["model_sha256"] == sha256_of(tmp_path / "work1" / "model.model")
     rows = {r["row"]: r for r in first["against_shipped"]["rows"]}
     assert rows["QM9 equilibrium energy MAE (meV)"]["old"] == pytest.approx(438.66, abs=0.01)  # the shipped card
     messages = []
