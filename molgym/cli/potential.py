@@ -294,6 +294,9 @@ def register_card(commands) -> None:
     cd.add_argument("--model", required=True, help="MACE model file to describe (and ship)")
     cd.add_argument("--data", required=True, help="dataset directory it was trained on")
     cd.add_argument("--train-dir", default=None, help="training output directory (for timings and arguments)")
+    cd.add_argument("--campaign", default=None, metavar="STATE",
+                    help="instead of --train-dir: the state of the campaign that trained the model (e.g. "
+                    "molgym/potentials/campaign); the card's training time and commands are then the campaign's")
     cd.add_argument("--out", default=None, help="directory for the card (default: molgym's shipped models)")
     cd.add_argument("--name", default="default")
     cd.add_argument("--device", default="cpu")
@@ -305,7 +308,7 @@ def cmd_card(args: argparse.Namespace) -> int:
     from molgym.potentials.card import write_model_card
 
     paths = write_model_card(args.model, args.data, train_dir=args.train_dir, out=args.out, name=args.name,
-                             device=args.device, notes=args.note)
+                             device=args.device, notes=args.note, campaign=args.campaign)
     for p in paths:
         print(f"wrote {p}")
     return 0

@@ -140,6 +140,32 @@ def _training_info(train_dir: Path | None) -> dict:
     return info
 
 
+def _campaign_training_info(state: Path) -> dict:
+    """Training provenance of a model from ``molgym potential campaign`` (``state``: its committed state): the
+    warm-start model's own training, when there is one, plus every session's wall time and epochs."""
+    campaign = json.loads((state / "campaign.json").read_text())
+    variant = campaign["variant"]
+    sessions = [{k: sess.get(k) for k in ("started", "wall_seconds", "cpu_seconds", "torch_threads", "epoch_before",
+                                         "epoch_after", "model_sha256")} for sess in campaign["sessions"]]
+    info: dict = {
+        "architecture": "custom", "dtype": variant.get("dtype"),
+        "architecture_settings": {k: variant.get(k) for k in ("num_channels", "max_L", "correlation")},
+        "campaign": {"variant": variant, "sessions": sessions, "stage_two": campaign.get("stage_two"),
+                     "warm_start": campaign.get("warm_start"), "max_epochs": campaign.get("max_epochs")},
+        "campaign_wall_seconds": round(sum(x["wall_seconds"] or 0 for x in sessions), 1),
+        "campaign_cpu_seconds": round(float(campaign.get("cpu_seconds") or 0.0), 1),
+        "campaign_epoch": campaign.get("epoch"),
+        "validation_by_epoch": [p for sess in campaign["sessions"] for p in sess.get("curve", [])],
+    }
+    warm = campaign.get("warm_start")
+    before = (warm or {}).get("training") or {}
+    if warm:
+        info["warm_start_training"] = {k: before.get(k) for k in ("wall_seconds", "epochs_trained")}
+    info["wall_seconds"] = round(float(before.get("wall_seconds") or 0.0) + info["campaign_wall_seconds"], 1)
+    info["epochs_trained"] = int(before.get("epochs_trained") or 0) + int(campaign.get("epoch") or 0) + 1
+    return info
+
+
 def _row(table: dict, key: str, cats=("equilibrium", "thermal")) -> dict:
     return {c: table[c].get(key) for c in cats if c in table}
 
@@ -172,12 +198,18 @@ def write_model_card(
     data: str | os.PathLike,
     train_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
+    campaign: str | os.PathLike | None = None,
     name: str = "default",
     device: str = "cpu",
     reproduce: str | None = None,
     notes: list[str] | None = None,
 ) -> list[Path]:
-    """Evaluate ``model`` on ``data``'s test files and write ``OUT/NAME.model``, ``NAME.json``, ``NAME.md``."""
+    """Evaluate ``model`` on ``data``'s test files and write ``OUT/NAME.model``, ``NAME.json``, ``NAME.md``.
+
+    ``train_dir``: the ``molgym potential train`` directory the model came from; ``campaign``: instead, the state
+    directory of the ``molgym potential campaign`` that trained it (training time and the commands that reproduce
+    it are then the campaign's, warm start included).
+    """
     from molgym.potentials.evaluation import evaluate_dataset, format_dataset_result
     from molgym.potentials.mace import MACEPotential
 
@@ -190,6 +222,10 @@ def write_model_card(
         raise FileNotFoundError(f"{data} is not a molgym dataset directory (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
     train_dir = Path(train_dir) if train_dir else None
+    if campaign is not None and train_dir is not None:
+        raise ValueError("give train_dir (a molgym potential train run) or campaign (a campaign's state), not both")
+    if campaign is not None and not (Path(campaign) / "campaign.json").is_file():
+        raise FileNotFoundError(f"{campaign} holds no campaign (no campaign.json)")
 
     target = out / f"{name}.model"
     if model.resolve() != target.resolve():
@@ -197,7 +233,7 @@ def write_model_card(
             shutil.copyfile(model, tmp)
     potential = MACEPotential(target, device=device, name=f"MACE({name})")
     result = evaluate_dataset(potential, data, device=device, progress=True)
-    training = _training_info(train_dir)
+    training = _campaign_training_info(Path(campaign)) if campaign is not None else _training_info(train_dir)
     model_info = {
         "parameters": int(sum(p.numel() for p in potential.model.parameters())),
         "dtype": str(potential.dtype).replace("torch.", ""),
@@ -207,6 +243,13 @@ def write_model_card(
     }
     summary = card_summary(result)
     unmet = unmet_targets(summary)
+    if campaign is not None and reproduce is None:
+        reproduce = (
+            "molgym potential dataset --out runs/data-default --size default --seed 0 && molgym potential campaign "
+            f"--data runs/data-default --work runs/campaign --state {campaign} --time-limit 2h (once per session, "
+            f"resuming from the committed state; see docs/potential.md section 6) && molgym potential card --model "
+            f"{Path(campaign) / 'model.model'} --data runs/data-default --campaign {campaign}"
+        )
     reproduce = reproduce or (
         "molgym potential dataset --out runs/data-default --size default --seed 0 && "
         f"molgym potential train --data runs/data-default --out runs/train-default "

@@ -82,11 +82,28 @@ def start_campaign(state: str | os.PathLike, variant: StudyVariant, data: str | 
     campaign = {"variant": asdict(variant), "seed": seed, "max_epochs": max_epochs,
                 "data": _data_fingerprint(data), "epoch": None, "cpu_seconds": 0.0, "sessions": [],
                 "warm_start": None if warm_start is None else {"model": str(warm_start),
-                                                               "sha256": sha256_of(warm_start)},
+                                                               "sha256": sha256_of(warm_start),
+                                                               "training": _warm_start_training(warm_start)},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     state.mkdir(parents=True, exist_ok=True)
     write_json(state / CAMPAIGN_FILE, campaign)
     return campaign
+
+
+def _warm_start_training(model: str | os.PathLike) -> dict | None:
+    """Wall seconds and epochs of the warm-start model's own training, from its card (``NAME.json`` beside it,
+    when that card describes this very file), so the campaign's model card can count them after the warm-start
+    card is replaced."""
+    from molgym.potentials.registry import sha256_of
+
+    card = Path(model).with_suffix(".json")
+    if not card.is_file():
+        return None
+    described = json.loads(card.read_text())
+    if described.get("sha256") != sha256_of(model):
+        return None
+    training = described.get("training", {})
+    return {"wall_seconds": training.get("wall_seconds"), "epochs_trained": training.get("epochs_trained")}
 
 
 def load_campaign(state: str | os.PathLike) -> dict:

@@ -60,6 +60,17 @@ def test_campaign_sessions_resume_from_the_committed_state(tmp_path, tiny_datase
     saved = json.loads((state / cg.CAMPAIGN_FILE).read_text())
     assert len(saved["sessions"]) == 2 and saved["epoch"] == second["epoch_after"]
     assert saved["cpu_seconds"] == pytest.approx(first["cpu_seconds"] + second["cpu_seconds"], abs=0.2)
+    # the campaign's model card counts every session (a campaign without a warm start: sessions only)
+    from molgym.potentials.card import write_model_card
+
+    with pytest.raises(ValueError, match="not both"):
+        write_model_card(state / cg.MODEL_FILE, data, train_dir=tmp_path / "work2", campaign=state, out=tmp_path)
+    write_model_card(state / cg.MODEL_FILE, data, campaign=state, out=tmp_path / "card", name="campaign")
+    card = json.loads((tmp_path / "card" / "campaign.json").read_text())
+    assert len(card["training"]["campaign"]["sessions"]) == 2
+    assert card["training"]["epochs_trained"] == second["epoch_after"] + 1
+    assert card["training"]["wall_seconds"] == pytest.approx(first["wall_seconds"] + second["wall_seconds"], abs=0.2)
+    assert "molgym potential campaign" in card["reproduce"] and f"--campaign {state}" in card["reproduce"]
 
     # a new campaign warm-started from the first campaign's model (same architecture) ...
     warm = tmp_path / "warm"
@@ -73,6 +84,9 @@ def test_campaign_sessions_resume_from_the_committed_state(tmp_path, tiny_datase
 
     wrong = tmp_path / "wrong"
     cg.start_campaign(wrong, variant, data, warm_start=MODELS_DIR / "default.model")
+    shipped_training = json.loads((MODELS_DIR / "default.json").read_text())["training"]
+    assert json.loads((wrong / cg.CAMPAIGN_FILE).read_text())["warm_start"]["training"] == {
+        "wall_seconds": shipped_training["wall_seconds"], "epochs_trained": shipped_training["epochs_trained"]}
     with pytest.raises(ValueError, match="has shape"):
         cg.run_session(wrong, data, tmp_path / "work-wrong", time_limit=1e-3, threads=1, evaluate=False)
     with pytest.raises(FileNotFoundError, match="warm-start model"):
