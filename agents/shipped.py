@@ -133,10 +133,9 @@ def ship_checkpoint(run_dirs: list[str | Path], checkpoint_dir: str | Path = CHE
         "command": f"molgym train --formula {formula} " + " ".join(f"{k} {v}" for k, v in flags.items())
         + (f" --model-kwargs '{json.dumps(cfg['model_kwargs'])}'" if cfg.get("model_kwargs") else "") + " --out DIR",
     }
-    if cfg["potential"] == "default":
-        from molgym.potentials.registry import shipped_model_card
-
-        entry["potential_sha256"] = shipped_model_card("default")["sha256"]
+    # the model file the run's rewards came from, as the run recorded it when it started (runs from before
+    # 2026-12-03 did not record it: None, as a later default would otherwise be named)
+    entry["potential_sha256"] = summary.get("potential_sha256")
     index_path = checkpoint_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {
         "format": 1, "description": "Trained agent checkpoints shipped with molgym (see molgym/agents/shipped.py)",

@@ -56,6 +56,15 @@ def _reward_rules(env: Any) -> dict[str, Any]:
     return {name: getattr(env, name, None) for name in names}
 
 
+def _model_file_sha256(env: Any) -> str | None:
+    """sha256 of the model file behind the environment's reward potential (None for potentials without one, such
+    as xTB), read when training starts: the shipped default's file is replaced when a new default ships."""
+    from molgym.potentials.registry import sha256_of
+
+    path = getattr(getattr(env, "potential", None), "path", None)
+    return sha256_of(path) if path else None
+
+
 def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -160,6 +169,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     env_kwargs = cfg.env_arguments()
     venv = VecMonitor(make_sb3_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=cfg.seed, **env_kwargs))  # loads potential
     eval_env = _make_env(cfg)
+    potential_sha256 = _model_file_sha256(eval_env.unwrapped)  # now: a model file replaced later must not count
     out.mkdir(parents=True, exist_ok=True)
     write_json(config_path, asdict(cfg))
 
@@ -221,6 +231,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         "final_sampled": summarise(sampled) if sampled else None,
         "held_out": summarise_held_out(held_out),
         "reward_rules": _reward_rules(eval_env.unwrapped),
+        "potential_sha256": potential_sha256,
         "tensorboard": "tensorboard" in formats,
     }
     write_json(out / "summary.json", summary)

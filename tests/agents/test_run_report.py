@@ -143,6 +143,7 @@ def test_ship_checkpoint_copies_the_median_seed_and_indexes_it(tmp_path, tiny_ma
     assert [e["formula"] for e in index["checkpoints"]] == ["CH2O"]
     assert index["checkpoints"][0]["sha256"] == sha256_of(shipped)
     assert entry["reference"] == "xtb" and "--reference xtb" in entry["command"]
+    assert entry["potential_sha256"] == sha256_of(tiny_mace_file)  # the model the run's rewards came from
     # the command reproduces the run's PPO settings: the learning rate always, the others where not the default
     assert "--lr 0.001" in entry["command"] and "--n-steps 8 --batch-size 8 --epochs 1" in entry["command"]
     assert "--gamma" not in entry["command"] and "--model-kwargs '{" in entry["command"]
