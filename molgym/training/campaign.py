@@ -121,7 +121,7 @@ def begin_stage_two(state: str | os.PathLike, energy_weight: float = 1000.0, for
     averaging), recorded in ``campaign.json`` so every later session trains the same way. Returns the record.
 
     Why: at a constant learning rate this configuration's errors fall as a slow power of the CPU time (docs/
-    potential.md, section 6), and on the shipped model's own run mace's stage two lowered the validation energy
+    potential.md, section 6), and on the previous default model's own run mace's stage two lowered the validation energy
     error by a quarter in 11 epochs. Energy errors are what the reward (an energy difference) feels. A campaign
     that has not trained an epoch yet, or is in stage two already with other settings, is refused.
     """
