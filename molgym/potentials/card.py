@@ -155,12 +155,13 @@ def _campaign_training_info(state: Path) -> dict:
         "campaign_wall_seconds": round(sum(x["wall_seconds"] or 0 for x in sessions), 1),
         "campaign_cpu_seconds": round(float(campaign.get("cpu_seconds") or 0.0), 1),
         "campaign_epoch": campaign.get("epoch"),
-        "validation_by_epoch": [p for sess in campaign["sessions"] for p in sess.get("curve", [])],
+        "campaign_validation": [p for sess in campaign["sessions"] for p in sess.get("curve", [])],
     }
     warm = campaign.get("warm_start")
     before = (warm or {}).get("training") or {}
-    if warm:
-        info["warm_start_training"] = {k: before.get(k) for k in ("wall_seconds", "epochs_trained")}
+    if warm:  # its validation curve is the study's one long run of the configuration (study.shipped_training_curve)
+        info["warm_start_training"] = {k: before.get(k) for k in ("wall_seconds", "epochs_trained",
+                                                                   "validation_by_epoch")}
     info["wall_seconds"] = round(float(before.get("wall_seconds") or 0.0) + info["campaign_wall_seconds"], 1)
     info["epochs_trained"] = int(before.get("epochs_trained") or 0) + int(campaign.get("epoch") or 0) + 1
     return info

@@ -91,9 +91,9 @@ def start_campaign(state: str | os.PathLike, variant: StudyVariant, data: str | 
 
 
 def _warm_start_training(model: str | os.PathLike) -> dict | None:
-    """Wall seconds and epochs of the warm-start model's own training, from its card (``NAME.json`` beside it,
-    when that card describes this very file), so the campaign's model card can count them after the warm-start
-    card is replaced."""
+    """Wall seconds, epochs and validation curve of the warm-start model's own training, from its card
+    (``NAME.json`` beside it, when that card describes this very file), so the campaign's model card can count them
+    after the warm-start card is replaced."""
     from molgym.potentials.registry import sha256_of
 
     card = Path(model).with_suffix(".json")
@@ -103,7 +103,10 @@ def _warm_start_training(model: str | os.PathLike) -> dict | None:
     if described.get("sha256") != sha256_of(model):
         return None
     training = described.get("training", {})
-    return {"wall_seconds": training.get("wall_seconds"), "epochs_trained": training.get("epochs_trained")}
+    if training.get("campaign"):  # itself a campaign's model: its whole training, and its first run's curve
+        return {"wall_seconds": training.get("wall_seconds"), "epochs_trained": training.get("epochs_trained"),
+                "validation_by_epoch": (training.get("warm_start_training") or {}).get("validation_by_epoch")}
+    return {k: training.get(k) for k in ("wall_seconds", "epochs_trained", "validation_by_epoch")}
 
 
 def load_campaign(state: str | os.PathLike) -> dict:

@@ -366,13 +366,16 @@ def _score(rows: list[dict]) -> None:
 def shipped_training_curve() -> dict | None:
     """The shipped default's own validation curve (base configuration, its card's ``validation_by_epoch``), on a
     time axis of its recorded wall seconds spread evenly over its epochs: the one long run of the study's base
-    configuration. None when the card has no curve."""
+    configuration. For a default trained by the campaign, the run it was warm-started from (the campaign's
+    sessions are resumed runs at another learning rate). None when the card has no curve."""
     from molgym.potentials.registry import MODELS_DIR
 
     card_path = MODELS_DIR / "default.json"
     if not card_path.is_file():
         return None
     training = json.loads(card_path.read_text()).get("training", {})
+    if training.get("campaign"):  # a campaign's model: the long run is the one its campaign was warm-started from
+        training = training.get("warm_start_training") or {}
     lines = training.get("validation_by_epoch") or []
     per_epoch = float(training.get("wall_seconds") or 0.0) / max(1, int(training.get("epochs_trained") or 0))
     curve = []
