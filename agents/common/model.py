@@ -112,12 +112,12 @@ class PlacementModel(nn.Module):
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
         """The default of every option that has one (a subclass's default wins over its base's)."""
-        values: dict[str, Any] = {}
+        names, values = set(cls.option_names()), {}
         for klass in cls.__mro__:
             if not (isinstance(klass, type) and issubclass(klass, PlacementModel)):
                 continue
             for name, param in inspect.signature(klass.__init__).parameters.items():
-                if name in cls.option_names() and name not in values and param.default is not param.empty:
+                if name in names and name not in values and param.default is not param.empty:
                     values[name] = param.default
         return values
 
