@@ -65,9 +65,11 @@ def register_campaign(commands) -> None:
     cp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per idle core)")
     cp.add_argument("--stage-two", action="store_true",
                     help="switch the campaign to mace's stage two (higher energy weight, SWA) from its next epoch; "
-                    "recorded in campaign.json, so later sessions continue in stage two without the flag")
+                    "recorded in campaign.json, so later sessions continue in stage two without the flag. Given "
+                    "again with other --stage-two-weights, it changes the loss weights from the next epoch")
     cp.add_argument("--stage-two-weights", type=float, nargs=2, default=(1000.0, 10.0), metavar=("ENERGY", "FORCES"),
-                    help="stage two's loss weights (default 1000 10, mace's; stage one's are the variant's, 40 10)")
+                    help="stage two's loss weights (default 1000 10; mace's own are 1000 100; stage one's are the "
+                    "variant's, 40 10)")
     cp.add_argument("--stage-two-lr", type=float, default=1e-3, help="stage two's learning rate (default 1e-3)")
     cp.set_defaults(func=cmd_campaign)
 
@@ -84,8 +86,9 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     if args.stage_two:
         energy, forces = args.stage_two_weights
         two = begin_stage_two(state, energy_weight=energy, forces_weight=forces, lr=args.stage_two_lr)
-        print(f"campaign: stage two from epoch {two['from_epoch']} (energy weight {two['energy_weight']:g}, "
-              f"forces {two['forces_weight']:g}, lr {two['lr']:g})")
+        weights = (f"energy weight {two['energy_weight']:g}, forces {two['forces_weight']:g}, lr {two['lr']:g}"
+                   + (f" from epoch {two['reweighted_from']}" if "reweighted_from" in two else ""))
+        print(f"campaign: stage two from epoch {two['from_epoch']} ({weights})")
     if args.variant:
         (variant,) = parse_variants(args.variant)
         if args.lr is not None:

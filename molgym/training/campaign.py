@@ -122,11 +122,13 @@ def begin_stage_two(state: str | os.PathLike, energy_weight: float = 1000.0, for
     """Switch the campaign in ``state`` to mace's stage two from the epoch after the committed one: loss weights
     ``energy_weight`` / ``forces_weight`` and learning rate ``lr`` (mace's ``--stage_two`` with stochastic weight
     averaging), recorded in ``campaign.json`` so every later session trains the same way. Returns the record.
+    A campaign in stage two already may change its loss weights (from the next epoch; the earlier weights are kept
+    under ``earlier`` with the last epoch they trained), not its learning rate.
 
     Why: at a constant learning rate this configuration's errors fall as a slow power of the CPU time (docs/
     potential.md, section 6), and on the previous default model's own run mace's stage two lowered the validation energy
     error by a quarter in 11 epochs. Energy errors are what the reward (an energy difference) feels. A campaign
-    that has not trained an epoch yet, or is in stage two already with other settings, is refused.
+    that has not trained an epoch yet is refused.
     """
     from molgym.io import write_json
 
@@ -139,11 +141,19 @@ def begin_stage_two(state: str | os.PathLike, energy_weight: float = 1000.0, for
     wanted = {"energy_weight": float(energy_weight), "forces_weight": float(forces_weight), "lr": float(lr)}
     current = campaign.get("stage_two")
     if current is not None:
-        if {k: current[k] for k in wanted} != wanted:
+        settings = {k: current[k] for k in wanted}
+        if settings == wanted:
+            return current
+        if wanted["lr"] != settings["lr"]:
             raise ValueError(f"the campaign is in stage two already (from epoch {current['from_epoch']}) with "
-                             f"{ {k: current[k] for k in wanted} }; it cannot change to {wanted}")
-        return current
-    campaign["stage_two"] = {"from_epoch": int(campaign["epoch"]) + 1, **wanted}
+                             f"learning rate {settings['lr']}; only its loss weights can change, not to lr "
+                             f"{wanted['lr']}")
+        # a new weighting from the next epoch; the earlier ones stay on record with the last epoch they trained
+        earlier = current.get("earlier", []) + [{"until_epoch": int(campaign["epoch"]), **settings}]
+        campaign["stage_two"] = {**current, **wanted, "reweighted_from": int(campaign["epoch"]) + 1,
+                                 "earlier": earlier}
+    else:
+        campaign["stage_two"] = {"from_epoch": int(campaign["epoch"]) + 1, **wanted}
     write_json(Path(state) / CAMPAIGN_FILE, campaign)
     return campaign["stage_two"]
 

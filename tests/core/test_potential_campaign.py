@@ -178,15 +178,16 @@ def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
     two = cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=1e-3)
     assert two == {"from_epoch": 2, "energy_weight": 100.0, "forces_weight": 10.0, "lr": 1e-3}
     assert cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=1e-3) == two  # same: a no-op
-    with pytest.raises(ValueError, match="in stage two already"):
-        cg.begin_stage_two(state, energy_weight=1000.0)
+    with pytest.raises(ValueError, match="in stage two already .* only its loss weights can change, not to lr 0.01"):
+        cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=0.01)
     from molgym.cli import main
 
     common = ["potential", "campaign", "--data", str(data), "--work", str(tmp_path / "w"), "--time-limit", "1"]
     assert main(common + ["--state", str(tmp_path / "new"), "--variant", "base", "--stage-two"]) == 2
     assert not (tmp_path / "new").exists()  # refused before a campaign was started
     assert "start it with --variant first" in capsys.readouterr().err
-    assert main(common + ["--state", str(state), "--stage-two", "--stage-two-weights", "1000", "10"]) == 2
+    assert main(common + ["--state", str(state), "--stage-two", "--stage-two-weights", "100", "10",
+                          "--stage-two-lr", "0.01"]) == 2
     assert "in stage two already" in capsys.readouterr().err
 
     def grow(epochs):  # a longer campaign (the test's stand-in for max_epochs 5000)
@@ -207,6 +208,11 @@ def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
     assert (state / cg.CHECKPOINT_FILE).read_bytes() == (work2 / "checkpoints" / "model_run-0_epoch-3_swa.pt").read_bytes()
     args = json.loads((work2 / "train_settings.json").read_text())["mace_arguments"]
     assert args[args.index("--stage_two_energy_weight") + 1] == "100.0"
+    # new loss weights from the next epoch; the earlier ones stay on record
+    reweighted = cg.begin_stage_two(state, energy_weight=100.0, forces_weight=40.0, lr=1e-3)
+    assert reweighted == {"from_epoch": 2, "energy_weight": 100.0, "forces_weight": 40.0, "lr": 1e-3,
+                          "reweighted_from": 4, "earlier": [{"until_epoch": 3, "energy_weight": 100.0,
+                                                             "forces_weight": 10.0, "lr": 1e-3}]}
     grow(5)  # a fresh work directory resumes stage two; stopped by the time limit, it still writes its model
     messages = []
     third = cg.run_session(state, data, tmp_path / "work3", time_limit=1e-3, threads=1, evaluate=False,
@@ -214,3 +220,5 @@ def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
     assert messages == ["campaign: resuming from the committed checkpoint (epoch 3)"]
     assert third["stopped_by_time_limit"] and (third["epoch_before"], third["epoch_after"]) == (3, 3)
     assert (tmp_path / "work3" / "model_stagetwo.model").is_file()
+    args = json.loads((tmp_path / "work3" / "train_settings.json").read_text())["mace_arguments"]
+    assert args[args.index("--stage_two_forces_weight") + 1] == "40.0"
