@@ -75,8 +75,8 @@ def register_campaign(commands) -> None:
 
 
 def cmd_campaign(args: argparse.Namespace) -> int:
-    from molgym.training.campaign import (STATE_DIR, begin_stage_two, format_comparison, run_session,
-                                          start_campaign)
+    from molgym.training.campaign import (STATE_DIR, begin_stage_two, check_session_inputs, format_comparison,
+                                          run_session, start_campaign)
     from molgym.training.study import parse_variants
 
     state = args.state or STATE_DIR
@@ -84,6 +84,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         raise ValueError("--stage-two continues a campaign that has trained; start it with --variant first, "
                          "and add --stage-two in a later session")
     if args.stage_two:
+        check_session_inputs(state, args.data, args.time_limit)  # before the switch is recorded
         energy, forces = args.stage_two_weights
         two = begin_stage_two(state, energy_weight=energy, forces_weight=forces, lr=args.stage_two_lr)
         weights = (f"energy weight {two['energy_weight']:g}, forces {two['forces_weight']:g}, lr {two['lr']:g}"

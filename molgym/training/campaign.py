@@ -41,6 +41,8 @@ CAMPAIGN_FILE = "campaign.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 #: the model file of the last session (what `molgym potential card` ships when the session qualifies)
 MODEL_FILE = "model.model"
+#: the repository's root: a warm-start model inside it is recorded by its path relative to the root
+_REPO_ROOT = STATE_DIR.parents[2]
 #: mace's checkpoint name for run seed 0 (``--name model --seed 0``), which the state is copied to
 _MACE_TAG = "model_run-{seed}_epoch-{epoch}.pt"
 
@@ -81,13 +83,34 @@ def start_campaign(state: str | os.PathLike, variant: StudyVariant, data: str | 
         raise FileNotFoundError(f"warm-start model {str(warm_start)!r} does not exist")
     campaign = {"variant": asdict(variant), "seed": seed, "max_epochs": max_epochs,
                 "data": _data_fingerprint(data), "epoch": None, "cpu_seconds": 0.0, "sessions": [],
-                "warm_start": None if warm_start is None else {"model": str(warm_start),
+                "warm_start": None if warm_start is None else {"model": _portable(warm_start),
                                                                "sha256": sha256_of(warm_start),
                                                                "training": _warm_start_training(warm_start)},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     state.mkdir(parents=True, exist_ok=True)
     write_json(state / CAMPAIGN_FILE, campaign)
     return campaign
+
+
+def _portable(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository root when it lies inside it (so ``campaign.json`` and the model card
+    name no machine's directories), else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(_REPO_ROOT)) if path.is_relative_to(_REPO_ROOT) else str(path)
+
+
+def _warm_start_model(campaign: dict) -> Path:
+    """The campaign's warm-start model file, checked against the sha256 recorded when the campaign started (the
+    shipped ``default`` may have been replaced since)."""
+    from molgym.potentials.registry import sha256_of
+
+    warm = campaign["warm_start"]
+    path = Path(warm["model"])
+    path = path if path.is_absolute() else _REPO_ROOT / path
+    if not path.is_file() or sha256_of(path) != warm["sha256"]:
+        raise FileNotFoundError(f"the campaign's warm-start model {warm['model']} (sha256 {warm['sha256']}) is not "
+                                f"at {path}: it has been moved or replaced since the campaign started")
+    return path
 
 
 def _warm_start_training(model: str | os.PathLike) -> dict | None:
@@ -210,6 +233,21 @@ def warm_start_checkpoint(checkpoint: str | os.PathLike, model_file: str | os.Pa
         torch.save(state, tmp)
 
 
+def check_session_inputs(state: str | os.PathLike, data: str | os.PathLike, time_limit: float) -> dict:
+    """The campaign in ``state``, after checking that ``data`` is its finished dataset and ``time_limit`` is
+    positive; what :func:`run_session` checks first, and what the command line checks before it records a switch
+    to stage two (so a wrong ``--data`` changes nothing)."""
+    state, data = Path(state), Path(data)
+    campaign = load_campaign(state)
+    _check_dataset(data)
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
+    if _data_fingerprint(data) != campaign["data"]:
+        raise ValueError(f"{data} is not the dataset this campaign trains on (its settings or train-set size "
+                         f"differ from {state / CAMPAIGN_FILE}'s 'data'); rebuild it with the recorded settings")
+    return campaign
+
+
 def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | os.PathLike, time_limit: float,
                 threads: int | None = None, evaluate: bool = True, progress=print) -> dict:
     """One session of the campaign in ``state`` (see the module docstring); returns the session's record."""
@@ -218,13 +256,7 @@ def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | o
     from molgym.training.mace_train import latest_checkpoint_epoch, train_mace
 
     state, data, work = Path(state), Path(data), Path(work)
-    campaign = load_campaign(state)
-    _check_dataset(data)
-    if not time_limit > 0:
-        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
-    if _data_fingerprint(data) != campaign["data"]:
-        raise ValueError(f"{data} is not the dataset this campaign trains on (its settings or train-set size "
-                         f"differ from {state / CAMPAIGN_FILE}'s 'data'); rebuild it with the recorded settings")
+    campaign = check_session_inputs(state, data, time_limit)
     seed = int(campaign["seed"])
     checkpoints = work / "checkpoints"
     committed = campaign.get("epoch")
@@ -255,7 +287,7 @@ def run_session(state: str | os.PathLike, data: str | os.PathLike, work: str | o
         log = work / "logs" / f"model_run-{seed}.log"
         if log.is_file():  # keep the set-up epoch out of the session's learning curve
             log.rename(log.with_name("warm_start_setup.log"))
-        warm_start_checkpoint(checkpoints / _MACE_TAG.format(seed=seed, epoch=0), campaign["warm_start"]["model"])
+        warm_start_checkpoint(checkpoints / _MACE_TAG.format(seed=seed, epoch=0), _warm_start_model(campaign))
         progress(f"campaign: warm start from {campaign['warm_start']['model']} (after one epoch of mace set-up)")
     model = train_mace(data, work, epochs=int(campaign["max_epochs"]), seed=seed, threads=threads,
                        time_limit=max(1.0, time_limit - (time.time() - start)), **options)

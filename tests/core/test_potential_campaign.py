@@ -88,13 +88,23 @@ def test_campaign_sessions_resume_from_the_committed_state(tmp_path, tiny_datase
     wrong = tmp_path / "wrong"
     cg.start_campaign(wrong, variant, data, warm_start=MODELS_DIR / "default.model")
     shipped_training = json.loads((MODELS_DIR / "default.json").read_text())["training"]
-    recorded = json.loads((wrong / cg.CAMPAIGN_FILE).read_text())["warm_start"]["training"]
+    recorded_warm = json.loads((wrong / cg.CAMPAIGN_FILE).read_text())["warm_start"]
+    assert recorded_warm["model"] == "molgym/potentials/models/default.model"  # relative to the repository
+    recorded = recorded_warm["training"]
     assert (recorded["wall_seconds"], recorded["epochs_trained"]) == (shipped_training["wall_seconds"],
                                                                       shipped_training["epochs_trained"])
     with pytest.raises(ValueError, match="has shape"):
         cg.run_session(wrong, data, tmp_path / "work-wrong", time_limit=1e-3, threads=1, evaluate=False)
     with pytest.raises(FileNotFoundError, match="warm-start model"):
         cg.start_campaign(tmp_path / "w2", variant, data, warm_start=tmp_path / "missing.model")
+    # a warm-start model replaced after the campaign started is refused, not silently used
+    replaced = tmp_path / "replaced"
+    cg.start_campaign(replaced, variant, data, warm_start=tmp_path / "work1" / "model.model")
+    campaign = json.loads((replaced / cg.CAMPAIGN_FILE).read_text())
+    campaign["warm_start"]["sha256"] = "0" * 64
+    (replaced / cg.CAMPAIGN_FILE).write_text(json.dumps(campaign))
+    with pytest.raises(FileNotFoundError, match="moved or replaced since the campaign started"):
+        cg.run_session(replaced, data, tmp_path / "work-replaced", time_limit=1e-3, threads=1, evaluate=False)
 
     other = tmp_path / "other-data"
     shutil.copytree(data, other)
@@ -189,6 +199,11 @@ def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
     assert main(common + ["--state", str(state), "--stage-two", "--stage-two-weights", "100", "10",
                           "--stage-two-lr", "0.01"]) == 2
     assert "in stage two already" in capsys.readouterr().err
+    before = (state / cg.CAMPAIGN_FILE).read_text()
+    wrong = ["potential", "campaign", "--data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "w"),
+             "--time-limit", "1", "--state", str(state), "--stage-two", "--stage-two-weights", "100", "40"]
+    assert main(wrong) == 2 and "is not a finished molgym dataset" in capsys.readouterr().err
+    assert (state / cg.CAMPAIGN_FILE).read_text() == before  # a wrong --data records no re-weighting
 
     def grow(epochs):  # a longer campaign (the test's stand-in for max_epochs 5000)
         campaign = json.loads((state / cg.CAMPAIGN_FILE).read_text())
