@@ -5,8 +5,9 @@ best node of the spherical quadrature grid (molgym's behaviour before 2026-12-03
 refinement) and refined to the density's maximum (the default). Each greedy molecule is judged by GFN2-xTB like
 ``molgym train-report --referee xtb`` (fraction of the xTB best-known return, validity, energy released by xTB
 relaxation). For the refined molecule it also says where the strain sits: rms deviation of bond lengths (Å) and
-bond angles (degrees) from the relaxed molecule, and the energy released by a relaxation with every bond length
-frozen. Prints one markdown table; a few minutes on one core.
+bond angles (degrees) from the relaxed molecule, the energy released by a relaxation with every bond length
+frozen and by one where only the hydrogens move (the rest sits in the heavy-atom skeleton), and whether the policy
+placed every heavy atom before the first hydrogen. Prints one markdown table; a few minutes on one core.
 
     python benchmarks/greedy_direction.py                 # all shipped checkpoints
     python benchmarks/greedy_direction.py C7H8N2O2 C4H7N  # some
@@ -23,7 +24,7 @@ import numpy as np
 
 def _strain_split(atoms, referee) -> dict[str, float]:
     """Bond-length and bond-angle deviations from the xTB-relaxed molecule, and the drop with bonds frozen."""
-    from ase.constraints import FixBondLengths
+    from ase.constraints import FixAtoms, FixBondLengths
     from ase.optimize import BFGS
 
     from molgym.metrics.bonds import connectivity
@@ -44,9 +45,18 @@ def _strain_split(atoms, referee) -> dict[str, float]:
     frozen.set_constraint(FixBondLengths([list(b) for b in bonds]))
     frozen.calc = referee.as_calculator()
     BFGS(frozen, logfile=None).run(fmax=0.05, steps=300)
+    heavy = np.flatnonzero(start.numbers > 1)
+    skeleton = start.copy()  # only the hydrogens move: what is left of the strain sits in the heavy-atom skeleton
+    skeleton.set_constraint(FixAtoms(indices=heavy))
+    skeleton.calc = referee.as_calculator()
+    BFGS(skeleton, logfile=None).run(fmax=0.05, steps=300)
+    # the canvas keeps placement order: were all heavy atoms placed before the first hydrogen?
+    hydrogens = np.flatnonzero(start.numbers == 1)
     return {"bond_rms": float(np.sqrt(np.mean(np.square(d_bond)))),
             "angle_rms": float(np.sqrt(np.mean(np.square(d_angle)))) if d_angle else 0.0,
-            "frozen_drop": free.start_energy - float(frozen.get_potential_energy())}
+            "frozen_drop": free.start_energy - float(frozen.get_potential_energy()),
+            "hydrogen_drop": free.start_energy - float(skeleton.get_potential_energy()),
+            "heavy_first": bool(len(hydrogens) == 0 or len(heavy) == 0 or heavy.max() < hydrogens.min())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     referee = load_potential("xtb")
     refined_mode = SphericalHarmonicDensity.mode
     print("| formula | fraction, grid | fraction, refined | relaxation drop, grid (eV) | relaxation drop, refined "
-          "(eV) | bond rms (Å) | angle rms (deg) | drop, bonds frozen (eV) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "(eV) | bond rms (Å) | angle rms (deg) | drop, bonds frozen (eV) | drop, only H move (eV) | heavy atoms "
+          "placed first |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for formula in args.formulas or sorted(shipped):
         judged = {}
         try:
@@ -82,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         valid = "" if g["valid"] and r["valid"] else f" (valid: grid {g['valid']}, refined {r['valid']})"
         print(f"| {formula}{valid} | {g['referee_fraction']:.3f} | {r['referee_fraction']:.3f} | "
               f"{g['relax_drop']:.3f} | {r['relax_drop']:.3f} | {split['bond_rms']:.3f} | {split['angle_rms']:.1f} | "
-              f"{split['frozen_drop']:.3f} |", flush=True)
+              f"{split['frozen_drop']:.3f} | {split['hydrogen_drop']:.3f} | {'yes' if split['heavy_first'] else 'no'} |",
+              flush=True)
     return 0
 
 
