@@ -152,3 +152,45 @@ def test_ship_checkpoint_copies_the_median_seed_and_indexes_it(tmp_path, tiny_ma
     assert main(args) == 0
     with pytest.raises(ValueError, match="not seeds of one setting"):
         ship_checkpoint(runs + [other], target)
+
+
+def test_ship_checkpoint_ships_a_stochastic_bag_run_by_template(tmp_path, tiny_mace_file, monkeypatch, request):
+    """A StochasticBag run ships under its template, apart from the per-formula checkpoints, with its held-out bags;
+    seeds are ranked by held-out greedy validity (random bags have no best-known return)."""
+    import molgym.agents.shipped as shipped
+
+    runs = []
+    for seed in (3, 4, 5):
+        out = tmp_path / "runs" / f"s{seed}"
+        args = train_args(out, tiny_mace_file, "internal", 16)
+        args[args.index("--seed") + 1] = str(seed)
+        args[args.index("--formula") + 1] = "none"
+        args += ["--env", "MolGym/StochasticBag-v0",
+                 "--env-kwargs", '{"template": "C2H6O", "size_range": [3, 6], "exclude": ["CH4O", "C2H2"]}']
+        assert main(args) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert sorted(summary["held_out"]["bags"]) == ["C2H2", "CH4O"]
+        summary["held_out"]["greedy"]["validity"] = {"s3": 1.0, "s4": 0.0, "s5": 0.5}[out.name]
+        (out / "summary.json").write_text(json.dumps(summary))
+        runs.append(out)
+    monkeypatch.setattr(shipped, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+    request.addfinalizer(shipped._index.cache_clear)  # the real index again for later tests
+    (tmp_path / "checkpoints").mkdir()
+    shipped.ship_checkpoint(runs[:1], tmp_path / "checkpoints")
+    entry = shipped.ship_checkpoint(runs, tmp_path / "checkpoints")  # replaces the template's entry
+    assert entry["seed"] == 5 and entry["seeds_held_out_greedy_validity"] == {"3": 1.0, "4": 0.0, "5": 0.5}
+    assert entry["template"] == "C2H6O" and entry["env_kwargs"]["exclude"] == ["CH4O", "C2H2"]
+    assert entry["held_out"]["greedy"]["validity"] == 0.5
+    assert "--env MolGym/StochasticBag-v0 --formula none --env-kwargs '{" in entry["command"]
+    index = json.loads((tmp_path / "checkpoints" / "index.json").read_text())
+    assert index["checkpoints"] == [] and [e["template"] for e in index["stochastic"]] == ["C2H6O"]
+    assert shipped.shipped_checkpoints() == {}
+    path = shipped.shipped_stochastic_checkpoint("OC2H6")  # any spelling of the template; sha256 checked
+    assert path.name == "internal-stochastic-C2H6O.zip"
+    assert path.read_bytes() == (tmp_path / "runs" / "s5" / "model.zip").read_bytes()
+    with pytest.raises(ValueError, match="no shipped stochastic-bag checkpoint for template C7H8N2O2; shipped for: "
+                                         "C2H6O"):
+        shipped.shipped_stochastic_checkpoint("C7H8N2O2")
+    path.write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="sha256"):
+        shipped.shipped_stochastic_checkpoint("C2H6O")
