@@ -7,7 +7,9 @@ refinement) and refined to the density's maximum (the default). Each greedy mole
 relaxation). For the refined molecule it also says where the strain sits: rms deviation of bond lengths (Å) and
 bond angles (degrees) from the relaxed molecule, the energy released by a relaxation with every bond length
 frozen and by one where only the hydrogens move (the rest sits in the heavy-atom skeleton), and whether the policy
-placed every heavy atom before the first hydrogen. Prints one markdown table; a few minutes on one core.
+placed every heavy atom before the first hydrogen; and how the shipped ``default`` MACE model's step rewards differ
+from xTB's along the molecule's own build order, summed over heavy-atom steps and over hydrogen steps (the dense
+shaping's bias by kind of step). Prints one markdown table; a few minutes on one core.
 
     python benchmarks/greedy_direction.py                 # all shipped checkpoints
     python benchmarks/greedy_direction.py C7H8N2O2 C4H7N  # some
@@ -59,6 +61,25 @@ def _strain_split(atoms, referee) -> dict[str, float]:
             "heavy_first": bool(len(hydrogens) == 0 or len(heavy) == 0 or heavy.max() < hydrogens.min())}
 
 
+def _shaping_error(atoms, referee, potential) -> tuple[float, float]:
+    """Sum of (potential - referee) step rewards along the molecule's own build order (the canvas keeps placement
+    order), over the heavy-atom steps and over the hydrogen steps (eV): how the dense shaping the agent learned
+    from misprices each kind of step, on its own trajectory."""
+    from ase import Atoms
+
+    from molgym.reward import isolated_atom_energies, prefix_rewards
+
+    rewards = []
+    for model in (potential, referee):
+        e_atom = isolated_atom_energies(model, atoms.numbers)
+        prefixes = [Atoms(numbers=atoms.numbers[:k], positions=atoms.positions[:k]) for k in range(2, len(atoms) + 1)]
+        energies = [e_atom[int(atoms.numbers[0])], *model.energies(prefixes)]
+        rewards.append(prefix_rewards(np.array(energies), np.array([e_atom[int(z)] for z in atoms.numbers])))
+    error = rewards[0] - rewards[1]
+    heavy = atoms.numbers > 1
+    return float(error[heavy].sum()), float(error[~heavy].sum())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("formulas", nargs="*", help="shipped formulas (default: all)")
@@ -74,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"no shipped checkpoint for {', '.join(unknown)}; shipped: {', '.join(sorted(shipped))}")
     referee = load_potential("xtb")
+    shaping = load_potential("default")
     refined_mode = SphericalHarmonicDensity.mode
     print("| formula | fraction, grid | fraction, refined | relaxation drop, grid (eV) | relaxation drop, refined "
           "(eV) | bond rms (Å) | angle rms (deg) | drop, bonds frozen (eV) | drop, only H move (eV) | heavy atoms "
-          "placed first |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "placed first | MACE - xTB step rewards, heavy-atom steps / H steps (eV) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for formula in args.formulas or sorted(shipped):
         judged = {}
         try:
@@ -89,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             SphericalHarmonicDensity.mode = refined_mode
         split = _strain_split(judged["refined"][0], referee)
+        heavy_error, hydrogen_error = _shaping_error(judged["refined"][0], referee, shaping)
         g, r = judged["grid"][1], judged["refined"][1]
         valid = "" if g["valid"] and r["valid"] else f" (valid: grid {g['valid']}, refined {r['valid']})"
         print(f"| {formula}{valid} | {g['referee_fraction']:.3f} | {r['referee_fraction']:.3f} | "
               f"{g['relax_drop']:.3f} | {r['relax_drop']:.3f} | {split['bond_rms']:.3f} | {split['angle_rms']:.1f} | "
-              f"{split['frozen_drop']:.3f} | {split['hydrogen_drop']:.3f} | {'yes' if split['heavy_first'] else 'no'} |",
+              f"{split['frozen_drop']:.3f} | {split['hydrogen_drop']:.3f} | {'yes' if split['heavy_first'] else 'no'} | "
+              f"{heavy_error:+.2f} / {hydrogen_error:+.2f} |",
               flush=True)
     return 0
 
