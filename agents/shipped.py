@@ -153,7 +153,10 @@ def ship_checkpoint(run_dirs: list[str | Path], checkpoint_dir: str | Path = CHE
     agent, env_id = first.config["agent"], first.config["env_id"]
     stochastic = env_id == _STOCHASTIC_ENV
     if stochastic:
-        key_name, key = "template", (first.config.get("env_kwargs") or {}).get("template")
+        from molgym.chem import format_formula, parse_formula
+
+        template = (first.config.get("env_kwargs") or {}).get("template")
+        key_name, key = "template", template and format_formula(parse_formula(template))  # Hill order, as looked up
         name = f"{agent}-stochastic-{key}.zip"
     else:
         key_name, key = "formula", first.config.get("formula")
