@@ -101,16 +101,18 @@ def _portable(path: str | os.PathLike) -> str:
 
 def _warm_start_model(campaign: dict) -> Path:
     """The campaign's warm-start model file, checked against the sha256 recorded when the campaign started (the
-    shipped ``default`` may have been replaced since)."""
-    from molgym.potentials.registry import sha256_of
+    shipped ``default`` may have been replaced since): a missing file is a ``FileNotFoundError``, a replaced one the
+    registry's ``ValueError`` (:func:`molgym.potentials.registry.check_sha256`)."""
+    from molgym.potentials.registry import check_sha256
 
     warm = campaign["warm_start"]
     path = Path(warm["model"])
     path = path if path.is_absolute() else _REPO_ROOT / path
-    if not path.is_file() or sha256_of(path) != warm["sha256"]:
+    if not path.is_file():
         raise FileNotFoundError(f"the campaign's warm-start model {warm['model']} (sha256 {warm['sha256']}) is not "
-                                f"at {path}: it has been moved or replaced since the campaign started")
-    return path
+                                f"at {path}: it has been moved since the campaign started")
+    return check_sha256(path, warm["sha256"], "the campaign's warm-start model", "the sha256 recorded when the "
+                        "campaign started", advice=": it has been replaced since; start a new campaign from it")
 
 
 def _warm_start_training(model: str | os.PathLike) -> dict | None:

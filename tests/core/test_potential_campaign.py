@@ -103,7 +103,7 @@ def test_campaign_sessions_resume_from_the_committed_state(tmp_path, tiny_datase
     campaign = json.loads((replaced / cg.CAMPAIGN_FILE).read_text())
     campaign["warm_start"]["sha256"] = "0" * 64
     (replaced / cg.CAMPAIGN_FILE).write_text(json.dumps(campaign))
-    with pytest.raises(FileNotFoundError, match="moved or replaced since the campaign started"):
+    with pytest.raises(ValueError, match="replaced since; start a new campaign"):
         cg.run_session(replaced, data, tmp_path / "work-replaced", time_limit=1e-3, threads=1, evaluate=False)
 
     other = tmp_path / "other-data"
