@@ -156,11 +156,10 @@ def begin_stage_two(state: str | os.PathLike, energy_weight: float = 1000.0, for
     that has not trained an epoch yet is refused.
     """
     from molgym.io import write_json
+    from molgym.training.mace_train import check_stage_two_settings
 
     campaign = load_campaign(state)
-    for label, value in (("energy_weight", energy_weight), ("forces_weight", forces_weight), ("lr", lr)):
-        if not value > 0:
-            raise ValueError(f"stage two's {label} must be > 0, got {value}")
+    check_stage_two_settings(energy_weight, forces_weight, lr)
     if campaign.get("epoch") is None:
         raise ValueError("the campaign has no committed epoch yet; train stage one for a session first")
     wanted = {"energy_weight": float(energy_weight), "forces_weight": float(forces_weight), "lr": float(lr)}

@@ -180,10 +180,7 @@ def mace_arguments(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if stage_two_from is not None and not 1 <= stage_two_from < epochs:
         raise ValueError(f"stage_two_from must be an epoch in [1, epochs) = [1, {epochs}), got {stage_two_from}")
-    for label, value in (("stage_two_energy_weight", stage_two_energy_weight),
-                         ("stage_two_forces_weight", stage_two_forces_weight), ("stage_two_lr", stage_two_lr)):
-        if not value > 0:
-            raise ValueError(f"{label} must be > 0, got {value}")
+    check_stage_two_settings(stage_two_energy_weight, stage_two_forces_weight, stage_two_lr)
     if eval_interval < 1:
         raise ValueError(f"eval_interval must be >= 1, got {eval_interval}")
     if num_workers < 0:
@@ -258,6 +255,15 @@ def mace_arguments(
             "--stage_two_lr", str(stage_two_lr),
         ]
     return args + list(extra or [])
+
+
+def check_stage_two_settings(energy_weight: float, forces_weight: float, lr: float) -> None:
+    """Refuse stage-two loss weights or a learning rate that is not > 0, naming the value; one place for the
+    check that ``train_mace`` and the campaign's ``begin_stage_two`` (which must refuse before it writes) share."""
+    for label, value in (("stage_two_energy_weight", energy_weight), ("stage_two_forces_weight", forces_weight),
+                         ("stage_two_lr", lr)):
+        if not value > 0:
+            raise ValueError(f"{label} must be > 0, got {value}")
 
 
 def _prepare_stage_two_resume(checkpoints: Path, stage_two_lr: float) -> None:

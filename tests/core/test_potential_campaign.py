@@ -183,7 +183,7 @@ def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
         cg.begin_stage_two(state)
     cg.run_session(state, data, tmp_path / "work1", time_limit=600.0, threads=1, evaluate=False,
                    progress=lambda m: None)
-    with pytest.raises(ValueError, match="energy_weight must be > 0, got 0"):
+    with pytest.raises(ValueError, match="stage_two_energy_weight must be > 0, got 0"):
         cg.begin_stage_two(state, energy_weight=0)
     two = cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=1e-3)
     assert two == {"from_epoch": 2, "energy_weight": 100.0, "forces_weight": 10.0, "lr": 1e-3}
