@@ -230,7 +230,7 @@ class RLPolicy(Generator):
         if self.shipped:
             from molgym.agents.shipped import LEARNING_CURVES
 
-            if LEARNING_CURVES.is_file():
-                meta["figures"] = {"learning curves of the shipped rl_policy checkpoints (periodic greedy "
-                                   "evaluation during training; median over seeds, band min-max)": str(LEARNING_CURVES)}
+            figures = {title: str(path) for title, path in LEARNING_CURVES.items() if path.is_file()}
+            if figures:
+                meta["figures"] = figures
         return meta

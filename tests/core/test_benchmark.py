@@ -225,7 +225,7 @@ def test_rl_policy_with_shipped_checkpoints_skips_tasks_it_cannot_do(tmp_path):
     assert results["complete"] and results["jobs_planned"] == 1 and results["failed_jobs"] == []
     assert [(s["generator"], s["task"]) for s in results["skipped_jobs"]] == [("rl_policy", "qm9-unconditional")]
     figures = results["generators"]["rl_policy"]["figures"]  # the shipped agents' learning curves, for the report
-    assert len(figures) == 1 and all(Path(p).is_file() and p.endswith(".png") for p in figures.values())
+    assert len(figures) == 2 and all(Path(p).is_file() and p.endswith(".png") for p in figures.values())
     assert list(results["leaderboard"]) == ["CH4O"]
     job = json.loads((tmp_path / "jobs" / "rl_policy__CH4O__seed0.json").read_text())
     assert job["n_generated"] == 2 and job["generator_metadata"]["settings"]["checkpoint"] == "shipped"
