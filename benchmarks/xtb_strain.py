@@ -6,7 +6,13 @@ with :func:`molgym.metrics.physics.referee_relaxation` (the benchmark's own sett
 the fraction whose bond graph survives, and how many relaxations gave no score (and why). Per-molecule rows go to
 ``--out`` (JSON) when given, written once at the end (atomically).
 
+``--split`` says where the strain sits: it also relaxes each molecule with its heavy atoms held fixed (only the
+hydrogens move) and with its hydrogens held fixed (only the heavy atoms move), and prints the median energy each
+releases. ``--mode greedy`` keeps only the frames ``molgym train`` marked ``mode=greedy`` (its final greedy
+molecule).
+
     python benchmarks/xtb_strain.py runs/simgen/qm9-1000.xyz --workers 2 --out runs/simgen/qm9-1000-strain.json
+    python benchmarks/xtb_strain.py runs/c7/cov-C7H8N2O2-s0/molecules.xyz --mode greedy --split
 """
 
 from __future__ import annotations
@@ -18,12 +24,20 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 
-def _relax(args: tuple[int, object]) -> tuple[int, dict]:
-    from molgym.metrics.physics import referee_relaxation
+def _relax(args: tuple[int, object, bool]) -> tuple[int, dict]:
+    from molgym.metrics.physics import KCAL_PER_MOL, referee_relaxation, relax
     from molgym.potentials import load_potential
 
-    index, atoms = args
-    return index, referee_relaxation(atoms, load_potential("xtb"))
+    index, atoms, split = args
+    xtb = load_potential("xtb")
+    row = referee_relaxation(atoms, xtb)
+    if split and "referee_relax_energy" in row:
+        heavy = [i for i, z in enumerate(atoms.numbers) if z > 1]
+        hydrogens = [i for i, z in enumerate(atoms.numbers) if z == 1]
+        for key, fixed in (("h_only_relax_energy", heavy), ("heavy_only_relax_energy", hydrogens)):
+            result = relax(atoms, xtb, fmax=0.05, steps=300, fixed=fixed)
+            row[key] = (result.start_energy - result.energy) / KCAL_PER_MOL
+    return index, row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes (one xTB thread each)")
     parser.add_argument("--out", default=None, help="JSON file for the per-molecule rows")
+    parser.add_argument("--mode", default=None, help="only frames with this mode= tag (molgym train: greedy, sampled)")
+    parser.add_argument("--split", action="store_true",
+                        help="also relax with only the hydrogens, then only the heavy atoms, free to move")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.molecules):
         parser.error(f"{args.molecules!r} does not exist")
@@ -45,15 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from molgym.metrics.chemistry import perceive
-    from molgym.metrics.physics import implausibility
+    from molgym.metrics.physics import KCAL_PER_MOL, implausibility
 
     frames = ase.io.read(args.molecules, index=":")
-    valid = [i for i, a in enumerate(frames) if implausibility(a) is None and perceive(a).valid]
+    if args.mode is not None:
+        modes = sorted({str(a.info.get("mode")) for a in frames})
+        if args.mode not in modes:
+            parser.error(f"--mode {args.mode!r}: the file's frames have mode {', '.join(modes)}")
+    valid = [i for i, a in enumerate(frames) if implausibility(a) is None and perceive(a).valid
+             and (args.mode is None or a.info.get("mode") == args.mode)]
     chosen = valid
     if args.sample is not None and args.sample < len(valid):
         chosen = sorted(np.random.default_rng(args.seed).choice(valid, size=args.sample, replace=False).tolist())
     start = time.perf_counter()
-    jobs = [(i, frames[i]) for i in chosen]
+    jobs = [(i, frames[i], args.split) for i in chosen]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
             results = dict(pool.map(_relax, jobs, chunksize=4))
@@ -71,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relaxation energy (kcal/mol): median {np.median(energy):.1f}, p90 {np.percentile(energy, 90):.1f}; "
               f"heavy-atom RMSD (Å): median {np.median(rmsd):.3f}, p90 {np.percentile(rmsd, 90):.3f}; "
               f"bond graph kept {kept.mean():.1%} (n = {len(scored)})")
+        if args.split:
+            for key, what in (("h_only_relax_energy", "hydrogens only"), ("heavy_only_relax_energy", "heavy atoms only")):
+                part = np.array([r[key] for r in scored])
+                print(f"  {what} free to move: median {np.median(part):.1f} kcal/mol "
+                      f"({np.median(part) * KCAL_PER_MOL:.2f} eV; all atoms: {np.median(energy) * KCAL_PER_MOL:.2f} eV)")
     if failed:
         print("no score: " + ", ".join(f"{k} ({v})" for k, v in failed.items()))
     if args.out:

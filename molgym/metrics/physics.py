@@ -107,11 +107,16 @@ class Relaxation(NamedTuple):
     forces: np.ndarray
 
 
-def relax(atoms: Atoms, potential: Potential, fmax: float = 0.05, steps: int = 200) -> Relaxation:
-    """Relax a copy of ``atoms`` with ASE's BFGS on ``potential`` (see :class:`Relaxation`)."""
+def relax(atoms: Atoms, potential: Potential, fmax: float = 0.05, steps: int = 200,
+          fixed: Sequence[int] = ()) -> Relaxation:
+    """Relax a copy of ``atoms`` with ASE's BFGS on ``potential`` (see :class:`Relaxation`); the atoms indexed by
+    ``fixed`` stay where they are (their forces are zeroed, so ``fmax`` applies to the others)."""
+    from ase.constraints import FixAtoms
     from ase.optimize import BFGS
 
     work = Atoms(numbers=atoms.numbers, positions=atoms.positions)
+    if len(fixed):
+        work.set_constraint(FixAtoms(indices=list(fixed)))
     work.calc = potential.as_calculator()
     start = float(work.get_potential_energy())  # cached by the calculator: BFGS's first step reuses it
     opt = BFGS(work, logfile=None)

@@ -290,6 +290,23 @@ def test_referee_relaxation_reports_strain_rmsd_and_graph():
     assert "fused atoms" in physics.referee_relaxation(fused, xtb)["referee_relax_failed"]
 
 
+def test_relax_holds_fixed_atoms_in_place_and_releases_less_than_a_free_relaxation():
+    from molgym.potentials import load_potential
+
+    xtb = load_potential("xtb")
+    strained = _embedded("CCO")
+    strained.positions += np.random.default_rng(1).normal(scale=0.08, size=strained.positions.shape)
+    heavy = [i for i, z in enumerate(strained.numbers) if z > 1]
+    free = physics.relax(strained, xtb, fmax=0.05, steps=300)
+    held = physics.relax(strained, xtb, fmax=0.05, steps=300, fixed=heavy)
+    np.testing.assert_array_equal(held.atoms.positions[heavy], strained.positions[heavy])
+    moved = [i for i in range(len(strained)) if i not in heavy]
+    assert np.abs(held.atoms.positions[moved] - strained.positions[moved]).max() > 1e-3
+    assert 0 < held.start_energy - held.energy < free.start_energy - free.energy
+    assert held.start_energy == pytest.approx(free.start_energy)
+    assert np.abs(held.forces[heavy]).max() == 0.0  # fixed atoms' forces are zeroed, so fmax concerns the others
+
+
 def test_referee_relaxation_samples_valid_molecules_and_summaries_give_median_and_p90():
     from molgym.potentials import load_potential
 
