@@ -66,11 +66,12 @@ def register_campaign(commands) -> None:
     cp.add_argument("--stage-two", action="store_true",
                     help="switch the campaign to mace's stage two (higher energy weight, SWA) from its next epoch; "
                     "recorded in campaign.json, so later sessions continue in stage two without the flag. Given "
-                    "again with other --stage-two-weights, it changes the loss weights from the next epoch")
+                    "again with other --stage-two-weights or --stage-two-lr, it changes them from the next epoch")
     cp.add_argument("--stage-two-weights", type=float, nargs=2, default=(1000.0, 10.0), metavar=("ENERGY", "FORCES"),
                     help="stage two's loss weights (default 1000 10; mace's own are 1000 100; stage one's are the "
                     "variant's, 40 10)")
-    cp.add_argument("--stage-two-lr", type=float, default=1e-3, help="stage two's learning rate (default 1e-3)")
+    cp.add_argument("--stage-two-lr", type=float, default=1e-3, help="stage two's learning rate (default 1e-3; a lower one anneals a campaign that has "
+                    "levelled off)")
     cp.set_defaults(func=cmd_campaign)
 
 

@@ -147,8 +147,9 @@ def begin_stage_two(state: str | os.PathLike, energy_weight: float = 1000.0, for
     """Switch the campaign in ``state`` to mace's stage two from the epoch after the committed one: loss weights
     ``energy_weight`` / ``forces_weight`` and learning rate ``lr`` (mace's ``--stage_two`` with stochastic weight
     averaging), recorded in ``campaign.json`` so every later session trains the same way. Returns the record.
-    A campaign in stage two already may change its loss weights (from the next epoch; the earlier weights are kept
-    under ``earlier`` with the last epoch they trained), not its learning rate.
+    A campaign in stage two already may change its loss weights and learning rate (from the next epoch; the
+    earlier settings are kept under ``earlier`` with the last epoch they trained): lowering the rate once the
+    errors level off at a constant one is how the campaign anneals (docs/potential.md, section 6).
 
     Why: at a constant learning rate this configuration's errors fall as a slow power of the CPU time (docs/
     potential.md, section 6), and on the previous default model's own run mace's stage two lowered the validation energy
@@ -168,11 +169,8 @@ def begin_stage_two(state: str | os.PathLike, energy_weight: float = 1000.0, for
         settings = {k: current[k] for k in wanted}
         if settings == wanted:
             return current
-        if wanted["lr"] != settings["lr"]:
-            raise ValueError(f"the campaign is in stage two already (from epoch {current['from_epoch']}) with "
-                             f"learning rate {settings['lr']}; only its loss weights can change, not to lr "
-                             f"{wanted['lr']}")
-        # a new weighting from the next epoch; the earlier ones stay on record with the last epoch they trained
+        # new weights or learning rate from the next epoch; the earlier ones stay on record with the last epoch
+        # they trained (mace_train puts a changed rate into the checkpoint it resumes from)
         earlier = current.get("earlier", []) + [{"until_epoch": int(campaign["epoch"]), **settings}]
         campaign["stage_two"] = {**current, **wanted, "reweighted_from": int(campaign["epoch"]) + 1,
                                  "earlier": earlier}

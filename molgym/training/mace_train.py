@@ -267,29 +267,42 @@ def check_stage_two_settings(energy_weight: float, forces_weight: float, lr: flo
 
 
 def _prepare_stage_two_resume(checkpoints: Path, stage_two_lr: float) -> None:
-    """Let mace resume a stage-one checkpoint straight into stage two.
+    """Make the checkpoint mace resumes from carry stage two's learning rate ``stage_two_lr``.
 
-    mace builds its stage-two scheduler (torch's ``SWALR``, which stores ``swa_lr`` in each optimizer parameter
-    group) before it loads the checkpoint; loading replaces the parameter groups with the saved ones, which have
-    no ``swa_lr``, and the first stage-two epoch fails with ``KeyError: 'swa_lr'``. Adding the key to the newest
-    stage-one checkpoint (rewritten atomically) avoids it. Nothing is done when a stage-two checkpoint exists.
+    mace builds its stage-two scheduler (torch's ``SWALR``, which keeps the rate it anneals to as ``swa_lr`` in
+    each optimizer parameter group) before it loads the checkpoint; loading replaces the parameter groups with the
+    saved ones, so the saved ``swa_lr`` wins over ``--stage_two_lr``. Hence, on the newest checkpoint (rewritten
+    atomically, and only when something changes):
+
+    - a stage-one checkpoint (no ``_swa`` checkpoint yet) has no ``swa_lr``, and the first stage-two epoch would
+      fail with ``KeyError: 'swa_lr'``: it gets ``stage_two_lr`` (its own rate anneals to it over one epoch);
+    - a stage-two checkpoint whose rate differs (the campaign lowered it) gets ``stage_two_lr`` as both ``swa_lr``
+      and the current rate, so the change holds from the first epoch of the run.
     """
     import torch
 
     from molgym.io import atomic_path
 
-    if not checkpoints.is_dir() or any(checkpoints.glob("*_swa.pt")):
+    if not checkpoints.is_dir():
         return
-    stage_one = sorted(checkpoints.glob("*_epoch-*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-    if not stage_one:
+    stage_two = any(checkpoints.glob("*_swa.pt"))
+    candidates = checkpoints.glob("*_epoch-*_swa.pt" if stage_two else "*_epoch-*.pt")
+    ordered = sorted(candidates, key=lambda p: int(p.stem.rsplit("_epoch-", 1)[1].removesuffix("_swa")))
+    if not ordered:
         return
-    latest = stage_one[-1]
+    latest = ordered[-1]
     state = torch.load(latest, map_location="cpu", weights_only=False)
     groups = state.get("optimizer", {}).get("param_groups", [])
-    if not groups or all("swa_lr" in g for g in groups):
-        return
-    for group in groups:
-        group.setdefault("swa_lr", stage_two_lr)
+    if stage_two:
+        if not groups or all(g.get("swa_lr") == stage_two_lr and g.get("lr") == stage_two_lr for g in groups):
+            return
+        for group in groups:
+            group["swa_lr"] = group["lr"] = stage_two_lr
+    else:
+        if not groups or all("swa_lr" in g for g in groups):
+            return
+        for group in groups:
+            group.setdefault("swa_lr", stage_two_lr)
     with atomic_path(latest) as tmp:
         torch.save(state, tmp)
 

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from molgym.potentials.card import card_rows, compare_summaries
 from molgym.training import campaign as cg
@@ -188,8 +189,8 @@ def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
     two = cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=1e-3)
     assert two == {"from_epoch": 2, "energy_weight": 100.0, "forces_weight": 10.0, "lr": 1e-3}
     assert cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=1e-3) == two  # same: a no-op
-    with pytest.raises(ValueError, match="in stage two already .* only its loss weights can change, not to lr 0.01"):
-        cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=0.01)
+    with pytest.raises(ValueError, match="stage_two_lr must be > 0, got -0.01"):
+        cg.begin_stage_two(state, energy_weight=100.0, forces_weight=10.0, lr=-0.01)
     from molgym.cli import main
 
     common = ["potential", "campaign", "--data", str(data), "--work", str(tmp_path / "w"), "--time-limit", "1"]
@@ -197,8 +198,8 @@ def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
     assert not (tmp_path / "new").exists()  # refused before a campaign was started
     assert "start it with --variant first" in capsys.readouterr().err
     assert main(common + ["--state", str(state), "--stage-two", "--stage-two-weights", "100", "10",
-                          "--stage-two-lr", "0.01"]) == 2
-    assert "in stage two already" in capsys.readouterr().err
+                          "--stage-two-lr", "0"]) == 2
+    assert "stage_two_lr must be > 0, got 0" in capsys.readouterr().err
     before = (state / cg.CAMPAIGN_FILE).read_text()
     wrong = ["potential", "campaign", "--data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "w"),
              "--time-limit", "1", "--state", str(state), "--stage-two", "--stage-two-weights", "100", "40"]
@@ -223,9 +224,9 @@ def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
     assert (state / cg.CHECKPOINT_FILE).read_bytes() == (work2 / "checkpoints" / "model_run-0_epoch-3_swa.pt").read_bytes()
     args = json.loads((work2 / "train_settings.json").read_text())["mace_arguments"]
     assert args[args.index("--stage_two_energy_weight") + 1] == "100.0"
-    # new loss weights from the next epoch; the earlier ones stay on record
-    reweighted = cg.begin_stage_two(state, energy_weight=100.0, forces_weight=40.0, lr=1e-3)
-    assert reweighted == {"from_epoch": 2, "energy_weight": 100.0, "forces_weight": 40.0, "lr": 1e-3,
+    # new loss weights and a lower learning rate from the next epoch; the earlier ones stay on record
+    reweighted = cg.begin_stage_two(state, energy_weight=100.0, forces_weight=40.0, lr=5e-4)
+    assert reweighted == {"from_epoch": 2, "energy_weight": 100.0, "forces_weight": 40.0, "lr": 5e-4,
                           "reweighted_from": 4, "earlier": [{"until_epoch": 3, "energy_weight": 100.0,
                                                              "forces_weight": 10.0, "lr": 1e-3}]}
     grow(5)  # a fresh work directory resumes stage two; stopped by the time limit, it still writes its model
@@ -237,3 +238,8 @@ def test_stage_two_continues_across_sessions(tmp_path, tiny_dataset, capsys):
     assert (tmp_path / "work3" / "model_stagetwo.model").is_file()
     args = json.loads((tmp_path / "work3" / "train_settings.json").read_text())["mace_arguments"]
     assert args[args.index("--stage_two_forces_weight") + 1] == "40.0"
+    # mace takes the rate from the checkpoint it resumes (not from --stage_two_lr): the new one was put there
+    resumed = torch.load(tmp_path / "work3" / "checkpoints" / "model_run-0_epoch-3_swa.pt", weights_only=False)
+    assert {(g["lr"], g["swa_lr"]) for g in resumed["optimizer"]["param_groups"]} == {(5e-4, 5e-4)}
+    committed = torch.load(work2 / "checkpoints" / "model_run-0_epoch-3_swa.pt", weights_only=False)
+    assert {(g["lr"], g["swa_lr"]) for g in committed["optimizer"]["param_groups"]} == {(1e-3, 1e-3)}
