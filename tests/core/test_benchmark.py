@@ -173,29 +173,30 @@ def test_shipped_agent_checkpoints_are_indexed_and_checked():
         shipped_checkpoint("C9H20")
 
 
-def test_shipped_stochastic_bag_checkpoint_plays_a_held_out_bag():
-    """The shipped stochastic-bag policy loads (sha256-checked) and builds a whole molecule from a bag held out of
+@pytest.mark.parametrize("template, bag", [("C7H8N2O2", "C6H6N2O"), ("C7H10O2", "C5H8O")])
+def test_shipped_stochastic_bag_checkpoint_plays_a_held_out_bag(template, bag):
+    """Each shipped stochastic-bag policy loads (sha256-checked) and builds a whole molecule from a bag held out of
     its training, in the environment its entry's ``env_kwargs`` make (the usage docs/agents.md shows)."""
     import gymnasium as gym
     from stable_baselines3 import PPO
 
     from molgym.agents.shipped import shipped_stochastic_checkpoint, shipped_stochastic_checkpoints
 
-    entry = shipped_stochastic_checkpoints()["C7H8N2O2"]
+    entry = shipped_stochastic_checkpoints()[template]
     assert entry["env_id"] == "MolGym/StochasticBag-v0" and entry["reference"] == "xtb"
-    assert set(entry["held_out"]["bags"]) == set(entry["env_kwargs"]["exclude"])
+    assert set(entry["held_out"]["bags"]) == set(entry["env_kwargs"]["exclude"]) and bag in entry["held_out"]["bags"]
     env = gym.make(entry["env_id"], potential="default", **entry["env_kwargs"])
-    model = PPO.load(str(shipped_stochastic_checkpoint("C7H8N2O2")), device="cpu")
-    obs, info = env.reset(seed=0, options={"bag": "C6H6N2O"})  # held out of training
-    assert info["task_formula"] == "C6H6N2O"
+    model = PPO.load(str(shipped_stochastic_checkpoint(template)), device="cpu")
+    obs, info = env.reset(seed=0, options={"bag": bag})  # held out of training
+    assert info["task_formula"] == bag
     done = False
     while not done:
         action, _ = model.predict(obs, deterministic=True)
         obs, _reward, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     assert info["terminated_by"] == "bag_empty"  # the greedy policy placed the whole bag validly
-    with pytest.raises(ValueError, match="no shipped stochastic-bag checkpoint for template C7H10O2"):
-        shipped_stochastic_checkpoint("C7H10O2")
+    with pytest.raises(ValueError, match="no shipped stochastic-bag checkpoint for template C3H8O"):
+        shipped_stochastic_checkpoint("C3H8O")
 
 
 def test_rl_policy_with_shipped_checkpoints_skips_tasks_it_cannot_do(tmp_path):
