@@ -70,8 +70,8 @@ def register_campaign(commands) -> None:
     cp.add_argument("--stage-two-weights", type=float, nargs=2, default=(1000.0, 10.0), metavar=("ENERGY", "FORCES"),
                     help="stage two's loss weights (default 1000 10; mace's own are 1000 100; stage one's are the "
                     "variant's, 40 10)")
-    cp.add_argument("--stage-two-lr", type=float, default=1e-3, help="stage two's learning rate (default 1e-3; a lower one anneals a campaign that has "
-                    "levelled off)")
+    cp.add_argument("--stage-two-lr", type=float, default=1e-3,
+                    help="stage two's learning rate (default 1e-3; a lower one anneals a campaign that has levelled off)")
     cp.set_defaults(func=cmd_campaign)
 
 
