@@ -286,11 +286,11 @@ def _prepare_stage_two_resume(checkpoints: Path, stage_two_lr: float) -> None:
     if not checkpoints.is_dir():
         return
     stage_two = any(checkpoints.glob("*_swa.pt"))
-    candidates = checkpoints.glob("*_epoch-*_swa.pt" if stage_two else "*_epoch-*.pt")
-    ordered = sorted(candidates, key=lambda p: int(p.stem.rsplit("_epoch-", 1)[1].removesuffix("_swa")))
-    if not ordered:
+    numbered = [(epoch, path) for path in checkpoints.glob("*_epoch-*_swa.pt" if stage_two else "*_epoch-*.pt")
+                if (epoch := _checkpoint_epoch(path)) is not None]
+    if not numbered:
         return
-    latest = ordered[-1]
+    latest = max(numbered)[1]
     state = torch.load(latest, map_location="cpu", weights_only=False)
     groups = state.get("optimizer", {}).get("param_groups", [])
     if stage_two:
@@ -346,13 +346,15 @@ def _epoch_deadline(deadline: float | None):
         mace_train_loop.train_one_epoch = original
 
 
+def _checkpoint_epoch(path: Path) -> int | None:
+    """N of a mace checkpoint named ``*_epoch-N.pt`` or ``*_epoch-N_swa.pt`` (None for any other name)."""
+    tail = path.stem.rsplit("_epoch-", 1)[-1].removesuffix("_swa")
+    return int(tail) if "_epoch-" in path.stem and tail.isdigit() else None
+
+
 def latest_checkpoint_epoch(checkpoints: str | os.PathLike) -> int | None:
     """The epoch of the newest mace checkpoint in ``checkpoints`` (``*_epoch-N.pt`` or ``*_epoch-N_swa.pt``)."""
-    epochs = []
-    for path in Path(checkpoints).glob("*_epoch-*.pt"):
-        tail = path.stem.rsplit("_epoch-", 1)[1].removesuffix("_swa")
-        if tail.isdigit():
-            epochs.append(int(tail))
+    epochs = [e for path in Path(checkpoints).glob("*_epoch-*.pt") if (e := _checkpoint_epoch(path)) is not None]
     return max(epochs) if epochs else None
 
 
