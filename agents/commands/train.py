@@ -4,7 +4,8 @@
         --steps 20000 --n-envs 4 --seed 0 --out runs/ch4o-covariant
 
 Writes config.json, progress.csv (and TensorBoard events if tensorboard is installed), eval.csv, checkpoints/,
-model.zip, molecules.xyz and summary.json under ``--out`` (see :mod:`molgym.agents.common.training`).
+best.json with the best periodic evaluation's policy, model.zip, molecules.xyz and summary.json under ``--out``
+(see :mod:`molgym.agents.common.training`).
 ``--resume`` continues the run in ``--out`` from its latest checkpoint up to ``--steps`` in total.
 """
 
@@ -188,5 +189,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             g, smp = h["greedy"], h["sampled"]
             print(f"held-out bag {bag}: greedy return {g['mean_return']:.3f} eV, valid {g['validity']:.0%}; "
                   f"{smp['episodes']} sampled: mean return {smp['mean_return']:.3f} eV, valid {smp['validity']:.0%}")
+    best = summary.get("best_evaluation")
+    if best:
+        frac = best.get("mean_fraction_of_optimum")
+        print(f"best periodic evaluation: step {best['step']}, mean greedy return {best['mean_return']:.3f} eV"
+              + ("" if frac is None else f" ({frac:.3f} of the optimum)") + f", valid {best['validity']:.0%}; "
+              f"its policy is {Path(args.out) / best['file']}")
     print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                    "/ best-known, validity, relaxation energy drop and RMSD (cached in each run folder)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="LABEL:FORMULA=PATH",
                    help="with --referee, also play this policy file greedily on FORMULA and judge it (repeatable)")
+    p.add_argument("--policy", choices=("final", "best"), default="final",
+                   help="with --referee, which policy of each run to judge: its final one (default) or that of its "
+                   "best periodic evaluation (greedy validity, then mean return; fixed-bag runs only)")
     p.set_defaults(func=cmd_train_report)
 
 
@@ -42,7 +45,10 @@ def cmd_train_report(args: argparse.Namespace) -> int:
         checkpoints.append((label, spec))
     if checkpoints and not args.referee:
         raise ValueError("--checkpoint needs --referee (the checkpoints are judged by it)")
-    md, png = write_training_report(args.runs, args.out, referee=args.referee, checkpoints=checkpoints)
+    if args.policy != "final" and not args.referee:
+        raise ValueError(f"--policy {args.policy} needs --referee (it chooses which policy the referee judges)")
+    md, png = write_training_report(args.runs, args.out, referee=args.referee, checkpoints=checkpoints,
+                                    policy=args.policy)
     print(f"wrote {md}")
     if png is not None:
         print(f"wrote {png}")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-__all__ = ["judge_molecules", "judge_run", "judge_checkpoint", "greedy_checkpoint_molecule", "summarise_judged"]
+__all__ = ["POLICIES", "judge_molecules", "judge_run", "judge_checkpoint", "greedy_checkpoint_molecule", "summarise_judged"]
 
 #: Relaxation settings of the referee (those of ``molgym.best_known``'s xTB entries).
 RELAX_FMAX = 0.05
@@ -81,31 +81,69 @@ def _greedy_molecules(run_dir: Path) -> list[Atoms]:
     return [m for m in ase.io.read(path, index=":") if m.info.get("mode") == "greedy"]
 
 
-def judge_run(run_dir: str | Path, referee_spec: str = "xtb", referee=None) -> dict[str, Any]:
+#: Which policy of a run :func:`judge_run` judges: the final one, or that of its best periodic evaluation.
+POLICIES = ("final", "best")
+
+
+def judge_run(run_dir: str | Path, referee_spec: str = "xtb", referee=None, policy: str = "final") -> dict[str, Any]:
     """``{"records": [...], "summary": {...}}`` for a finished run's greedy molecules, cached in the run folder.
 
-    On a fixed-bag task greedy episodes are identical, so only distinct greedy molecules are judged."""
+    ``policy="final"``: the final greedy molecules of ``molecules.xyz``; on a fixed-bag task greedy episodes are
+    identical, so only distinct ones are judged. ``policy="best"``: one greedy episode of the policy of the run's
+    best periodic evaluation (:func:`~molgym.agents.common.training.best_evaluated_checkpoint`), played in the run's
+    own environment with the final greedy episodes' seed; fixed-bag runs only. The result then also holds
+    ``step``, the step of that evaluation."""
     from molgym.io import write_json
 
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     run_dir = Path(run_dir)
-    source = run_dir / "molecules.xyz"
+    if policy == "best":
+        from molgym.agents.common.training import best_evaluated_checkpoint
+
+        source, row = best_evaluated_checkpoint(run_dir)
+    else:
+        source, row = run_dir / "molecules.xyz", None
     stat = source.stat() if source.is_file() else None
-    key = {"referee": referee_spec, "size": stat.st_size if stat else None,
+    key = {"referee": referee_spec, "source": source.name, "size": stat.st_size if stat else None,
            "mtime_ns": stat.st_mtime_ns if stat else None, "fmax": RELAX_FMAX, "steps": RELAX_STEPS}
-    cache = run_dir / f"referee-{Path(str(referee_spec)).name}.json"
+    prefix = "referee" if policy == "final" else "referee-best"
+    cache = run_dir / f"{prefix}-{Path(str(referee_spec)).name}.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
+        saved_key = {"source": "molecules.xyz", **saved.get("key", {})}  # caches written before "source" was
+        if saved_key == key:
             return saved
-    molecules = _distinct(_greedy_molecules(run_dir))
+    molecules = _distinct(_greedy_molecules(run_dir)) if row is None else [_play_in_run_env(run_dir, source)]
     if referee is None:
         from molgym.potentials import load_potential
 
         referee = load_potential(referee_spec)
     records = judge_molecules(molecules, referee)
-    result = {"key": key, "referee": referee.name, "records": records, "summary": summarise_judged(records)}
+    result = {"key": key, "referee": referee.name, "records": records, "summary": summarise_judged(records),
+              **({"step": row["step"]} if row is not None else {})}
     write_json(cache, result)
     return result
+
+
+def _play_in_run_env(run_dir: Path, policy_file: Path) -> Atoms:
+    """The final canvas of one greedy episode of ``policy_file`` in the environment of the fixed-bag run in
+    ``run_dir`` (its config.json), seeded as the run's final greedy episodes were."""
+    from stable_baselines3 import PPO
+
+    import molgym  # noqa: F401  (registers the environments)
+    from molgym.agents.common.training import TrainConfig, _make_env, greedy_episodes
+
+    cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
+    if cfg.env_id != "MolGym/SingleBag-v0" or not cfg.formula:
+        raise ValueError(f"the best evaluated policy is judged on fixed-bag formula runs only; {run_dir} is a "
+                         f"{cfg.env_id} run")
+    env = _make_env(cfg)
+    try:
+        model = PPO.load(str(policy_file), device="cpu")
+        return greedy_episodes(model.policy, env, 1, seed=cfg.seed + 20_000)[0]["atoms"]
+    finally:
+        env.close()
 
 
 def greedy_checkpoint_molecule(path: str | Path, formula: str, referee, seed: int = 0) -> Atoms:

@@ -202,25 +202,34 @@ def held_out_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str
 
 
 def referee_table(groups: dict[tuple[str, int, str], list[TrainingRun]], referee: str = "xtb",
-                  checkpoints: list[tuple[str, str]] | None = None, log=print) -> str:
-    """Markdown table of the final greedy molecules judged by ``referee`` (:mod:`molgym.agents.common.referee`):
-    per group, the referee's return / its best-known return, validity, relaxation energy drop and RMSD under the
+                  checkpoints: list[tuple[str, str]] | None = None, log=print, policy: str = "final") -> str:
+    """Markdown table of the greedy molecules judged by ``referee`` (:mod:`molgym.agents.common.referee`): per
+    group, the referee's return / its best-known return, validity, relaxation energy drop and RMSD under the
     referee (median over seeds [min, max]) and the training cost; ``checkpoints`` (``(label, "FORMULA=path.zip")``
-    pairs) adds one row per policy file, played greedily."""
+    pairs) adds one row per policy file, played greedily. ``policy``: each run's ``"final"`` policy, or the
+    ``"best"`` of its periodic evaluations (fixed-bag runs only: other groups are left out, and named in ``log``;
+    a column gives each seed's step of that evaluation)."""
     from molgym.agents.common.referee import judge_checkpoint, judge_run
     from molgym.benchmark.report import md_table
 
+    best = policy == "best"
     rows = []
     for (task, steps, agent), runs in groups.items():
+        if best and any(r.config["env_id"] != "MolGym/SingleBag-v0" for r in runs):
+            log(f"leaving out {task}, {steps:,} steps, {agent}: the best evaluated policy is judged on fixed-bag "
+                "runs only")
+            continue
         log(f"judging {task}, {steps:,} steps, {agent} ({len(runs)} runs) with {referee}")
-        judged = [judge_run(r.path, referee)["summary"] for r in runs]
+        results = [judge_run(r.path, referee, policy=policy) for r in runs]
+        judged = [j["summary"] for j in results]
         cost = [c for r in runs if (c := r.summary.get("s_per_10k_steps")) is not None]
         rows.append([task, f"{steps:,}", agent, runs[0].reward, str(len(runs)),
                      _median_range([j["referee_fraction"] for j in judged if j["referee_fraction"] is not None]),
                      _pct([j["valid"] for j in judged if j["valid"] is not None]),
                      _median_range([j["relax_drop"] for j in judged if j["relax_drop"] is not None]),
                      _median_range([j["relax_rmsd"] for j in judged if j["relax_rmsd"] is not None]),
-                     f"{statistics.median(cost):.0f}" if cost else "n/a"])
+                     f"{statistics.median(cost):.0f}" if cost else "n/a"]
+                    + ([", ".join(f"{j['step']:,}" for j in results)] if best else []))
     for label, spec in checkpoints or ():
         formula, _, path = spec.partition("=")
         log(f"judging checkpoint {label} ({path}) on {formula} with {referee}")
@@ -228,10 +237,11 @@ def referee_table(groups: dict[tuple[str, int, str], list[TrainingRun]], referee
         rows.append([formula, "n/a", label, "checkpoint", "1",
                      _median_range([j["referee_fraction"]] if j["referee_fraction"] is not None else []),
                      _pct([j["valid"]]), _median_range([j["relax_drop"]] if j["relax_drop"] is not None else []),
-                     _median_range([j["relax_rmsd"]] if j["relax_rmsd"] is not None else []), "n/a"])
+                     _median_range([j["relax_rmsd"]] if j["relax_rmsd"] is not None else []), "n/a"]
+                    + (["n/a"] if best else []))
     return md_table(["task", "steps", "agent", "reward", "seeds", f"greedy {referee} return / {referee} best-known",
                      "greedy valid", f"{referee} relaxation drop (eV)", "relaxation heavy-atom RMSD (Å)",
-                     "s per 10k steps"], rows)
+                     "s per 10k steps"] + (["best evaluation step (per seed)"] if best else []), rows)
 
 
 def _curve(runs: list[TrainingRun], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -304,10 +314,11 @@ def plot_learning_curves(groups: dict[tuple[str, int, str], list[TrainingRun]], 
 
 
 def write_training_report(paths: list[str | Path], out: str | Path, log=print, referee: str | None = None,
-                          checkpoints: list[tuple[str, str]] | None = None) -> tuple[Path, Path | None]:
+                          checkpoints: list[tuple[str, str]] | None = None,
+                          policy: str = "final") -> tuple[Path, Path | None]:
     """Write ``training_report.md`` and ``learning_curves.png`` under ``out`` for the finished runs in ``paths``;
     with ``referee`` (e.g. ``"xtb"``) also the table of :func:`referee_table` (``checkpoints`` adds policy files to
-    it)."""
+    it; ``policy`` says which policy of each run it judges)."""
     from molgym.io import write_text
 
     runs, unfinished = find_runs(paths)
@@ -327,12 +338,14 @@ def write_training_report(paths: list[str | Path], out: str | Path, log=print, r
     if held:
         lines += ["## Held-out bags", "", held, ""]
     if referee:
-        lines += [f"## Judged by {referee}", "", "The final greedy molecules of each run (distinct ones; one per run "
-                  "on a fixed-bag task) under the referee: its build return over its own best-known return, the "
+        which = ("The final greedy molecules of each run (distinct ones; one per run on a fixed-bag task)"
+                 if policy == "final" else "The greedy molecule of each run's best periodic evaluation's policy "
+                 "(greedy validity first, then mean return; one episode, fixed-bag runs only)")
+        lines += [f"## Judged by {referee}", "", f"{which} under the referee: its build return over its own best-known return, the "
                   "energy released by relaxing the molecule under it (BFGS, fmax 0.05 eV/Å, at most 300 steps) and "
                   "the heavy-atom RMSD of that relaxation; median over seeds [min, max]. Reward: the potential the "
                   "agent was trained on, and the correction added at each episode's end.", "",
-                  referee_table(groups, referee, checkpoints, log), ""]
+                  referee_table(groups, referee, checkpoints, log, policy), ""]
     if png is not None:
         lines += [f"![learning curves]({png.name})", ""]
     settings = {f"{task}, {steps:,} steps, {label}": runs[0].setting

@@ -7,6 +7,11 @@ A run directory holds::
     eval.csv               periodic greedy evaluations: step, mean return, validity, fraction of the optimum,
                            completed episodes
     checkpoints/           step_<N>.zip and latest.zip (SB3 PPO archives, written atomically)
+    best.json, best-<N>.zip
+                           the best periodic evaluation so far (its eval.csv row, and ``file``: the policy saved at
+                           that step, N). Ranked by greedy validity, then mean return, as SB3's EvalCallback keeps
+                           a best model: PPO can lose a good greedy policy in its last updates, so the final model
+                           is not always the best one the run reached
     model.zip              the final policy
     molecules.xyz          final molecules, greedy and sampled (extended XYZ; ``info``: mode, return, completion, validity,
                            fraction of the optimum, why an invalid episode ended)
@@ -40,7 +45,54 @@ from molgym.agents.common.train_config import (AGENTS, TrainConfig, learning_rat
                                                resolve_reference, validate_config)
 
 __all__ = ["TrainConfig", "AGENTS", "validate_config", "resolve_reference", "train", "greedy_episodes",
-           "save_checkpoint"]
+           "save_checkpoint", "evaluation_rank", "best_evaluation", "best_evaluated_checkpoint"]
+
+#: The columns of ``eval.csv`` (and the keys of ``best.json``, with ``step``).
+EVAL_COLUMNS = ("step", "mean_return", "best_return", "validity", "mean_fraction_of_optimum", "completed")
+
+
+def evaluation_rank(row: dict[str, Any]) -> tuple[float, float]:
+    """How periodic evaluations are ranked for the best policy (``best.json``): greedy validity first, then mean return (a missing or
+    NaN figure ranks lowest). A later evaluation replaces the best only when it ranks strictly higher."""
+    def value(key: str) -> float:
+        v = row.get(key)
+        return -float("inf") if v is None or not np.isfinite(float(v)) else float(v)
+
+    return value("validity"), value("mean_return")
+
+
+def best_evaluation(out: str | Path) -> dict[str, Any] | None:
+    """The row of the best periodic evaluation of the run in ``out`` (``best.json``), or ``None`` before one."""
+    path = Path(out) / "best.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def best_evaluated_checkpoint(out: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The policy file of the best periodic evaluation of a finished run, and that evaluation's row.
+
+    Runs made since 2026-12-07 keep it (``best.json`` names it); for earlier runs the best row of ``eval.csv`` among the
+    steps that have a checkpoint (``checkpoints/step_<N>.zip``, written after that step's evaluation) is used.
+
+    Raises:
+        FileNotFoundError: the run has neither a best policy file nor an evaluated step with a checkpoint.
+    """
+    out = Path(out)
+    best = best_evaluation(out)
+    if best is not None and (out / best["file"]).is_file():
+        return out / best["file"], best
+    rows = []
+    if (out / "eval.csv").is_file():
+        with open(out / "eval.csv", newline="") as fh:
+            for row in csv.DictReader(fh):
+                parsed = {k: (None if v in ("", "None") else float(v)) for k, v in row.items()}
+                parsed["step"] = int(parsed["step"])
+                if (out / "checkpoints" / f"step_{parsed['step']}.zip").is_file():
+                    rows.append(parsed)
+    if not rows:
+        raise FileNotFoundError(f"{out} has no best.json and no periodic evaluation with a checkpoint of its step "
+                                "(run with --eval-every and --checkpoint-every at common multiples)")
+    row = max(rows, key=evaluation_rank)  # max keeps the first of equals, as training does
+    return out / "checkpoints" / f"step_{row['step']}.zip", row
 
 
 def _make_env(cfg: TrainConfig):
@@ -77,6 +129,7 @@ def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
             self.next_eval = None
             self.next_ckpt = None
             self.train_returns: list[float] = []
+            self.best = best_evaluation(out)  # a resumed run keeps its best so far
 
         def _on_training_start(self) -> None:
             n = self.model.num_timesteps
@@ -110,15 +163,16 @@ def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
             for key in ("mean_return", "validity", "mean_fraction_of_optimum"):
                 if s[key] is not None:
                     self.logger.record(f"eval/{key}", s[key])
+            row = {"step": n, **{key: s[key] for key in EVAL_COLUMNS[1:]}}
             path = out / "eval.csv"
             new = not path.exists()
             with open(path, "a", newline="") as fh:
                 w = csv.writer(fh)
                 if new:
-                    w.writerow(["step", "mean_return", "best_return", "validity", "mean_fraction_of_optimum",
-                                "completed"])
-                w.writerow([n, s["mean_return"], s["best_return"], s["validity"], s["mean_fraction_of_optimum"],
-                            s["completed"]])
+                    w.writerow(EVAL_COLUMNS)
+                w.writerow([row[key] for key in EVAL_COLUMNS])
+            if self.best is None or evaluation_rank(row) > evaluation_rank(self.best):
+                self.best = save_best(self.model, out, row)
 
         def _on_training_end(self) -> None:
             if self.bar is not None:
@@ -133,12 +187,34 @@ def save_checkpoint(model, out: Path, step: int) -> Path:
 
     ckpt_dir = out / "checkpoints"
     target = ckpt_dir / f"step_{step}.zip"
-    with atomic_path(target) as tmp:
-        model.save(str(tmp.with_suffix(".zip")))
-        os.replace(tmp.with_suffix(".zip"), tmp)
+    _save_model(model, target)
     with atomic_path(ckpt_dir / "latest.zip") as tmp:
         shutil.copyfile(target, tmp)
     return target
+
+
+def save_best(model, out: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Keep ``model`` as the run's best policy: write ``best-<step>.zip``, then ``best.json`` (``row`` and the file's
+    name), then remove the previous best file; each write is atomic, so a run stopped at any point has a
+    ``best.json`` that names a policy file holding the policy it describes. Returns the new ``best.json``."""
+    from molgym.io import write_json
+
+    previous = best_evaluation(out)
+    best = {**row, "file": f"best-{row['step']}.zip"}
+    _save_model(model, out / best["file"])
+    write_json(out / "best.json", best)
+    if previous is not None and previous.get("file") != best["file"]:
+        (out / previous["file"]).unlink(missing_ok=True)
+    return best
+
+
+def _save_model(model, path: Path) -> None:
+    """``model.save`` to ``path`` atomically (SB3 appends ``.zip`` to a name without it, hence the rename)."""
+    from molgym.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        model.save(str(tmp.with_suffix(".zip")))
+        os.replace(tmp.with_suffix(".zip"), tmp)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
@@ -230,6 +306,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         "final_greedy": summarise(greedy),
         "final_sampled": summarise(sampled) if sampled else None,
         "held_out": summarise_held_out(held_out),
+        "best_evaluation": best_evaluation(out),
         "reward_rules": _reward_rules(eval_env.unwrapped),
         "potential_sha256": potential_sha256,
         "tensorboard": "tensorboard" in formats,

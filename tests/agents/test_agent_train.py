@@ -39,6 +39,12 @@ def test_train_run_writes_every_output(agent, tmp_path, tiny_mace_file, capsys):
     assert s["validity"] <= s["completed"]
     rows = (out / "eval.csv").read_text().splitlines()
     assert rows[0].startswith("step,mean_return") and len(rows) == 3  # steps 16 and 32
+    # the best periodic evaluation's policy is kept: best.json holds its eval.csv row and names its file
+    best = json.loads((out / "best.json").read_text())
+    assert best == summary["best_evaluation"] and best["file"] == f"best-{best['step']}.zip"
+    assert f"{best['step']},{best['mean_return']}," in "\n".join(rows)
+    assert sorted(p.name for p in out.glob("best-*.zip")) == [best["file"]]  # an earlier best file is removed
+    assert PPO.load(str(out / best["file"]), device="cpu").num_timesteps == best["step"]
     # the checkpoint records every model option, so a later change of a default cannot change the saved policy
     recorded = PPO.load(str(out / "model.zip"), device="cpu").policy_kwargs["model_kwargs"]
     model_class = policy_class(agent).model_class
@@ -171,3 +177,29 @@ def test_reference_auto_none_and_resume(tmp_path, tiny_mace_file):
     # the default (auto -> xtb) differs from the saved run's: resuming must say so instead of mixing rewards
     assert main(_args(out, tiny_mace_file, "internal", 32, "--resume")) == 2
     assert main(_args(out, tiny_mace_file, "internal", 32, "--resume", "--reference", "none")) == 0
+
+
+def test_best_evaluation_ranks_validity_then_return_and_falls_back_to_checkpoints(tmp_path):
+    """The best policy is the most valid evaluation, then the highest return (the first of equals); a run from
+    before best.json takes the best evaluated step that has a checkpoint."""
+    from molgym.agents.common.training import best_evaluated_checkpoint, evaluation_rank
+
+    assert evaluation_rank({"validity": 1.0, "mean_return": 5.0}) > evaluation_rank({"validity": 0.5,
+                                                                                      "mean_return": 50.0})
+    assert evaluation_rank({"validity": float("nan"), "mean_return": 1.0}) < evaluation_rank({"validity": 0.0,
+                                                                                               "mean_return": 0.0})
+    run = tmp_path / "old-run"
+    (run / "checkpoints").mkdir(parents=True)
+    rows = ["step,mean_return,best_return,validity,mean_fraction_of_optimum,completed",
+            "10,9.0,9.0,0.0,0.9,1.0", "20,8.0,8.0,1.0,0.8,1.0", "30,8.5,8.5,1.0,0.85,1.0", "40,8.5,8.5,1.0,0.85,1.0",
+            "50,9.9,9.9,1.0,0.99,1.0"]
+    (run / "eval.csv").write_text("\n".join(rows) + "\n")
+    for step in (10, 20, 30, 40):  # step 50, the best, has no checkpoint
+        (run / "checkpoints" / f"step_{step}.zip").write_bytes(b"")
+    path, row = best_evaluated_checkpoint(run)
+    assert path == run / "checkpoints" / "step_30.zip" and row["step"] == 30 and row["mean_return"] == 8.5
+    (run / "best.json").write_text(json.dumps({**row, "step": 20, "file": "best-20.zip"}))
+    (run / "best-20.zip").write_bytes(b"")
+    assert best_evaluated_checkpoint(run)[0] == run / "best-20.zip"  # best.json wins where its file exists
+    with pytest.raises(FileNotFoundError, match="no periodic evaluation with a checkpoint"):
+        best_evaluated_checkpoint(tmp_path / "nothing")

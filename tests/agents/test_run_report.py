@@ -80,6 +80,16 @@ def test_train_report_over_real_runs(tmp_path, tiny_mace_file, capsys):
     assert cache["referee"] == "GFN2-xTB" and len(cache["records"]) == 1  # greedy episodes are identical
     assert main(["train-report", str(tmp_path / "runs"), "--out", str(tmp_path / "r2"), "--checkpoint",
                  checkpoint]) == 2  # a checkpoint needs a referee
+    # the policy of each run's best periodic evaluation, played in the run's environment, judged the same way
+    assert main(["train-report", str(tmp_path / "runs"), "--out", str(tmp_path / "best"), "--referee", "xtb",
+                 "--policy", "best"]) == 0
+    judged = (tmp_path / "best" / "training_report.md").read_text().split("## Judged by xtb")[1]
+    steps = [json.loads((tmp_path / "runs" / f"s{s}" / "best.json").read_text())["step"] for s in (3, 4)]
+    assert "best periodic evaluation's policy" in judged
+    assert "| CH2O | 16 | internal | " in judged and judged.count(f"| {steps[0]:,}, {steps[1]:,} |") == 1
+    cache = json.loads((tmp_path / "runs" / "s3" / "referee-best-xtb.json").read_text())
+    assert cache["step"] == steps[0] and len(cache["records"]) == 1 and cache["key"]["source"].startswith("best-")
+    assert main(["train-report", str(tmp_path / "runs"), "--out", str(tmp_path / "r3"), "--policy", "best"]) == 2
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
