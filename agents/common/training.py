@@ -208,6 +208,24 @@ def save_best(model, out: Path, row: dict[str, Any]) -> dict[str, Any]:
     return best
 
 
+def _adopt_best_checkpoint(out: Path) -> None:
+    """A run made before ``best.json`` existed, when resumed, starts its best from its best evaluated step that has
+    a checkpoint (:func:`best_evaluated_checkpoint`), copied to ``best-<N>.zip``; nothing when it has a
+    ``best.json`` or no such step."""
+    from molgym.io import atomic_path, write_json
+
+    if best_evaluation(out) is not None:
+        return
+    try:
+        path, row = best_evaluated_checkpoint(out)
+    except FileNotFoundError:
+        return
+    best = {**row, "file": f"best-{row['step']}.zip"}
+    with atomic_path(out / best["file"]) as tmp:
+        shutil.copyfile(path, tmp)
+    write_json(out / "best.json", best)
+
+
 def _save_model(model, path: Path) -> None:
     """``model.save`` to ``path`` atomically (SB3 appends ``.zip`` to a name without it, hence the rename)."""
     from molgym.io import atomic_path
@@ -254,6 +272,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         model = PPO.load(str(latest), env=venv, device=cfg.device)
         model.policy.generator.manual_seed(cfg.seed + model.num_timesteps)  # a fresh stream after resuming
         log(f"resuming {out} at step {model.num_timesteps}")
+        _adopt_best_checkpoint(out)
     else:
         model = PPO(
             policy, venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import ase.io
@@ -12,6 +13,7 @@ from stable_baselines3 import PPO
 from agent_helpers import train_args as _args
 
 from molgym.agents.common.train_config import policy_class
+from molgym.agents.common.training import evaluation_rank
 from molgym.cli import main
 
 
@@ -80,9 +82,18 @@ def test_resume_continues_to_the_total(tmp_path, tiny_mace_file):
     out = tmp_path / "run"
     assert main(_args(out, tiny_mace_file, "internal", 16)) == 0
     assert main(_args(out, tiny_mace_file, "internal", 16)) == 2  # refuses to overwrite a run
+    # a run from before best.json: resuming adopts its best evaluated checkpoint
+    best = json.loads((out / "best.json").read_text())
+    (out / "best.json").unlink()
+    (out / best["file"]).unlink()
     assert main(_args(out, tiny_mace_file, "internal", 32, "--resume")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 32 and summary["trained_this_session"] == 16
+    best = summary["best_evaluation"]
+    with open(out / "eval.csv", newline="") as fh:
+        rows = [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(fh)]
+    assert [r["step"] for r in rows] == [16, 32] and (out / best["file"]).is_file()
+    assert best["step"] == max(rows, key=evaluation_rank)["step"]  # the step-16 evaluation competes
     # a resumed run must keep its settings
     assert main(_args(out, tiny_mace_file, "internal", 48, "--resume", "--lr", "1e-2")) == 2
 
@@ -182,7 +193,7 @@ def test_reference_auto_none_and_resume(tmp_path, tiny_mace_file):
 def test_best_evaluation_ranks_validity_then_return_and_falls_back_to_checkpoints(tmp_path):
     """The best policy is the most valid evaluation, then the highest return (the first of equals); a run from
     before best.json takes the best evaluated step that has a checkpoint."""
-    from molgym.agents.common.training import best_evaluated_checkpoint, evaluation_rank
+    from molgym.agents.common.training import _adopt_best_checkpoint, best_evaluated_checkpoint
 
     assert evaluation_rank({"validity": 1.0, "mean_return": 5.0}) > evaluation_rank({"validity": 0.5,
                                                                                       "mean_return": 50.0})
@@ -198,6 +209,9 @@ def test_best_evaluation_ranks_validity_then_return_and_falls_back_to_checkpoint
         (run / "checkpoints" / f"step_{step}.zip").write_bytes(b"")
     path, row = best_evaluated_checkpoint(run)
     assert path == run / "checkpoints" / "step_30.zip" and row["step"] == 30 and row["mean_return"] == 8.5
+    _adopt_best_checkpoint(run)  # what resuming such a run does
+    assert json.loads((run / "best.json").read_text()) == {**row, "file": "best-30.zip"}
+    assert (run / "best-30.zip").is_file()
     (run / "best.json").write_text(json.dumps({**row, "step": 20, "file": "best-20.zip"}))
     (run / "best-20.zip").write_bytes(b"")
     assert best_evaluated_checkpoint(run)[0] == run / "best-20.zip"  # best.json wins where its file exists
