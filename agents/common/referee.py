@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-__all__ = ["POLICIES", "judge_molecules", "judge_run", "judge_checkpoint", "greedy_checkpoint_molecule", "summarise_judged"]
+__all__ = ["POLICIES", "judge_molecules", "judge_run", "judge_checkpoint", "greedy_checkpoint_molecule",
+           "summarise_judged"]
 
 #: Relaxation settings of the referee (those of ``molgym.best_known``'s xTB entries).
 RELAX_FMAX = 0.05
@@ -81,8 +82,30 @@ def _greedy_molecules(run_dir: Path) -> list[Atoms]:
     return [m for m in ase.io.read(path, index=":") if m.info.get("mode") == "greedy"]
 
 
-#: Which policy of a run :func:`judge_run` judges: the final one, or that of its best periodic evaluation.
-POLICIES = ("final", "best")
+#: Which policy of a run :func:`judge_run` judges: the final one, that of its best periodic evaluation, or (as
+#: ``"step:N"``) its checkpoint of step N.
+POLICIES = ("final", "best", "step:N")
+
+
+def _policy_source(run_dir: Path, policy: str) -> tuple[Path, int | None]:
+    """The file behind ``policy`` (see :data:`POLICIES`) of the run in ``run_dir`` and, for a policy file, its
+    step (``None`` for the final molecules, ``molecules.xyz``)."""
+    if policy == "final":
+        return run_dir / "molecules.xyz", None
+    if policy == "best":
+        from molgym.agents.common.training import best_evaluated_checkpoint
+
+        path, row = best_evaluated_checkpoint(run_dir)
+        return path, int(row["step"])
+    step = policy.removeprefix("step:")
+    if not policy.startswith("step:") or not step.isdigit():
+        raise ValueError(f"policy must be one of final, best or step:N (N a checkpoint's step), got {policy!r}")
+    path = run_dir / "checkpoints" / f"step_{step}.zip"
+    if not path.is_file():
+        saved = sorted(int(p.stem.removeprefix("step_")) for p in (run_dir / "checkpoints").glob("step_*.zip"))
+        raise FileNotFoundError(f"{run_dir} has no checkpoint of step {step}; it has steps "
+                                f"{', '.join(map(str, saved)) or 'none'}")
+    return path, int(step)
 
 
 def judge_run(run_dir: str | Path, referee_spec: str = "xtb", referee=None, policy: str = "final") -> dict[str, Any]:
@@ -90,38 +113,31 @@ def judge_run(run_dir: str | Path, referee_spec: str = "xtb", referee=None, poli
 
     ``policy="final"``: the final greedy molecules of ``molecules.xyz``; on a fixed-bag task greedy episodes are
     identical, so only distinct ones are judged. ``policy="best"``: one greedy episode of the policy of the run's
-    best periodic evaluation (:func:`~molgym.agents.common.training.best_evaluated_checkpoint`), played in the run's
-    own environment with the final greedy episodes' seed; fixed-bag runs only. The result then also holds
-    ``step``, the step of that evaluation."""
+    best periodic evaluation (:func:`~molgym.agents.common.training.best_evaluated_checkpoint`); ``"step:N"``: of
+    its checkpoint of step N. Both are played in the run's own environment with the final greedy episodes' seed,
+    on fixed-bag runs only, and the result also holds ``step``, the step of the policy."""
     from molgym.io import write_json
 
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     run_dir = Path(run_dir)
-    if policy == "best":
-        from molgym.agents.common.training import best_evaluated_checkpoint
-
-        source, row = best_evaluated_checkpoint(run_dir)
-    else:
-        source, row = run_dir / "molecules.xyz", None
+    source, step = _policy_source(run_dir, policy)
     stat = source.stat() if source.is_file() else None
     key = {"referee": referee_spec, "source": source.name, "size": stat.st_size if stat else None,
            "mtime_ns": stat.st_mtime_ns if stat else None, "fmax": RELAX_FMAX, "steps": RELAX_STEPS}
-    prefix = "referee" if policy == "final" else "referee-best"
+    prefix = "referee" if policy == "final" else f"referee-{policy.replace(':', '-')}"
     cache = run_dir / f"{prefix}-{Path(str(referee_spec)).name}.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         saved_key = {"source": "molecules.xyz", **saved.get("key", {})}  # caches written before "source" was
         if saved_key == key:
             return saved
-    molecules = _distinct(_greedy_molecules(run_dir)) if row is None else [_play_in_run_env(run_dir, source)]
+    molecules = _distinct(_greedy_molecules(run_dir)) if step is None else [_play_in_run_env(run_dir, source)]
     if referee is None:
         from molgym.potentials import load_potential
 
         referee = load_potential(referee_spec)
     records = judge_molecules(molecules, referee)
     result = {"key": key, "referee": referee.name, "records": records, "summary": summarise_judged(records),
-              **({"step": row["step"]} if row is not None else {})}
+              **({"step": step} if step is not None else {})}
     write_json(cache, result)
     return result
 

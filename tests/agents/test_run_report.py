@@ -90,6 +90,16 @@ def test_train_report_over_real_runs(tmp_path, tiny_mace_file, capsys):
     cache = json.loads((tmp_path / "runs" / "s3" / "referee-best-xtb.json").read_text())
     assert cache["step"] == steps[0] and len(cache["records"]) == 1 and cache["key"]["source"].startswith("best-")
     assert main(["train-report", str(tmp_path / "runs"), "--out", str(tmp_path / "r3"), "--policy", "best"]) == 2
+    # any checkpoint of a run, by its step; a step without one is an error naming those there are
+    from molgym.agents.common.referee import judge_run
+
+    at16 = judge_run(tmp_path / "runs" / "s3", "xtb", policy="step:16")
+    assert at16["step"] == 16 and at16["key"]["source"] == "step_16.zip" and len(at16["records"]) == 1
+    assert (tmp_path / "runs" / "s3" / "referee-step-16-xtb.json").is_file()
+    with pytest.raises(FileNotFoundError, match="no checkpoint of step 8; it has steps 16$"):
+        judge_run(tmp_path / "runs" / "s3", "xtb", policy="step:8")
+    with pytest.raises(ValueError, match="final, best or step:N"):
+        judge_run(tmp_path / "runs" / "s3", "xtb", policy="last")
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
