@@ -152,7 +152,7 @@ def _play_in_run_env(run_dir: Path, policy_file: Path) -> Atoms:
 
     cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
     if cfg.env_id != "MolGym/SingleBag-v0" or not cfg.formula:
-        raise ValueError(f"the best evaluated policy is judged on fixed-bag formula runs only; {run_dir} is a "
+        raise ValueError(f"a run's saved policies are judged on fixed-bag formula runs only; {run_dir} is a "
                          f"{cfg.env_id} run")
     env = _make_env(cfg)
     try:

@@ -341,10 +341,11 @@ def write_training_report(paths: list[str | Path], out: str | Path, log=print, r
         which = ("The final greedy molecules of each run (distinct ones; one per run on a fixed-bag task)"
                  if policy == "final" else "The greedy molecule of each run's best periodic evaluation's policy "
                  "(greedy validity first, then mean return; one episode, fixed-bag runs only)")
-        lines += [f"## Judged by {referee}", "", f"{which} under the referee: its build return over its own best-known return, the "
-                  "energy released by relaxing the molecule under it (BFGS, fmax 0.05 eV/Å, at most 300 steps) and "
-                  "the heavy-atom RMSD of that relaxation; median over seeds [min, max]. Reward: the potential the "
-                  "agent was trained on, and the correction added at each episode's end.", "",
+        lines += [f"## Judged by {referee}", "", f"{which} under the referee: its build return over its own "
+                  "best-known return, the energy released by relaxing the molecule under it (BFGS, fmax 0.05 eV/Å, "
+                  "at most 300 steps) and the heavy-atom RMSD of that relaxation; median over seeds [min, max]. "
+                  "Reward: the potential the agent was trained on, and the correction added at each episode's end.",
+                  "",
                   referee_table(groups, referee, checkpoints, log, policy), ""]
     if png is not None:
         lines += [f"![learning curves]({png.name})", ""]

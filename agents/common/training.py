@@ -52,8 +52,9 @@ EVAL_COLUMNS = ("step", "mean_return", "best_return", "validity", "mean_fraction
 
 
 def evaluation_rank(row: dict[str, Any]) -> tuple[float, float]:
-    """How periodic evaluations are ranked for the best policy (``best.json``): greedy validity first, then mean return (a missing or
-    NaN figure ranks lowest). A later evaluation replaces the best only when it ranks strictly higher."""
+    """How periodic evaluations are ranked for the best policy (``best.json``): greedy validity first, then mean
+    return (a missing or NaN figure ranks lowest). A later evaluation replaces the best only when it ranks strictly
+    higher."""
     def value(key: str) -> float:
         v = row.get(key)
         return -float("inf") if v is None or not np.isfinite(float(v)) else float(v)
@@ -70,8 +71,9 @@ def best_evaluation(out: str | Path) -> dict[str, Any] | None:
 def best_evaluated_checkpoint(out: str | Path) -> tuple[Path, dict[str, Any]]:
     """The policy file of the best periodic evaluation of a finished run, and that evaluation's row.
 
-    Runs made since 2026-12-07 keep it (``best.json`` names it); for earlier runs the best row of ``eval.csv`` among the
-    steps that have a checkpoint (``checkpoints/step_<N>.zip``, written after that step's evaluation) is used.
+    Runs made since 2026-12-07 keep it (``best.json`` names it); for earlier runs the best row of ``eval.csv``
+    among the steps that have a checkpoint (``checkpoints/step_<N>.zip``, written after that step's evaluation) is
+    used.
 
     Raises:
         FileNotFoundError: the run has neither a best policy file nor an evaluated step with a checkpoint.
