@@ -20,10 +20,6 @@ import statistics
 from pathlib import Path
 
 
-def _checkpoint_steps(run: Path) -> list[int]:
-    return sorted(int(p.stem.removeprefix("step_")) for p in (run / "checkpoints").glob("step_*.zip"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished molgym train run folders (fixed-bag tasks)")
@@ -37,13 +33,14 @@ def main() -> None:
         parser.error("not finished molgym train runs (no summary.json): " + ", ".join(missing))
 
     from molgym.agents.common.referee import judge_run
+    from molgym.agents.common.training import checkpoint_steps
 
     per_run = []
     print("| run | policies judged | valid | return / best-known (median) | relaxation drop per policy (eV) "
           "| median drop (eV) |")
     print("|---|---|---|---|---|---|")
     for run in args.runs:
-        steps = _checkpoint_steps(run)
+        steps = checkpoint_steps(run)
         final_step = max(steps) if steps else None
         # the last checkpoint is the final policy's own (written at the end), judged as "final"
         earlier = [s for s in steps if s != final_step][-(args.last - 1):] if args.last > 1 else []

@@ -102,7 +102,9 @@ def _policy_source(run_dir: Path, policy: str) -> tuple[Path, int | None]:
         raise ValueError(f"policy must be one of final, best or step:N (N a checkpoint's step), got {policy!r}")
     path = run_dir / "checkpoints" / f"step_{step}.zip"
     if not path.is_file():
-        saved = sorted(int(p.stem.removeprefix("step_")) for p in (run_dir / "checkpoints").glob("step_*.zip"))
+        from molgym.agents.common.training import checkpoint_steps
+
+        saved = checkpoint_steps(run_dir)
         raise FileNotFoundError(f"{run_dir} has no checkpoint of step {step}; it has steps "
                                 f"{', '.join(map(str, saved)) or 'none'}")
     return path, int(step)
@@ -145,10 +147,8 @@ def judge_run(run_dir: str | Path, referee_spec: str = "xtb", referee=None, poli
 def _play_in_run_env(run_dir: Path, policy_file: Path) -> Atoms:
     """The final canvas of one greedy episode of ``policy_file`` in the environment of the fixed-bag run in
     ``run_dir`` (its config.json), seeded as the run's final greedy episodes were."""
-    from stable_baselines3 import PPO
-
     import molgym  # noqa: F401  (registers the environments)
-    from molgym.agents.common.training import TrainConfig, _make_env, greedy_episodes
+    from molgym.agents.common.training import TrainConfig, _make_env
 
     cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
     if cfg.env_id != "MolGym/SingleBag-v0" or not cfg.formula:
@@ -156,10 +156,19 @@ def _play_in_run_env(run_dir: Path, policy_file: Path) -> Atoms:
                          f"{cfg.env_id} run")
     env = _make_env(cfg)
     try:
-        model = PPO.load(str(policy_file), device="cpu")
-        return greedy_episodes(model.policy, env, 1, seed=cfg.seed + 20_000)[0]["atoms"]
+        return _greedy_molecule(policy_file, env, seed=cfg.seed + 20_000)
     finally:
         env.close()
+
+
+def _greedy_molecule(policy_file: str | Path, env, seed: int) -> Atoms:
+    """The final canvas of one greedy episode of a policy file (SB3 ``.zip``) in ``env``."""
+    from stable_baselines3 import PPO
+
+    from molgym.agents.common.training import greedy_episodes
+
+    model = PPO.load(str(policy_file), device="cpu")
+    return greedy_episodes(model.policy, env, 1, seed=seed)[0]["atoms"]
 
 
 def greedy_checkpoint_molecule(path: str | Path, formula: str, referee, seed: int = 0) -> Atoms:
@@ -167,14 +176,11 @@ def greedy_checkpoint_molecule(path: str | Path, formula: str, referee, seed: in
     ``formula``, in an environment under ``referee`` (the policy sees only the canvas and the bag, so no learned
     potential is needed)."""
     import gymnasium as gym
-    from stable_baselines3 import PPO
 
     import molgym  # noqa: F401  (registers the environments)
-    from molgym.agents.common.training import greedy_episodes
 
     env = gym.make("MolGym/SingleBag-v0", formula=formula, potential=referee)
-    model = PPO.load(str(path), device="cpu")
-    return greedy_episodes(model.policy, env, 1, seed=seed)[0]["atoms"]
+    return _greedy_molecule(path, env, seed)
 
 
 def judge_checkpoint(path: str | Path, formula: str, referee_spec: str = "xtb", seed: int = 0) -> dict[str, Any]:

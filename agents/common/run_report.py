@@ -19,7 +19,6 @@ potentials the same way. Unfinished runs (no ``summary.json``) are skipped and n
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from dataclasses import dataclass
@@ -75,21 +74,15 @@ class TrainingRun:
         return json.dumps({k: v for k, v in config.items() if k not in BOOKKEEPING}, sort_keys=True)
 
 
-def _float(text: str) -> float | None:
-    return None if text in ("", "None", None) else float(text)
-
-
 def load_run(path: str | Path) -> TrainingRun:
     """Read one finished run; a folder without ``summary.json`` (unfinished) or ``config.json`` is an error."""
     path = Path(path)
     missing = [name for name in ("config.json", "summary.json") if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a finished molgym train run: no {' or '.join(missing)}")
-    evals = []
-    if (path / "eval.csv").is_file():
-        with open(path / "eval.csv", newline="") as fh:
-            evals = [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-    return TrainingRun(path, json.loads((path / "config.json").read_text()), evals,
+    from molgym.agents.common.training import read_evals
+
+    return TrainingRun(path, json.loads((path / "config.json").read_text()), read_evals(path),
                        json.loads((path / "summary.json").read_text()))
 
 

@@ -45,7 +45,8 @@ from molgym.agents.common.train_config import (AGENTS, TrainConfig, learning_rat
                                                resolve_reference, validate_config)
 
 __all__ = ["TrainConfig", "AGENTS", "validate_config", "resolve_reference", "train", "greedy_episodes",
-           "save_checkpoint", "evaluation_rank", "best_evaluation", "best_evaluated_checkpoint"]
+           "save_checkpoint", "evaluation_rank", "read_evals", "checkpoint_steps", "best_evaluation",
+           "best_evaluated_checkpoint"]
 
 #: The columns of ``eval.csv`` (and the keys of ``best.json``, with ``step``).
 EVAL_COLUMNS = ("step", "mean_return", "best_return", "validity", "mean_fraction_of_optimum", "completed")
@@ -60,6 +61,26 @@ def evaluation_rank(row: dict[str, Any]) -> tuple[float, float]:
         return -float("inf") if v is None or not np.isfinite(float(v)) else float(v)
 
     return value("validity"), value("mean_return")
+
+
+def read_evals(out: str | Path) -> list[dict[str, Any]]:
+    """The rows of the run's ``eval.csv`` (empty without one): ``step`` an int, the other columns floats or
+    ``None`` where empty."""
+    path = Path(out) / "eval.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = [{k: None if v in ("", "None", None) else float(v) for k, v in row.items()}
+                for row in csv.DictReader(fh)]
+    for row in rows:
+        row["step"] = int(row["step"])
+    return rows
+
+
+def checkpoint_steps(out: str | Path) -> list[int]:
+    """The steps of the run's saved checkpoints (``checkpoints/step_<N>.zip``), in order."""
+    return sorted(int(p.stem.removeprefix("step_")) for p in (Path(out) / "checkpoints").glob("step_*.zip")
+                  if p.stem.removeprefix("step_").isdigit())
 
 
 def best_evaluation(out: str | Path) -> dict[str, Any] | None:
@@ -82,14 +103,8 @@ def best_evaluated_checkpoint(out: str | Path) -> tuple[Path, dict[str, Any]]:
     best = best_evaluation(out)
     if best is not None and (out / best["file"]).is_file():
         return out / best["file"], best
-    rows = []
-    if (out / "eval.csv").is_file():
-        with open(out / "eval.csv", newline="") as fh:
-            for row in csv.DictReader(fh):
-                parsed = {k: (None if v in ("", "None") else float(v)) for k, v in row.items()}
-                parsed["step"] = int(parsed["step"])
-                if (out / "checkpoints" / f"step_{parsed['step']}.zip").is_file():
-                    rows.append(parsed)
+    saved = set(checkpoint_steps(out))
+    rows = [row for row in read_evals(out) if row["step"] in saved]
     if not rows:
         raise FileNotFoundError(f"{out} has no best.json and no periodic evaluation with a checkpoint of its step "
                                 "(run with --eval-every and --checkpoint-every at common multiples)")
@@ -196,36 +211,44 @@ def save_checkpoint(model, out: Path, step: int) -> Path:
 
 
 def save_best(model, out: Path, row: dict[str, Any]) -> dict[str, Any]:
-    """Keep ``model`` as the run's best policy: write ``best-<step>.zip``, then ``best.json`` (``row`` and the file's
-    name), then remove the previous best file; each write is atomic, so a run stopped at any point has a
-    ``best.json`` that names a policy file holding the policy it describes. Returns the new ``best.json``."""
-    from molgym.io import write_json
-
-    previous = best_evaluation(out)
-    best = {**row, "file": f"best-{row['step']}.zip"}
-    _save_model(model, out / best["file"])
-    write_json(out / "best.json", best)
-    if previous is not None and previous.get("file") != best["file"]:
-        (out / previous["file"]).unlink(missing_ok=True)
-    return best
+    """Keep ``model`` as the run's best policy (:func:`_record_best`); returns the new ``best.json``."""
+    return _record_best(out, row, lambda path: _save_model(model, path))
 
 
 def _adopt_best_checkpoint(out: Path) -> None:
     """A run made before ``best.json`` existed, when resumed, starts its best from its best evaluated step that has
     a checkpoint (:func:`best_evaluated_checkpoint`), copied to ``best-<N>.zip``; nothing when it has a
     ``best.json`` or no such step."""
-    from molgym.io import atomic_path, write_json
+    from molgym.io import atomic_path
 
     if best_evaluation(out) is not None:
         return
     try:
-        path, row = best_evaluated_checkpoint(out)
+        source, row = best_evaluated_checkpoint(out)
     except FileNotFoundError:
         return
+
+    def copy(path: Path) -> None:
+        with atomic_path(path) as tmp:
+            shutil.copyfile(source, tmp)
+
+    _record_best(out, row, copy)
+
+
+def _record_best(out: Path, row: dict[str, Any], write_policy) -> dict[str, Any]:
+    """Make the policy that ``write_policy(path)`` writes (atomically) the run's best: write ``best-<step>.zip``,
+    then ``best.json`` (``row`` and the file's name), then remove the previous best file, so a run stopped at any
+    point has a ``best.json`` that names a policy file holding the policy it describes. Returns the new
+    ``best.json``."""
+    from molgym.io import write_json
+
+    previous = best_evaluation(out)
     best = {**row, "file": f"best-{row['step']}.zip"}
-    with atomic_path(out / best["file"]) as tmp:
-        shutil.copyfile(path, tmp)
+    write_policy(out / best["file"])
     write_json(out / "best.json", best)
+    if previous is not None and previous.get("file") != best["file"]:
+        (out / previous["file"]).unlink(missing_ok=True)
+    return best
 
 
 def _save_model(model, path: Path) -> None:
