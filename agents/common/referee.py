@@ -10,7 +10,11 @@ policy file played greedily, :func:`judge_molecules` computes under the referee:
 - ``relax_drop``: ``E(molecule) - E(relaxed)`` after BFGS relaxation under the referee (eV; ``fmax`` 0.05 eV/Å,
   at most 300 steps) and ``relax_rmsd``, the heavy-atom RMSD (Å) of that relaxation after superposition: how far
   the agent's geometry is from a local minimum (a strained molecule scores less than its relaxed self);
-- ``valid``: the benchmark's validity (one connected molecule that RDKit sanitises after bond perception).
+- ``graph_kept``: whether that relaxation kept the bond graph (molgym's distance rule, hydrogens included); when it
+  did not, ``relax_drop`` includes a reaction's energy (a fragment leaving, a ring closing), not only strain;
+- ``valid``: the benchmark's validity (one connected molecule that RDKit sanitises after bond perception), and
+  ``posebusters``: whether the molecule passes PoseBusters' molecule checks (bond lengths, angles, clashes,
+  flatness, sanitisation; ``None`` where RDKit cannot build it).
 
 Results of a run are cached in ``<run>/referee-<name>.json`` (keyed by the size and time of ``molecules.xyz``), so
 rerunning the report costs nothing.
@@ -29,6 +33,10 @@ from ase import Atoms
 
 __all__ = ["POLICIES", "judge_molecules", "judge_run", "judge_checkpoint", "greedy_checkpoint_molecule",
            "summarise_judged"]
+
+#: Version of a judged record's fields, part of a cache's key: 2 added ``graph_kept`` and ``posebusters``, so caches
+#: written before are judged again.
+RECORD_VERSION = 2
 
 #: Relaxation settings of the referee (those of ``molgym.best_known``'s xTB entries).
 RELAX_FMAX = 0.05
@@ -56,21 +64,28 @@ def judge_molecules(molecules: Sequence[Atoms], referee, fmax: float = RELAX_FMA
         records.append({"formula": formula, "n_atoms": len(atoms), "valid": bool(m["valid_connected"]),
                         "smiles": m["smiles"], "referee_return": m.get("return"),
                         "referee_fraction": m.get("fraction_best_known"), "relax_drop": m.get("relax_energy_drop"),
-                        "relax_rmsd": m.get("relax_rmsd"), "relax_steps": m.get("relax_steps")})
+                        "relax_rmsd": m.get("relax_rmsd"), "relax_steps": m.get("relax_steps"),
+                        "graph_kept": m.get("relax_graph_kept"), "posebusters": m.get("posebusters")})
     return records
 
 
 def summarise_judged(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over judged molecules: fraction of the best-known return, relaxation drop and RMSD; validity."""
+    """Medians over judged molecules: fraction of the best-known return, relaxation drop and RMSD; the fractions
+    that are valid, that pass PoseBusters and whose bond graph the relaxation kept (over those it applies to)."""
 
     def median(key: str) -> float | None:
         values = [r[key] for r in records if r.get(key) is not None]
         return statistics.median(values) if values else None
 
+    def fraction(key: str) -> float | None:
+        values = [bool(r[key]) for r in records if r.get(key) is not None]
+        return statistics.fmean(values) if values else None
+
     return {"molecules": len(records), "referee_fraction": median("referee_fraction"),
             "referee_return": median("referee_return"), "relax_drop": median("relax_drop"),
             "relax_rmsd": median("relax_rmsd"),
-            "valid": statistics.fmean(r["valid"] for r in records) if records else None}
+            "valid": statistics.fmean(r["valid"] for r in records) if records else None,
+            "posebusters": fraction("posebusters"), "graph_kept": fraction("graph_kept")}
 
 
 def _greedy_molecules(run_dir: Path) -> list[Atoms]:
@@ -124,7 +139,8 @@ def judge_run(run_dir: str | Path, referee_spec: str = "xtb", referee=None, poli
     source, step = _policy_source(run_dir, policy)
     stat = source.stat() if source.is_file() else None
     key = {"referee": referee_spec, "source": source.name, "size": stat.st_size if stat else None,
-           "mtime_ns": stat.st_mtime_ns if stat else None, "fmax": RELAX_FMAX, "steps": RELAX_STEPS}
+           "mtime_ns": stat.st_mtime_ns if stat else None, "fmax": RELAX_FMAX, "steps": RELAX_STEPS,
+           "records": RECORD_VERSION}
     prefix = "referee" if policy == "final" else f"referee-{policy.replace(':', '-')}"
     cache = run_dir / f"{prefix}-{Path(str(referee_spec)).name}.json"
     if cache.is_file():

@@ -137,6 +137,12 @@ def _pct(values: list[float]) -> str:
     return f"{statistics.median(values):.0%}" if values else "n/a"
 
 
+def _mean_pct(values: list[float | None]) -> str:
+    """The mean of per-seed fractions (a seed counts once), as a percentage: 2 valid seeds of 3 give 67 %."""
+    values = [v for v in values if v is not None]
+    return f"{statistics.fmean(values):.0%}" if values else "n/a"
+
+
 def _first_at_target(run: TrainingRun) -> str:
     for e in run.evals:
         f = e.get("mean_fraction_of_optimum")
@@ -197,11 +203,12 @@ def held_out_table(groups: dict[tuple[str, int, str], list[TrainingRun]]) -> str
 def referee_table(groups: dict[tuple[str, int, str], list[TrainingRun]], referee: str = "xtb",
                   checkpoints: list[tuple[str, str]] | None = None, log=print, policy: str = "final") -> str:
     """Markdown table of the greedy molecules judged by ``referee`` (:mod:`molgym.agents.common.referee`): per
-    group, the referee's return / its best-known return, validity, relaxation energy drop and RMSD under the
-    referee (median over seeds [min, max]) and the training cost; ``checkpoints`` (``(label, "FORMULA=path.zip")``
-    pairs) adds one row per policy file, played greedily. ``policy``: each run's ``"final"`` policy, or the
-    ``"best"`` of its periodic evaluations (fixed-bag runs only: other groups are left out, and named in ``log``;
-    a column gives each seed's step of that evaluation)."""
+    group, the referee's return / its best-known return, relaxation energy drop and RMSD under the referee (median
+    over seeds [min, max]); validity, PoseBusters' checks and whether the relaxation kept the bond graph (the mean
+    over seeds of each seed's fraction of its judged molecules: 2 valid seeds of 3 give 67 %); and the training
+    cost. ``checkpoints`` (``(label, "FORMULA=path.zip")`` pairs) adds one row per policy file, played greedily.
+    ``policy``: each run's ``"final"`` policy, or the ``"best"`` of its periodic evaluations (fixed-bag runs only:
+    other groups are left out, and named in ``log``; a column gives each seed's step of that evaluation)."""
     from molgym.agents.common.referee import judge_checkpoint, judge_run
     from molgym.benchmark.report import md_table
 
@@ -218,9 +225,10 @@ def referee_table(groups: dict[tuple[str, int, str], list[TrainingRun]], referee
         cost = [c for r in runs if (c := r.summary.get("s_per_10k_steps")) is not None]
         rows.append([task, f"{steps:,}", agent, runs[0].reward, str(len(runs)),
                      _median_range([j["referee_fraction"] for j in judged if j["referee_fraction"] is not None]),
-                     _pct([j["valid"] for j in judged if j["valid"] is not None]),
+                     _mean_pct([j["valid"] for j in judged]), _mean_pct([j.get("posebusters") for j in judged]),
                      _median_range([j["relax_drop"] for j in judged if j["relax_drop"] is not None]),
                      _median_range([j["relax_rmsd"] for j in judged if j["relax_rmsd"] is not None]),
+                     _mean_pct([j.get("graph_kept") for j in judged]),
                      f"{statistics.median(cost):.0f}" if cost else "n/a"]
                     + ([", ".join(f"{j['step']:,}" for j in results)] if best else []))
     for label, spec in checkpoints or ():
@@ -229,12 +237,16 @@ def referee_table(groups: dict[tuple[str, int, str], list[TrainingRun]], referee
         j = judge_checkpoint(path, formula, referee)["summary"]
         rows.append([formula, "n/a", label, "checkpoint", "1",
                      _median_range([j["referee_fraction"]] if j["referee_fraction"] is not None else []),
-                     _pct([j["valid"]]), _median_range([j["relax_drop"]] if j["relax_drop"] is not None else []),
-                     _median_range([j["relax_rmsd"]] if j["relax_rmsd"] is not None else []), "n/a"]
+                     _mean_pct([j["valid"]]), _mean_pct([j.get("posebusters")]),
+                     _median_range([j["relax_drop"]] if j["relax_drop"] is not None else []),
+                     _median_range([j["relax_rmsd"]] if j["relax_rmsd"] is not None else []),
+                     _mean_pct([j.get("graph_kept")]), "n/a"]
                     + (["n/a"] if best else []))
     return md_table(["task", "steps", "agent", "reward", "seeds", f"greedy {referee} return / {referee} best-known",
-                     "greedy valid", f"{referee} relaxation drop (eV)", "relaxation heavy-atom RMSD (Å)",
-                     "s per 10k steps"] + (["best evaluation step (per seed)"] if best else []), rows)
+                     "greedy valid (mean over seeds)", "PoseBusters (mean over seeds)",
+                     f"{referee} relaxation drop (eV)", "relaxation heavy-atom RMSD (Å)",
+                     "bond graph kept by the relaxation (mean over seeds)", "s per 10k steps"]
+                    + (["best evaluation step (per seed)"] if best else []), rows)
 
 
 def _curve(runs: list[TrainingRun], key: str) -> tuple[list[int], list[float], list[float], list[float]]:

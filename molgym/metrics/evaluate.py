@@ -109,7 +109,7 @@ def _chemistry_record(i: int, atoms: Atoms, expected: dict | None, target: np.nd
 def _add_energy_metrics(records: list[dict], structures: Sequence[Atoms], nonempty: list[int], potential: Potential,
                         best_known: float | None, relax_fmax: float, relax_steps: int) -> None:
     """Energy, return (and its fraction of ``best_known``) under ``potential`` for the plausible structures, and
-    their relaxation energy drop and heavy-atom RMSD (``relax_steps`` > 0)."""
+    their relaxation energy drop, heavy-atom RMSD, steps and whether it kept the bond graph (``relax_steps`` > 0)."""
     energies, returns = physics.atomisation_energies(potential, [structures[i] for i in nonempty])
     for k, e, r in zip(nonempty, energies, returns):
         rec, atoms = records[k], structures[k]
@@ -134,6 +134,7 @@ def _add_energy_metrics(records: list[dict], structures: Sequence[Atoms], nonemp
         rec["relax_energy_drop"] = _finite(rec["energy"] - result.energy)
         rec["relax_rmsd"] = physics.kabsch_rmsd(atoms.positions[heavy], result.atoms.positions[heavy])
         rec["relax_steps"] = result.steps
+        rec["relax_graph_kept"] = physics.graph_kept(atoms, result.atoms)
 
 
 def _add_referee_metrics(records: list[dict], structures: Sequence[Atoms], nonempty: list[int], referee: Potential,

@@ -54,6 +54,7 @@ __all__ = [
     "best_known_return",
     "implausibility",
     "referee_relaxation",
+    "graph_kept",
     "CLOSE_CONTACT_FACTOR",
     "KCAL_PER_MOL",
 ]
@@ -126,6 +127,12 @@ def relax(atoms: Atoms, potential: Potential, fmax: float = 0.05, steps: int = 2
     return Relaxation(Atoms(numbers=work.numbers, positions=work.positions), int(opt.nsteps), start, energy, forces)
 
 
+def graph_kept(start: Atoms, relaxed: Atoms) -> bool:
+    """Whether a relaxation kept the bond graph (:func:`molgym.metrics.bonds.connectivity`, hydrogens included):
+    a relaxation that breaks or makes a bond released a reaction's energy, not only strain."""
+    return bool(np.array_equal(connectivity(start), connectivity(relaxed)))
+
+
 def referee_relaxation(atoms: Atoms, referee: Potential, fmax: float = 0.05, steps: int = 300) -> dict:
     """Relax ``atoms`` under ``referee`` (GFN2-xTB in the benchmark) and measure how far it was from a minimum.
 
@@ -150,7 +157,7 @@ def referee_relaxation(atoms: Atoms, referee: Potential, fmax: float = 0.05, ste
     return {
         "referee_relax_energy": (result.start_energy - result.energy) / KCAL_PER_MOL,
         "referee_relax_rmsd": kabsch_rmsd(atoms.positions[heavy], relaxed.positions[heavy]),
-        "referee_graph_kept": bool(np.array_equal(connectivity(atoms), connectivity(relaxed))),
+        "referee_graph_kept": graph_kept(atoms, relaxed),
         "referee_relax_steps": result.steps,
     }
 

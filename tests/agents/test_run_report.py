@@ -78,6 +78,14 @@ def test_train_report_over_real_runs(tmp_path, tiny_mace_file, capsys):
     assert "| CH2O | n/a | own | checkpoint | 1 |" in judged
     cache = json.loads((tmp_path / "runs" / "s3" / "referee-xtb.json").read_text())
     assert cache["referee"] == "GFN2-xTB" and len(cache["records"]) == 1  # greedy episodes are identical
+    assert "| PoseBusters (mean over seeds) |" in judged and "bond graph kept by the relaxation" in judged
+    # a cache written before the records had graph_kept and posebusters is judged again, not read
+    from molgym.agents.common.referee import judge_run
+
+    stale = dict(cache, key={k: v for k, v in cache["key"].items() if k != "records"}, records=[])
+    (tmp_path / "runs" / "s3" / "referee-xtb.json").write_text(json.dumps(stale))
+    again = judge_run(tmp_path / "runs" / "s3", "xtb")
+    assert len(again["records"]) == 1 and {"graph_kept", "posebusters"} <= set(again["records"][0])
     assert main(["train-report", str(tmp_path / "runs"), "--out", str(tmp_path / "r2"), "--checkpoint",
                  checkpoint]) == 2  # a checkpoint needs a referee
     # the policy of each run's best periodic evaluation, played in the run's environment, judged the same way
@@ -91,8 +99,6 @@ def test_train_report_over_real_runs(tmp_path, tiny_mace_file, capsys):
     assert cache["step"] == steps[0] and len(cache["records"]) == 1 and cache["key"]["source"].startswith("best-")
     assert main(["train-report", str(tmp_path / "runs"), "--out", str(tmp_path / "r3"), "--policy", "best"]) == 2
     # any checkpoint of a run, by its step; a step without one is an error naming those there are
-    from molgym.agents.common.referee import judge_run
-
     at16 = judge_run(tmp_path / "runs" / "s3", "xtb", policy="step:16")
     assert at16["step"] == 16 and at16["key"]["source"] == "step_16.zip" and len(at16["records"]) == 1
     assert (tmp_path / "runs" / "s3" / "referee-step-16-xtb.json").is_file()
@@ -113,8 +119,9 @@ def test_train_report_without_runs_is_a_clear_error(make, tmp_path, capsys):
 
 
 def test_referee_judges_return_strain_and_validity():
-    """A relaxed methanol is near GFN2-xTB's best-known CH4O return with no strain; stretching its C-O bond costs
-    return, releases energy on relaxation and breaks validity."""
+    """A relaxed methanol is near GFN2-xTB's best-known CH4O return with no strain and passes PoseBusters;
+    stretching its C-O bond costs return, releases energy on relaxation (which makes the bond again: the graph
+    changed) and breaks validity."""
     from ase.build import molecule
     from ase.optimize import BFGS
 
@@ -132,8 +139,11 @@ def test_referee_judges_return_strain_and_validity():
     assert good["relax_drop"] == pytest.approx(0.0, abs=0.01) and good["relax_rmsd"] < 0.01
     assert not bad["valid"] and bad["referee_fraction"] < good["referee_fraction"] - 0.03
     assert bad["relax_drop"] > 0.5 and bad["relax_rmsd"] > 0.1
+    # the stretched C-O (no bond at 1.9 Å by the distance rule) is a bond again after relaxation
+    assert good["graph_kept"] is True and bad["graph_kept"] is False
+    assert good["posebusters"] is True
     summary = summarise_judged([good, bad])
-    assert summary["valid"] == 0.5 and summary["molecules"] == 2
+    assert summary["valid"] == 0.5 and summary["molecules"] == 2 and summary["graph_kept"] == 0.5
 
 
 def test_ship_checkpoint_copies_the_median_seed_and_indexes_it(tmp_path, tiny_mace_file):
