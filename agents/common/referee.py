@@ -84,8 +84,7 @@ def summarise_judged(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"molecules": len(records), "referee_fraction": median("referee_fraction"),
             "referee_return": median("referee_return"), "relax_drop": median("relax_drop"),
             "relax_rmsd": median("relax_rmsd"),
-            "valid": statistics.fmean(r["valid"] for r in records) if records else None,
-            "posebusters": fraction("posebusters"), "graph_kept": fraction("graph_kept")}
+            "valid": fraction("valid"), "posebusters": fraction("posebusters"), "graph_kept": fraction("graph_kept")}
 
 
 def _greedy_molecules(run_dir: Path) -> list[Atoms]:
