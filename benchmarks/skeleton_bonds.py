@@ -12,7 +12,7 @@ angles (``xtb_strain.py --split``). Two explanations predict different bond leng
 For the first frame marked ``mode=greedy`` of each ``molecules.xyz`` given (``molgym train`` writes it), this relaxes
 the molecule under GFN2-xTB and, for every heavy-atom bond (atoms in placement order, so the later atom of a bond was
 placed on the canvas of the atoms before it), prints the placed length, the relaxed length, the bond's type in the
-relaxed molecule as RDKit perceives it (``C=C``, ``C-O``, ...; ``?`` when the relaxed molecule is not valid), and
+relaxed molecule as RDKit perceives it (``C=C``, ``C-O``, ...; ``?`` when it is not valid or lost the bond), and
 the length GFN2-xTB's step reward prefers: the later atom moved along the placed bond direction on its own canvas,
 the energy minimised over a 0.01 Å grid from 0.9 to 1.9 Å (the step reward is minus that energy's change, so its
 maximum is the energy's minimum). It ends with the mean of placed - relaxed and of placed - preferred per bond type.
