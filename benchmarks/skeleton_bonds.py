@@ -45,13 +45,12 @@ def _preferred_length(atoms, i: int, j: int, xtb) -> float:
     ``atoms[:j + 1]`` (the canvas ``j`` was placed on, plus ``j``)."""
     import numpy as np
 
-    canvas = atoms[: j + 1].copy()
     u = atoms.positions[j] - atoms.positions[i]
     u /= np.linalg.norm(u)
     grid = np.arange(0.9, 1.9001, 0.01)
     trials = []
     for d in grid:
-        trial = canvas.copy()
+        trial = atoms[: j + 1]  # a new Atoms: the canvas j was placed on, plus j
         trial.positions[j] = atoms.positions[i] + d * u
         trials.append(trial)
     energies = xtb.energies(trials)
@@ -86,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("molecules", nargs="+", help="molgym train molecules.xyz files (their greedy frame is used)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy, torch and tblite load
     missing = [p for p in args.molecules if not os.path.isfile(p)]
     if missing:
         parser.error(f"no such file: {', '.join(missing)}")
@@ -93,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     without = [p for p, a in frames.items() if a is None]
     if without:
         parser.error(f"no frame marked mode=greedy in: {', '.join(without)}")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     import numpy as np
 
