@@ -69,6 +69,14 @@ def register(subparsers) -> None:
     ppo.add_argument("--ent-coef", type=float, default=0.0)
     ppo.add_argument("--vf-coef", type=float, default=0.5)
     ppo.add_argument("--max-grad-norm", type=float, default=0.5)
+    ppo.add_argument("--target-kl", type=float, default=None,
+                     help="stop an update's epochs early once PPO's approximate KL divergence passes 1.5x this "
+                     "(SB3's target_kl; default: never)")
+    ppo.add_argument("--imitate-relaxed", type=float, default=0.0, metavar="COEF",
+                     help="relaxed self-imitation (default 0: off): after each rollout the best complete episode is "
+                     "relaxed under the run's return potential and kept as a demonstration; after each update the "
+                     "policy takes gradient steps on COEF x the demonstrations' negative log-likelihood (returns "
+                     "are unchanged; see docs/agents.md)")
     ppo.add_argument("--model-kwargs", default="{}", help="agent model options as JSON, e.g. '{\"channels\": 16}'")
     ev = p.add_argument_group("evaluation and outputs")
     ev.add_argument("--eval-every", type=int, default=2_000, help="greedy evaluation every N steps (0: off)")
@@ -100,8 +108,9 @@ def config_from_args(args: argparse.Namespace):
         device=args.device, n_steps=args.n_steps, batch_size=args.batch_size, epochs=args.epochs,
         learning_rate=args.lr, lr_schedule=args.lr_schedule, gamma=args.gamma, gae_lambda=args.gae_lambda,
         clip_range=args.clip_range,
-        ent_coef=args.ent_coef, vf_coef=args.vf_coef, max_grad_norm=args.max_grad_norm,
-        model_kwargs=_json_arg("--model-kwargs", args.model_kwargs), eval_every=args.eval_every,
+        ent_coef=args.ent_coef, vf_coef=args.vf_coef, max_grad_norm=args.max_grad_norm, target_kl=args.target_kl,
+        model_kwargs=_json_arg("--model-kwargs", args.model_kwargs), imitation_coef=args.imitate_relaxed,
+        eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
         final_molecules=args.final_molecules, threads=args.threads,
     )

@@ -27,10 +27,17 @@ def register(subparsers) -> None:
                    "/ best-known, validity, relaxation energy drop and RMSD (cached in each run folder)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="LABEL:FORMULA=PATH",
                    help="with --referee, also play this policy file greedily on FORMULA and judge it (repeatable)")
-    p.add_argument("--policy", choices=("final", "best"), default="final",
-                   help="with --referee, which policy of each run to judge: its final one (default) or that of its "
-                   "best periodic evaluation (greedy validity, then mean return; fixed-bag runs only)")
+    p.add_argument("--policy", type=_policy_choice, default="final",
+                   help="with --referee, which policy of each run to judge: its final one (default), that of its "
+                   "best periodic evaluation (greedy validity, then mean return), or mean:K, the mean weights of "
+                   "its last K checkpoints (the last two: fixed-bag runs only)")
     p.set_defaults(func=cmd_train_report)
+
+
+def _policy_choice(text: str) -> str:
+    if text in ("final", "best") or (text.startswith("mean:") and text[5:].isdigit() and int(text[5:]) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"expected final, best or mean:K (K a positive integer), got {text!r}")
 
 
 def cmd_train_report(args: argparse.Namespace) -> int:

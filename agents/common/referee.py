@@ -96,9 +96,10 @@ def _greedy_molecules(run_dir: Path) -> list[Atoms]:
     return [m for m in ase.io.read(path, index=":") if m.info.get("mode") == "greedy"]
 
 
-#: Which policy of a run :func:`judge_run` judges: the final one, that of its best periodic evaluation, or (as
-#: ``"step:N"``) its checkpoint of step N.
-POLICIES = ("final", "best", "step:N")
+#: Which policy of a run :func:`judge_run` judges: the final one, that of its best periodic evaluation, (as
+#: ``"step:N"``) its checkpoint of step N, or (as ``"mean:K"``) the mean weights of its last K checkpoints
+#: (:func:`~molgym.agents.common.training.average_checkpoints`).
+POLICIES = ("final", "best", "step:N", "mean:K")
 
 
 def _policy_source(run_dir: Path, policy: str) -> tuple[Path, int | None]:
@@ -111,9 +112,15 @@ def _policy_source(run_dir: Path, policy: str) -> tuple[Path, int | None]:
 
         path, row = best_evaluated_checkpoint(run_dir)
         return path, int(row["step"])
+    if policy.startswith("mean:") and policy.removeprefix("mean:").isdigit():
+        from molgym.agents.common.training import average_checkpoints, checkpoint_steps
+
+        path = average_checkpoints(run_dir, int(policy.removeprefix("mean:")))
+        return path, max(checkpoint_steps(run_dir))
     step = policy.removeprefix("step:")
     if not policy.startswith("step:") or not step.isdigit():
-        raise ValueError(f"policy must be one of final, best or step:N (N a checkpoint's step), got {policy!r}")
+        raise ValueError(f"policy must be one of final, best, step:N (N a checkpoint's step) or mean:K (the mean "
+                         f"weights of the last K checkpoints), got {policy!r}")
     path = run_dir / "checkpoints" / f"step_{step}.zip"
     if not path.is_file():
         from molgym.agents.common.training import checkpoint_steps
@@ -130,8 +137,9 @@ def judge_run(run_dir: str | Path, referee_spec: str = "xtb", referee=None, poli
     ``policy="final"``: the final greedy molecules of ``molecules.xyz``; on a fixed-bag task greedy episodes are
     identical, so only distinct ones are judged. ``policy="best"``: one greedy episode of the policy of the run's
     best periodic evaluation (:func:`~molgym.agents.common.training.best_evaluated_checkpoint`); ``"step:N"``: of
-    its checkpoint of step N. Both are played in the run's own environment with the final greedy episodes' seed,
-    on fixed-bag runs only, and the result also holds ``step``, the step of the policy."""
+    its checkpoint of step N; ``"mean:K"``: of the mean weights of its last K checkpoints. These are played in the
+    run's own environment with the final greedy episodes' seed, on fixed-bag runs only, and the result also holds
+    ``step``, the step of the policy (for ``mean:K`` the last step averaged)."""
     from molgym.io import write_json
 
     run_dir = Path(run_dir)

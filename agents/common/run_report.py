@@ -207,16 +207,17 @@ def referee_table(groups: dict[tuple[str, int, str], list[TrainingRun]], referee
     over seeds [min, max]); validity, PoseBusters' checks and whether the relaxation kept the bond graph (the mean
     over seeds of each seed's fraction of its judged molecules: 2 valid seeds of 3 give 67 %); and the training
     cost. ``checkpoints`` (``(label, "FORMULA=path.zip")`` pairs) adds one row per policy file, played greedily.
-    ``policy``: each run's ``"final"`` policy, or the ``"best"`` of its periodic evaluations (fixed-bag runs only:
-    other groups are left out, and named in ``log``; a column gives each seed's step of that evaluation)."""
+    ``policy``: each run's ``"final"`` policy, the ``"best"`` of its periodic evaluations (a column gives each
+    seed's step of that evaluation) or ``"mean:K"``, the mean weights of its last K checkpoints; the last two on
+    fixed-bag runs only (other groups are left out, and named in ``log``)."""
     from molgym.agents.common.referee import judge_checkpoint, judge_run
     from molgym.benchmark.report import md_table
 
     best = policy == "best"
     rows = []
     for (task, steps, agent), runs in groups.items():
-        if best and any(r.config["env_id"] != "MolGym/SingleBag-v0" for r in runs):
-            log(f"leaving out {task}, {steps:,} steps, {agent}: the best evaluated policy is judged on fixed-bag "
+        if policy != "final" and any(r.config["env_id"] != "MolGym/SingleBag-v0" for r in runs):
+            log(f"leaving out {task}, {steps:,} steps, {agent}: a saved policy ({policy}) is judged on fixed-bag "
                 "runs only")
             continue
         log(f"judging {task}, {steps:,} steps, {agent} ({len(runs)} runs) with {referee}")

@@ -24,7 +24,7 @@ AGENTS: dict[str, str] = {
 
 #: Settings added to ``config.json`` after runs were made, with the value a config written without them implies
 #: (the behaviour before the setting existed): a run report compares old and new runs with these filled in.
-IMPLIED_SETTINGS: dict[str, Any] = {"lr_schedule": "constant"}
+IMPLIED_SETTINGS: dict[str, Any] = {"lr_schedule": "constant", "imitation_coef": 0.0, "target_kl": None}
 
 #: how the PPO learning rate changes over a run: held constant, or decayed linearly to 0 at the run's last step
 LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
@@ -58,7 +58,11 @@ class TrainConfig:
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    #: PPO stops an update's epochs early once the approximate KL divergence passes 1.5x this (``None``: never)
+    target_kl: float | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: weight of the relaxed self-imitation term (0: off; :mod:`molgym.agents.common.imitation`)
+    imitation_coef: float = 0.0
     eval_every: int = 2_000
     eval_episodes: int = 4
     checkpoint_every: int = 5_000
@@ -156,6 +160,10 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
     if cfg.ent_coef < 0 or cfg.vf_coef < 0:
         raise ValueError("ent_coef and vf_coef must be non-negative")
+    if cfg.target_kl is not None and not (np.isfinite(cfg.target_kl) and cfg.target_kl > 0):
+        raise ValueError(f"target_kl must be a positive number (or none), got {cfg.target_kl!r}")
+    if not (np.isfinite(cfg.imitation_coef) and cfg.imitation_coef >= 0):
+        raise ValueError(f"imitation_coef must be a non-negative number (0 turns it off), got {cfg.imitation_coef!r}")
     import gymnasium as gym
 
     import molgym  # noqa: F401  (registers the MolGym/* ids)

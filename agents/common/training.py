@@ -16,6 +16,8 @@ A run directory holds::
     molecules.xyz          final molecules, greedy and sampled (extended XYZ; ``info``: mode, return, completion, validity,
                            fraction of the optimum, why an invalid episode ended)
     summary.json           return, validity and fraction of the optimum at the end, speed figures
+    imitation.json         with ``--imitate-relaxed``: the demonstration buffer and its counters
+                           (:mod:`molgym.agents.common.imitation`), written with each checkpoint
 
 Completion of an episode: it placed every atom of the bag without an invalid placement (the environment's rules).
 Validity of a completed molecule: the benchmark's, one connected molecule that RDKit sanitises after bond
@@ -45,8 +47,11 @@ from molgym.agents.common.train_config import (AGENTS, TrainConfig, learning_rat
                                                resolve_reference, validate_config)
 
 __all__ = ["TrainConfig", "AGENTS", "validate_config", "resolve_reference", "train", "greedy_episodes",
-           "save_checkpoint", "evaluation_rank", "read_evals", "checkpoint_steps", "best_evaluation",
+           "save_checkpoint", "evaluation_rank", "read_evals", "checkpoint_steps", "average_checkpoints", "best_evaluation",
            "best_evaluated_checkpoint"]
+
+#: The relaxed self-imitation buffer of a run that uses it, written with each checkpoint.
+IMITATION_FILE = "imitation.json"
 
 #: The columns of ``eval.csv`` (and the keys of ``best.json``, with ``step``).
 EVAL_COLUMNS = ("step", "mean_return", "best_return", "validity", "mean_fraction_of_optimum", "completed")
@@ -81,6 +86,40 @@ def checkpoint_steps(out: str | Path) -> list[int]:
     """The steps of the run's saved checkpoints (``checkpoints/step_<N>.zip``), in order."""
     return sorted(int(p.stem.removeprefix("step_")) for p in (Path(out) / "checkpoints").glob("step_*.zip")
                   if p.stem.removeprefix("step_").isdigit())
+
+
+def average_checkpoints(out: str | Path, last: int) -> Path:
+    """``<out>/mean-<last>.zip``: the run's latest checkpoint with every floating-point weight of its policy replaced
+    by the mean over the run's ``last`` latest checkpoints (``checkpoints/step_<N>.zip``, the final one included).
+
+    Why: over a run's last checkpoints a C7 agent's greedy molecule keeps its bond graph while its geometry jitters
+    from one PPO update to the next (docs/agents.md, "Averaged weights"); the mean of those weights sits nearer the
+    middle of that jitter. Written atomically, and only when missing or older than the newest checkpoint averaged.
+
+    Raises:
+        ValueError: ``last`` is not a positive integer, or the run has fewer checkpoints than ``last``.
+    """
+    import torch
+    from stable_baselines3 import PPO
+
+    out = Path(out)
+    if not isinstance(last, (int, np.integer)) or isinstance(last, bool) or last < 1:
+        raise ValueError(f"the number of checkpoints to average must be a positive integer, got {last!r}")
+    steps = checkpoint_steps(out)
+    if len(steps) < last:
+        raise ValueError(f"{out} has {len(steps)} checkpoints ({', '.join(map(str, steps)) or 'none'}); "
+                         f"cannot average the last {last}")
+    sources = [out / "checkpoints" / f"step_{s}.zip" for s in steps[-last:]]
+    target = out / f"mean-{last}.zip"
+    if target.is_file() and target.stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in sources):
+        return target
+    models = [PPO.load(str(p), device="cpu") for p in sources]
+    states = [m.policy.state_dict() for m in models]
+    mean = {k: (torch.stack([st[k].double() for st in states]).mean(0).to(v.dtype) if v.is_floating_point() else v)
+            for k, v in states[-1].items()}
+    models[-1].policy.load_state_dict(mean)
+    _save_model(models[-1], target)
+    return target
 
 
 def best_evaluation(out: str | Path) -> dict[str, Any] | None:
@@ -134,11 +173,12 @@ def _model_file_sha256(env: Any) -> str | None:
     return sha256_of(path) if path else None
 
 
-def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
+def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool, imitation=None):
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Run(BaseCallback):
-        """Progress bar, periodic greedy evaluation (eval.csv) and checkpoints (atomic)."""
+        """Progress bar, periodic greedy evaluation (eval.csv), checkpoints (atomic) and, when ``imitation`` is
+        given (:class:`~molgym.agents.common.imitation.RelaxedImitation`), its demonstrations and updates."""
 
         def __init__(self):
             super().__init__()
@@ -157,10 +197,23 @@ def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
 
                 self.bar = tqdm(total=cfg.steps, initial=n, unit="step", dynamic_ncols=True, desc=cfg.agent, mininterval=1.0)
 
+        def _on_rollout_start(self) -> None:
+            if imitation is not None:  # after the previous rollout's PPO update (nothing before the first)
+                nll = imitation.update(self.model.policy)
+                if nll is not None:
+                    self.logger.record("imitation/nll", nll)
+
+        def _on_rollout_end(self) -> None:
+            if imitation is not None:
+                imitation.end_rollout()
+                self.logger.record("imitation/buffer", len(imitation.buffer))
+
         def _on_step(self) -> bool:
             for info in self.locals.get("infos", []):
                 if "episode_return" in info:
                     self.train_returns.append(float(info["episode_return"]))
+                    if imitation is not None and "terminal_observation" in info:
+                        imitation.offer(info["terminal_observation"], info)
             n = self.model.num_timesteps
             if self.bar is not None:
                 self.bar.update(n - self.bar.n)
@@ -171,6 +224,8 @@ def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
                 self.next_eval += cfg.eval_every
             if self.next_ckpt is not None and n >= self.next_ckpt:
                 save_checkpoint(self.model, out, n)
+                if imitation is not None:
+                    imitation.save(out / IMITATION_FILE)
                 self.next_ckpt += cfg.checkpoint_every
             return True
 
@@ -196,6 +251,21 @@ def _callbacks(cfg: TrainConfig, out: Path, eval_env, progress: bool):
                 self.bar.close()
 
     return Run()
+
+
+def _imitation(cfg: TrainConfig, out: Path, env, model, resume: bool):
+    """The run's :class:`~molgym.agents.common.imitation.RelaxedImitation` (``None`` when off), relaxing under
+    the environment's return potential; a resumed run reloads its buffer."""
+    if not cfg.imitation_coef:
+        return None
+    from molgym.agents.common.imitation import RelaxedImitation
+
+    imitation = RelaxedImitation(cfg.imitation_coef, env.return_potential, env.elements,
+                                 model.observation_space["mask"].n, max_grad_norm=cfg.max_grad_norm,
+                                 seed=cfg.seed + model.num_timesteps)
+    if resume:
+        imitation.load(out / IMITATION_FILE)
+    return imitation
 
 
 def save_checkpoint(model, out: Path, step: int) -> Path:
@@ -302,7 +372,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         model = PPO(
             policy, venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
             learning_rate=learning_rate_schedule(cfg), gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
-            clip_range=cfg.clip_range,
+            clip_range=cfg.clip_range, target_kl=cfg.target_kl,
             ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
             device=cfg.device, verbose=0,
             policy_kwargs={"seed": cfg.seed, "model_kwargs": policy.model_class.resolved_options(cfg.model_kwargs)},
@@ -312,9 +382,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     if "tensorboard" in formats:
         log(f"TensorBoard logs in {out} (tensorboard --logdir {out})")
 
+    imitation = _imitation(cfg, out, eval_env.unwrapped, model, resume)
     start_step = model.num_timesteps
     remaining = cfg.steps - start_step
-    callback = _callbacks(cfg, out, eval_env, progress)
+    callback = _callbacks(cfg, out, eval_env, progress, imitation)
     t0 = time.perf_counter()
     if remaining > 0:
         model.learn(total_timesteps=remaining, callback=callback, reset_num_timesteps=False,
@@ -322,6 +393,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     wall = time.perf_counter() - t0
     trained = model.num_timesteps - start_step
     save_checkpoint(model, out, model.num_timesteps)
+    if imitation is not None:
+        imitation.save(out / IMITATION_FILE)
     from molgym.io import atomic_path
 
     with atomic_path(out / "model.zip") as tmp:
@@ -354,6 +427,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         "reward_rules": _reward_rules(eval_env.unwrapped),
         "potential_sha256": potential_sha256,
         "tensorboard": "tensorboard" in formats,
+        **({"imitation": imitation.summary()} if imitation is not None else {}),
     }
     write_json(out / "summary.json", summary)
     venv.close()

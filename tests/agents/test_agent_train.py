@@ -132,6 +132,8 @@ def test_linear_learning_rate_decays_to_zero_over_the_run_across_a_resume(tmp_pa
         (["--model-kwargs", '{"max_concentration": 80}'], "use a finer quadrature"),
         (["--reference", "gfn9"], "unknown reference 'gfn9'"),
         (["--env-kwargs", '{"reference": "xtb"}'], "give the reference with --reference"),
+        (["--target-kl", "0"], "target_kl must be a positive number (or none), got 0.0"),
+        (["--imitate-relaxed", "-0.5"], "imitation_coef must be a non-negative number (0 turns it off), got -0.5"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(change, message, tmp_path, capsys):
@@ -217,3 +219,47 @@ def test_best_evaluation_ranks_validity_then_return_and_falls_back_to_checkpoint
     assert best_evaluated_checkpoint(run)[0] == run / "best-20.zip"  # best.json wins where its file exists
     with pytest.raises(FileNotFoundError, match="no periodic evaluation with a checkpoint"):
         best_evaluated_checkpoint(tmp_path / "nothing")
+
+
+def test_relaxed_self_imitation_run_keeps_its_buffer_across_a_resume(tmp_path, tiny_mace_file):
+    out = tmp_path / "imitation"
+    assert main(_args(out, tiny_mace_file, "covariant", 32, "--imitate-relaxed", "0.5")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    first = summary["imitation"]
+    assert first["coef"] == 0.5 and json.loads((out / "config.json").read_text())["imitation_coef"] == 0.5
+    # at most one relaxation per rollout (two rollouts of 2 environments x 8 steps)
+    assert 0 <= first["kept"] <= first["relaxations"] <= 2
+    saved = json.loads((out / "imitation.json").read_text())
+    assert saved["stats"]["relaxations"] == first["relaxations"] and len(saved["buffer"]) <= first["kept"]
+    assert main(_args(out, tiny_mace_file, "covariant", 48, "--imitate-relaxed", "0.5", "--resume")) == 0
+    again = json.loads((out / "summary.json").read_text())["imitation"]
+    assert again["relaxations"] >= first["relaxations"]  # the counters (and buffer) went on from the saved ones
+    assert main(_args(out, tiny_mace_file, "covariant", 64, "--resume")) == 2  # imitation is a resume setting
+
+
+def test_mean_of_the_last_checkpoints_is_written_and_named_as_a_policy(tmp_path, tiny_mace_file):
+    import torch
+
+    from molgym.agents.common.referee import _policy_source
+    from molgym.agents.common.training import average_checkpoints
+
+    out = tmp_path / "run"
+    assert main(_args(out, tiny_mace_file, "covariant", 32)) == 0
+    path = average_checkpoints(out, 2)
+    assert path == out / "mean-2.zip"
+    mean = PPO.load(str(path), device="cpu").policy.state_dict()
+    ends = [PPO.load(str(out / "checkpoints" / f"step_{s}.zip"), device="cpu").policy.state_dict() for s in (16, 32)]
+    changed = 0
+    for key, value in mean.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (ends[0][key] + ends[1][key]) / 2)
+            changed += int(not torch.equal(ends[0][key], ends[1][key]))
+    assert changed > 0  # the two checkpoints differ, so the mean is neither of them
+    mtime = path.stat().st_mtime_ns
+    assert _policy_source(out, "mean:2") == (path, 32) and path.stat().st_mtime_ns == mtime  # not rewritten
+    with pytest.raises(ValueError, match="has 2 checkpoints .16, 32.; cannot average the last 3"):
+        average_checkpoints(out, 3)
+    with pytest.raises(ValueError, match="must be a positive integer, got 0"):
+        average_checkpoints(out, 0)
+    with pytest.raises(ValueError, match="or mean:K"):
+        _policy_source(out, "mean:x")

@@ -104,7 +104,11 @@ def test_train_report_over_real_runs(tmp_path, tiny_mace_file, capsys):
     assert (tmp_path / "runs" / "s3" / "referee-step-16-xtb.json").is_file()
     with pytest.raises(FileNotFoundError, match="no checkpoint of step 8; it has steps 16$"):
         judge_run(tmp_path / "runs" / "s3", "xtb", policy="step:8")
-    with pytest.raises(ValueError, match="final, best or step:N"):
+    # the mean weights of a run's last K checkpoints, written beside them and judged the same way
+    mean1 = judge_run(tmp_path / "runs" / "s3", "xtb", policy="mean:1")
+    assert mean1["step"] == 16 and mean1["key"]["source"] == "mean-1.zip"
+    assert mean1["records"][0]["referee_return"] == pytest.approx(at16["records"][0]["referee_return"], abs=1e-6)
+    with pytest.raises(ValueError, match=r"final, best, step:N \(N a checkpoint's step\) or mean:K"):
         judge_run(tmp_path / "runs" / "s3", "xtb", policy="last")
 
 

@@ -1,0 +1,218 @@
+"""Relaxed self-imitation: PPO plus a likelihood term on locally relaxed copies of the agent's best molecules.
+
+Why. Under exact returns the agents reach 0.93-0.96 of the best-known return on the C7 tasks, but their molecules
+are strained (docs/agents.md, "Which skeleton bonds"): the agent builds the whole skeleton before any hydrogen, so
+when it places a C-C bond it cannot yet see whether the bond will end single or double, and the reward that says
+so arrives only at the end of the episode. The relaxed copy of a built molecule says it at once: it is the same
+molecule, built in the same order, with every atom where the run's return potential wants it.
+
+What. During training, after each rollout, the complete episode with the highest return of that rollout is
+relaxed (ASE BFGS) under the run's **return potential** (the reference, GFN2-xTB under ``--reference xtb``,
+else the reward potential). When the relaxation keeps the bond graph, the relaxed molecule becomes a
+demonstration: for each atom ``t >= 1`` in placement order, the observation of the relaxed canvas of atoms
+``0..t-1`` with the bag then left, and the action that places atom ``t`` at its relaxed position. A buffer keeps
+the :data:`BUFFER` demonstrations with the highest relaxed returns (one per distinct molecule graph and formula);
+after every PPO update the policy takes :data:`STEPS_PER_UPDATE` gradient steps on
+``coef * mean(-log pi(action | observation))`` over a random minibatch of the buffer's pairs (the placement
+density is exact, marginal over the focus atom), with PPO's own optimiser and gradient clipping.
+
+The episode returns are untouched: every return is still the environment's (exactly the reference's under
+``--reference``); only the policy's updates change. The relaxations are extra potential calls beyond the
+environment steps, counted in ``summary.json`` (``imitation``) with their wall time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+__all__ = ["BUFFER", "STEPS_PER_UPDATE", "MINIBATCH", "RELAX_FMAX", "RELAX_STEPS", "Demonstration",
+           "demonstration", "RelaxedImitation"]
+
+#: demonstrations kept (the highest relaxed returns seen so far)
+BUFFER = 8
+#: gradient steps on the imitation term after each PPO update
+STEPS_PER_UPDATE = 2
+#: (observation, action) pairs per imitation gradient step
+MINIBATCH = 64
+#: relaxation of a candidate: BFGS until the largest force is below this (eV/Å) ...
+RELAX_FMAX = 0.05
+#: ... or this many steps
+RELAX_STEPS = 100
+
+
+@dataclass
+class Demonstration:
+    """A relaxed molecule in the order it was built, and its relaxed return under the run's return potential."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    relaxed_return: float
+    built_return: float
+    key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"numbers": self.numbers.tolist(), "positions": self.positions.tolist(),
+                "relaxed_return": self.relaxed_return, "built_return": self.built_return, "key": self.key}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Demonstration:
+        return cls(np.asarray(d["numbers"], dtype=int), np.asarray(d["positions"], dtype=float),
+                   float(d["relaxed_return"]), float(d["built_return"]), str(d["key"]))
+
+    def pairs(self, elements: Sequence[str], max_atoms: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """The ``(observation, action)`` pairs that rebuild this molecule in its order (atoms 1..n-1; the first
+        atom's placement, a Gaussian about the origin, is left to PPO)."""
+        from ase.data import chemical_symbols
+
+        from molgym.envs.spaces import observation
+
+        symbols = [chemical_symbols[int(z)] for z in self.numbers]
+        left = {s: symbols.count(s) for s in elements}
+        left[symbols[0]] -= 1
+        observations, actions = [], []
+        for t in range(1, len(symbols)):
+            observations.append(observation(self.numbers[:t], self.positions[:t], left, elements, max_atoms))
+            actions.append([float(elements.index(symbols[t])), *self.positions[t]])
+            left[symbols[t]] -= 1
+        return observations, np.asarray(actions, dtype=np.float32)
+
+
+def demonstration(atoms: Atoms, built_return: float, potential) -> Demonstration | None:
+    """The relaxed copy of a complete built molecule as a :class:`Demonstration`, or ``None`` when the relaxation
+    fails (an SCF error, a non-finite energy) or changes the bond graph (then it relaxed into another molecule,
+    not the one the agent built)."""
+    from molgym.metrics.physics import graph_kept, relax
+    from molgym.potentials.base import PotentialError
+
+    try:
+        result = relax(atoms, potential, fmax=RELAX_FMAX, steps=RELAX_STEPS)
+    except (PotentialError, ValueError, np.linalg.LinAlgError):
+        return None
+    drop = result.start_energy - result.energy
+    if not (np.isfinite(drop) and graph_kept(atoms, result.atoms)):
+        return None
+    from molgym.metrics.bonds import connectivity
+
+    graph = connectivity(atoms)
+    key = f"{atoms.get_chemical_formula()}:{np.packbits(graph).tobytes().hex()}"
+    return Demonstration(atoms.numbers.copy(), result.atoms.positions.copy(), built_return + max(drop, 0.0),
+                         built_return, key)
+
+
+class RelaxedImitation:
+    """The demonstration buffer and the imitation updates of one training run (see the module docstring).
+
+    ``offer`` is called with each finished episode of a rollout, ``end_rollout`` relaxes the best complete one,
+    ``update`` takes the gradient steps; ``save``/``load`` keep the buffer with the run's checkpoints so a resumed
+    run goes on with it."""
+
+    def __init__(self, coef: float, potential, elements: Sequence[str], max_atoms: int, max_grad_norm: float = 0.5,
+                 seed: int = 0):
+        if not (np.isfinite(coef) and coef > 0):
+            raise ValueError(f"imitation coefficient must be a positive number, got {coef!r}")
+        self.coef = float(coef)
+        self.max_grad_norm = float(max_grad_norm)
+        self.potential = potential
+        self.elements = list(elements)
+        self.max_atoms = int(max_atoms)
+        self.rng = np.random.default_rng(seed)
+        self.buffer: list[Demonstration] = []
+        self.candidate: tuple[float, Atoms] | None = None
+        self.stats = {"relaxations": 0, "kept": 0, "relax_wall_s": 0.0, "updates": 0, "update_wall_s": 0.0,
+                      "last_loss": None}
+
+    # --------------------------------------------------------------------------- collecting demonstrations
+    def offer(self, terminal_observation: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+        """Consider a finished episode (its terminal observation and final ``info``): complete episodes only."""
+        if info.get("invalid") or "episode_return" not in info:
+            return
+        if int(np.asarray(terminal_observation["bag"]).sum()) != 0:
+            return
+        ret = float(info["episode_return"])
+        if not np.isfinite(ret) or (self.candidate is not None and ret <= self.candidate[0]):
+            return
+        mask = np.asarray(terminal_observation["mask"]).astype(bool)
+        atoms = Atoms(numbers=np.asarray(terminal_observation["atomic_numbers"])[mask],
+                      positions=np.asarray(terminal_observation["positions"], dtype=float)[mask])
+        self.candidate = (ret, atoms)
+
+    def end_rollout(self) -> None:
+        """Relax the rollout's best complete episode and keep it if it ranks among the best :data:`BUFFER`."""
+        if self.candidate is None:
+            return
+        ret, atoms = self.candidate
+        self.candidate = None
+        t0 = time.perf_counter()
+        demo = demonstration(atoms, ret, self.potential)
+        self.stats["relax_wall_s"] += time.perf_counter() - t0
+        self.stats["relaxations"] += 1
+        if demo is None:
+            return
+        self.stats["kept"] += 1
+        same = [d for d in self.buffer if d.key == demo.key]
+        if same and same[0].relaxed_return >= demo.relaxed_return:
+            return
+        self.buffer = [d for d in self.buffer if d.key != demo.key] + [demo]
+        self.buffer = heapq.nlargest(BUFFER, self.buffer, key=lambda d: d.relaxed_return)
+
+    # ------------------------------------------------------------------------------------------ updating
+    def update(self, policy) -> float | None:
+        """:data:`STEPS_PER_UPDATE` gradient steps of the imitation term on ``policy`` (an SB3 placement policy,
+        its own optimiser); returns the last minibatch's mean negative log-likelihood (``None``: empty buffer)."""
+        if not self.buffer:
+            return None
+        import torch
+
+        t0 = time.perf_counter()
+        observations: list[dict[str, np.ndarray]] = []
+        actions = []
+        for demo in self.buffer:
+            obs, act = demo.pairs(self.elements, self.max_atoms)
+            observations += obs
+            actions.append(act)
+        all_actions = np.concatenate(actions)
+        policy.set_training_mode(True)
+        nll = None
+        for _ in range(STEPS_PER_UPDATE):
+            pick = self.rng.choice(len(observations), size=min(MINIBATCH, len(observations)), replace=False)
+            batch = {k: np.stack([observations[i][k] for i in pick]) for k in observations[0]}
+            log_prob = policy.log_prob(batch, torch.as_tensor(all_actions[pick], device=policy.device))
+            loss = -log_prob.mean()
+            policy.optimizer.zero_grad()
+            (self.coef * loss).backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+            policy.optimizer.step()
+            nll = float(loss.detach())
+        self.stats["updates"] += 1
+        self.stats["update_wall_s"] += time.perf_counter() - t0
+        self.stats["last_loss"] = nll
+        return nll
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def save(self, path: Path) -> None:
+        """Write the buffer and counters to ``path`` (JSON, atomically)."""
+        from molgym.io import write_json
+
+        write_json(path, {"buffer": [d.to_json() for d in self.buffer], "stats": self.stats})
+
+    def load(self, path: Path) -> None:
+        """Read what :meth:`save` wrote (nothing when ``path`` does not exist)."""
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        self.buffer = [Demonstration.from_json(d) for d in saved.get("buffer", [])]
+        self.stats.update(saved.get("stats", {}))
+
+    def summary(self) -> dict[str, Any]:
+        """Counters for ``summary.json``: relaxations run and kept, their wall time, the buffer's returns."""
+        return {**self.stats, "coef": self.coef, "buffer_relaxed_returns": [d.relaxed_return for d in self.buffer],
+                "buffer_built_returns": [d.built_return for d in self.buffer]}
