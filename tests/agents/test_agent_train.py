@@ -223,7 +223,8 @@ def test_best_evaluation_ranks_validity_then_return_and_falls_back_to_checkpoint
 
 def test_relaxed_self_imitation_run_keeps_its_buffer_across_a_resume(tmp_path, tiny_mace_file):
     out = tmp_path / "imitation"
-    assert main(_args(out, tiny_mace_file, "covariant", 32, "--imitate-relaxed", "0.5")) == 0
+    assert main(_args(out, tiny_mace_file, "covariant", 32, "--imitate-relaxed", "0.5", "--target-kl", "0.05")) == 0
+    assert PPO.load(str(out / "model.zip"), device="cpu").target_kl == 0.05  # SB3's early stop of an update's epochs
     summary = json.loads((out / "summary.json").read_text())
     first = summary["imitation"]
     assert first["coef"] == 0.5 and json.loads((out / "config.json").read_text())["imitation_coef"] == 0.5
@@ -231,7 +232,8 @@ def test_relaxed_self_imitation_run_keeps_its_buffer_across_a_resume(tmp_path, t
     assert 0 <= first["kept"] <= first["relaxations"] <= 2
     saved = json.loads((out / "imitation.json").read_text())
     assert saved["stats"]["relaxations"] == first["relaxations"] and len(saved["buffer"]) <= first["kept"]
-    assert main(_args(out, tiny_mace_file, "covariant", 48, "--imitate-relaxed", "0.5", "--resume")) == 0
+    assert main(_args(out, tiny_mace_file, "covariant", 48, "--imitate-relaxed", "0.5", "--target-kl", "0.05",
+                      "--resume")) == 0
     again = json.loads((out / "summary.json").read_text())["imitation"]
     assert again["relaxations"] >= first["relaxations"]  # the counters (and buffer) went on from the saved ones
     assert main(_args(out, tiny_mace_file, "covariant", 64, "--resume")) == 2  # imitation is a resume setting
