@@ -47,8 +47,8 @@ from molgym.agents.common.train_config import (AGENTS, TrainConfig, learning_rat
                                                resolve_reference, validate_config)
 
 __all__ = ["TrainConfig", "AGENTS", "validate_config", "resolve_reference", "train", "greedy_episodes",
-           "save_checkpoint", "evaluation_rank", "read_evals", "checkpoint_steps", "average_checkpoints", "best_evaluation",
-           "best_evaluated_checkpoint"]
+           "save_checkpoint", "evaluation_rank", "read_evals", "checkpoint_steps", "average_checkpoints",
+           "best_evaluation", "best_evaluated_checkpoint"]
 
 #: The relaxed self-imitation buffer of a run that uses it, written with each checkpoint.
 IMITATION_FILE = "imitation.json"
