@@ -11,7 +11,8 @@ relaxed (ASE BFGS) under the run's **return potential** (the reference, GFN2-xTB
 else the reward potential). When the relaxation keeps the bond graph, the relaxed molecule becomes a
 demonstration: for each atom ``t >= 1`` in placement order, the observation of the relaxed canvas of atoms
 ``0..t-1`` with the bag then left, and the action that places atom ``t`` at its relaxed position. A buffer keeps
-the :data:`BUFFER` demonstrations with the highest relaxed returns (one per distinct molecule graph and formula);
+the :data:`BUFFER` demonstrations with the highest relaxed returns (one per bond graph in build order, so one
+molecule built in two orders can hold two entries);
 after every PPO update the policy takes :data:`STEPS_PER_UPDATE` gradient steps on
 ``coef * mean(-log pi(action | observation))`` over a random minibatch of the buffer's pairs (the placement
 density is exact, marginal over the focus atom), with PPO's own optimiser and gradient clipping.
