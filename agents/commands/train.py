@@ -77,6 +77,11 @@ def register(subparsers) -> None:
                      "relaxed under the run's return potential and kept as a demonstration; after each update the "
                      "policy takes gradient steps on COEF x the demonstrations' negative log-likelihood (returns "
                      "are unchanged; see docs/agents.md)")
+    ppo.add_argument("--polish-steps", type=int, default=0, metavar="N",
+                     help="with --imitate-relaxed, on a fixed-bag task: after the last update, N gradient steps fitting "
+                     "the final policy to the best relaxed demonstration, so its greedy molecule is that molecule "
+                     "without its strain (default 0: off; 4000 takes about 2-5 min on C7; resuming a finished run "
+                     "with it polishes that run; see docs/agents.md)")
     ppo.add_argument("--model-kwargs", default="{}", help="agent model options as JSON, e.g. '{\"channels\": 16}'")
     ev = p.add_argument_group("evaluation and outputs")
     ev.add_argument("--eval-every", type=int, default=2_000, help="greedy evaluation every N steps (0: off)")
@@ -110,6 +115,7 @@ def config_from_args(args: argparse.Namespace):
         clip_range=args.clip_range,
         ent_coef=args.ent_coef, vf_coef=args.vf_coef, max_grad_norm=args.max_grad_norm, target_kl=args.target_kl,
         model_kwargs=_json_arg("--model-kwargs", args.model_kwargs), imitation_coef=args.imitate_relaxed,
+        polish_steps=args.polish_steps,
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
         final_molecules=args.final_molecules, threads=args.threads,

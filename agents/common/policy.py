@@ -57,6 +57,17 @@ class PlacementDistribution:
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         """Exact log pi of ``actions`` (B, 4) -> (B,), or of several per canvas (S, B, 4) -> (S, B)."""
+        return self._log_prob(actions, lambda terms: torch.logsumexp(terms, -1))
+
+    def focus_log_prob(self, actions: torch.Tensor, focus: torch.Tensor) -> torch.Tensor:
+        """``log pi(focus, element, position)`` of ``actions`` (B, 4) taken through the given ``focus`` atoms (B,),
+        not summed over the foci as :meth:`log_prob` is (an empty canvas has no focus: its first-atom term).
+        Greedy decoding takes one focus, the likeliest, then the element and position given it; fitting this
+        term makes that one path build the action (the polish of :mod:`~molgym.agents.common.imitation`)."""
+        return self._log_prob(actions.unsqueeze(0),
+                              lambda terms: terms.gather(-1, focus.long().view(1, -1, 1)).squeeze(-1)).squeeze(0)
+
+    def _log_prob(self, actions: torch.Tensor, reduce_focus) -> torch.Tensor:
         single = actions.dim() == 2
         if single:
             actions = actions.unsqueeze(0)
@@ -74,7 +85,7 @@ class PlacementDistribution:
         mask = canvas.mask | (canvas.n_atoms == 0).unsqueeze(-1)
         terms = enc.focus_log_probs + lp_elem + lp_pos
         terms = terms.masked_fill(~mask, -math.inf)
-        later = torch.logsumexp(terms, -1)
+        later = reduce_focus(terms)
         out = torch.where(canvas.n_atoms == 0, first, later)
         return out.squeeze(0) if single else out
 
@@ -200,3 +211,9 @@ class PlacementPolicy(ActorCriticPolicy):
         """Convenience: exact log pi(actions | obs) for numpy or torch inputs."""
         actions = torch.as_tensor(actions, device=self.device)
         return self.distribution(obs).log_prob(actions)
+
+    def focus_log_prob(self, obs: dict[str, Any], actions: np.ndarray | torch.Tensor,
+                       focus: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Convenience: :meth:`PlacementDistribution.focus_log_prob` for numpy or torch inputs."""
+        actions = torch.as_tensor(actions, device=self.device)
+        return self.distribution(obs).focus_log_prob(actions, torch.as_tensor(focus, device=self.device))

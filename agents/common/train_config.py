@@ -24,7 +24,8 @@ AGENTS: dict[str, str] = {
 
 #: Settings added to ``config.json`` after runs were made, with the value a config written without them implies
 #: (the behaviour before the setting existed): a run report compares old and new runs with these filled in.
-IMPLIED_SETTINGS: dict[str, Any] = {"lr_schedule": "constant", "imitation_coef": 0.0, "target_kl": None}
+IMPLIED_SETTINGS: dict[str, Any] = {"lr_schedule": "constant", "imitation_coef": 0.0, "target_kl": None,
+                                    "polish_steps": 0}
 
 #: how the PPO learning rate changes over a run: held constant, or decayed linearly to 0 at the run's last step
 LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
@@ -63,6 +64,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     #: weight of the relaxed self-imitation term (0: off; :mod:`molgym.agents.common.imitation`)
     imitation_coef: float = 0.0
+    #: gradient steps fitting the final policy to the best relaxed demonstration (0: off; needs imitation_coef)
+    polish_steps: int = 0
     eval_every: int = 2_000
     eval_episodes: int = 4
     checkpoint_every: int = 5_000
@@ -81,10 +84,11 @@ class TrainConfig:
         return kwargs
 
     def matters_for_resume(self) -> dict[str, Any]:
-        """The settings a resumed run must share with the original (everything but length and bookkeeping)."""
+        """The settings a resumed run must share with the original (everything but length, bookkeeping and the
+        polish, which acts after the last checkpoint and so can be added to a finished run by resuming it)."""
         d = asdict(self)
         for key in ("out", "steps", "device", "eval_every", "eval_episodes", "checkpoint_every", "final_molecules",
-                    "threads"):
+                    "threads", "polish_steps"):
             d.pop(key)
         return d
 
@@ -164,6 +168,15 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"target_kl must be a positive number (or none), got {cfg.target_kl!r}")
     if not (np.isfinite(cfg.imitation_coef) and cfg.imitation_coef >= 0):
         raise ValueError(f"imitation_coef must be a non-negative number (0 turns it off), got {cfg.imitation_coef!r}")
+    if not isinstance(cfg.polish_steps, (int, np.integer)) or isinstance(cfg.polish_steps, bool) or cfg.polish_steps < 0:
+        raise ValueError(f"polish_steps must be a non-negative integer (0 turns it off), got {cfg.polish_steps!r}")
+    if cfg.polish_steps and not cfg.imitation_coef:
+        raise ValueError(f"polish_steps={cfg.polish_steps} needs relaxed self-imitation (--imitate-relaxed COEF > 0): "
+                         "the polish fits the best demonstration of its buffer")
+    if cfg.polish_steps and (cfg.env_id != "MolGym/SingleBag-v0" or cfg.formula is None):
+        raise ValueError(f"polish_steps={cfg.polish_steps} fits the final policy to one molecule, so it is for fixed-bag "
+                         f"tasks only (MolGym/SingleBag-v0 with a formula); got env {cfg.env_id!r}, formula "
+                         f"{cfg.formula!r}")
     import gymnasium as gym
 
     import molgym  # noqa: F401  (registers the MolGym/* ids)

@@ -12,7 +12,7 @@ A run directory holds::
                            that step, N). Ranked by greedy validity, then mean return, as SB3's EvalCallback keeps
                            a best model: PPO can lose a good greedy policy in its last updates, so the final model
                            is not always the best one the run reached
-    model.zip              the final policy
+    model.zip              the final policy (with ``--polish-steps``: the last checkpoint's policy, polished)
     molecules.xyz          final molecules, greedy and sampled (extended XYZ; ``info``: mode, return, completion, validity,
                            fraction of the optimum, why an invalid episode ended)
     summary.json           return, validity and fraction of the optimum at the end, speed figures
@@ -268,6 +268,37 @@ def _imitation(cfg: TrainConfig, out: Path, env, model, resume: bool):
     return imitation
 
 
+def _polish(model, imitation, eval_env, cfg: TrainConfig, log) -> dict[str, Any]:
+    """Polish the final policy (:meth:`~molgym.agents.common.imitation.RelaxedImitation.polish`) and keep it only
+    if its greedy episode ranks at least as high (:func:`evaluation_rank`: validity, then return, both the
+    environment's own) as the PPO policy's; otherwise put the PPO policy back. The polish fits the relaxed
+    molecule on its own canvases; greedy decoding can still leave that path (e.g. picking the mirror image of a
+    planar canvas's next atom, then another peak of a direction density), and a run must not end worse than it
+    trained. Returns the polish's record with both greedy episodes' figures and ``kept``."""
+    import copy
+
+    saved = copy.deepcopy(model.policy.state_dict()), copy.deepcopy(model.policy.optimizer.state_dict())
+    seed = cfg.seed + 20_000
+
+    def greedy() -> dict[str, Any]:
+        s = summarise(greedy_episodes(model.policy, eval_env, 1, seed=seed))
+        return {key: s[key] for key in ("mean_return", "validity", "mean_fraction_of_optimum")}
+
+    before = greedy()
+    record = imitation.polish(model.policy, cfg.polish_steps, log=log)
+    if not record["steps"]:
+        return {**record, "kept": False}
+    after = greedy()
+    kept = evaluation_rank(after) >= evaluation_rank(before)
+    if not kept:
+        model.policy.load_state_dict(saved[0])
+        model.policy.optimizer.load_state_dict(saved[1])
+    if log is not None:
+        log(f"polish: greedy return {before['mean_return']:.3f} -> {after['mean_return']:.3f}, validity "
+            f"{before['validity']:g} -> {after['validity']:g}: {'kept' if kept else 'not kept (PPO policy restored)'}")
+    return {**record, "greedy_before": before, "greedy_after": after, "kept": kept}
+
+
 def save_checkpoint(model, out: Path, step: int) -> Path:
     """Write ``checkpoints/step_<step>.zip`` and ``checkpoints/latest.zip`` atomically."""
     from molgym.io import atomic_path
@@ -395,10 +426,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
     save_checkpoint(model, out, model.num_timesteps)
     if imitation is not None:
         imitation.save(out / IMITATION_FILE)
-    from molgym.io import atomic_path
+    polish = None
+    if cfg.polish_steps:  # after the checkpoint: training resumes from the PPO policy, never the polished one
+        polish = _polish(model, imitation, eval_env, cfg, log if progress else None)
+        _save_model(model, out / "model.zip")
+    else:
+        from molgym.io import atomic_path
 
-    with atomic_path(out / "model.zip") as tmp:
-        shutil.copyfile(out / "checkpoints" / "latest.zip", tmp)
+        with atomic_path(out / "model.zip") as tmp:
+            shutil.copyfile(out / "checkpoints" / "latest.zip", tmp)
 
     # final molecules: greedy episodes (identical on a fixed-bag task) and episodes sampled from the policy
     greedy = greedy_episodes(model.policy, eval_env, cfg.eval_episodes, seed=cfg.seed + 20_000)
@@ -428,6 +464,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=pri
         "potential_sha256": potential_sha256,
         "tensorboard": "tensorboard" in formats,
         **({"imitation": imitation.summary()} if imitation is not None else {}),
+        **({"polish": polish} if polish is not None else {}),
     }
     write_json(out / "summary.json", summary)
     venv.close()

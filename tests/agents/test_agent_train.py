@@ -134,6 +134,10 @@ def test_linear_learning_rate_decays_to_zero_over_the_run_across_a_resume(tmp_pa
         (["--env-kwargs", '{"reference": "xtb"}'], "give the reference with --reference"),
         (["--target-kl", "0"], "target_kl must be a positive number (or none), got 0.0"),
         (["--imitate-relaxed", "-0.5"], "imitation_coef must be a non-negative number (0 turns it off), got -0.5"),
+        (["--polish-steps", "-1", "--imitate-relaxed", "0.1"], "polish_steps must be a non-negative integer"),
+        (["--polish-steps", "100"], "polish_steps=100 needs relaxed self-imitation (--imitate-relaxed COEF > 0)"),
+        (["--polish-steps", "100", "--imitate-relaxed", "0.1", "--env", "MolGym/StochasticBag-v0"],
+         "fixed-bag tasks only"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(change, message, tmp_path, capsys):
@@ -237,6 +241,36 @@ def test_relaxed_self_imitation_run_keeps_its_buffer_across_a_resume(tmp_path, t
     again = json.loads((out / "summary.json").read_text())["imitation"]
     assert again["relaxations"] >= first["relaxations"]  # the counters (and buffer) went on from the saved ones
     assert main(_args(out, tiny_mace_file, "covariant", 64, "--resume")) == 2  # imitation is a resume setting
+
+
+def test_polish_fits_the_final_policy_and_leaves_the_checkpoints(tmp_path, tiny_mace_file):
+    """A finished imitation run resumed with --polish-steps: the final policy (model.zip) is fitted to the buffer's
+    best demonstration; the checkpoint a longer run would resume from stays the PPO policy."""
+    import torch
+    from ase.build import molecule
+
+    from molgym.agents.common.imitation import Demonstration
+
+    out = tmp_path / "polish"
+    assert main(_args(out, tiny_mace_file, "covariant", 32, "--imitate-relaxed", "0.5")) == 0
+    saved = json.loads((out / "imitation.json").read_text())
+    m = molecule("H2CO")
+    m = m[np.argsort(m.numbers == 1, kind="stable")]  # heavy atoms first, as the agents build
+    saved["buffer"] = [Demonstration(m.numbers, m.positions, 3.0, 2.0, "H2CO").to_json()]  # a known best
+    (out / "imitation.json").write_text(json.dumps(saved))
+    before = PPO.load(str(out / "checkpoints" / "latest.zip"), device="cpu").policy.state_dict()
+    assert main(_args(out, tiny_mace_file, "covariant", 32, "--imitate-relaxed", "0.5", "--polish-steps", "30",
+                      "--resume")) == 0
+    polish = json.loads((out / "summary.json").read_text())["polish"]
+    assert polish["steps"] == 30 and polish["pairs"] == 3 and polish["demonstration_relaxed_return"] == 3.0
+    assert polish["last_loss"] < polish["first_loss"]
+    assert json.loads((out / "config.json").read_text())["polish_steps"] == 30
+    trained = PPO.load(str(out / "checkpoints" / "latest.zip"), device="cpu").policy.state_dict()
+    assert all(torch.equal(before[k], trained[k]) for k in before)
+    # the polished policy is kept only if its greedy episode ranks at least as high as the PPO policy's
+    assert set(polish) >= {"greedy_before", "greedy_after", "kept"}
+    final = PPO.load(str(out / "model.zip"), device="cpu").policy.state_dict()
+    assert any(not torch.equal(final[k], trained[k]) for k in final) == polish["kept"]
 
 
 def test_mean_of_the_last_checkpoints_is_written_and_named_as_a_policy(tmp_path, tiny_mace_file):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from ase.build import molecule
 
 from agent_helpers import placement_spaces
@@ -130,3 +131,87 @@ def test_updates_make_the_demonstrations_likelier():
 def test_bad_coefficient_is_refused():
     with pytest.raises(ValueError, match="imitation coefficient must be a positive number, got -1"):
         RelaxedImitation(-1.0, None, ELEMENTS, 8)
+
+
+def _greedy_build(policy, numbers, max_atoms: int = 8):
+    """The molecule ``policy`` builds greedily from the bag of ``numbers`` (the environment's observation, without
+    an environment: the reward plays no part in a greedy action)."""
+    from ase.data import chemical_symbols
+
+    left = {s: 0 for s in ELEMENTS}
+    for z in numbers:
+        left[chemical_symbols[int(z)]] += 1
+    placed_z, placed_x = [], []
+    for _ in range(len(numbers)):
+        obs = observation(np.array(placed_z, dtype=int), np.array(placed_x).reshape(-1, 3), left, ELEMENTS, max_atoms)
+        action, _ = policy.predict({k: v[None] for k, v in obs.items()}, deterministic=True)
+        symbol = ELEMENTS[int(round(action[0][0]))]
+        left[symbol] -= 1
+        placed_z.append(chemical_symbols.index(symbol))
+        placed_x.append(action[0][1:])
+    return np.array(placed_z), np.array(placed_x, dtype=float)
+
+
+def _aligned_rmsd(p: np.ndarray, q: np.ndarray) -> float:
+    """RMSD of ``p`` onto ``q`` after the best rotation or reflection (Kabsch; the agent's first direction is
+    free)."""
+    p, q = p - p.mean(0), q - q.mean(0)
+    u, _, vt = np.linalg.svd(p.T @ q)
+    return float(np.sqrt((((p @ u @ vt) - q) ** 2).sum(1).mean()))
+
+
+def _formaldehyde(stretch: float = 0.0):
+    """H2CO in build order (C, O, H, H): every atom is bonded to the first, the focus the polish teaches (the first
+    atom's element is PPO's to learn; an untrained policy's greedy first element is the vocabulary's first, C)."""
+    m = molecule("H2CO")
+    m = m[np.argsort([{6: 0, 8: 1, 1: 2}[z] for z in m.numbers], kind="stable")]
+    m.positions[1] += stretch * (m.positions[1] - m.positions[0])
+    return m
+
+
+def test_focus_terms_sum_to_the_placement_density():
+    m = _methanol()
+    demo = Demonstration(m.numbers.copy(), m.positions.copy(), 1.0, 0.5, key="methanol")
+    observations, actions = demo.pairs(ELEMENTS, 8)
+    batch = {k: torch.as_tensor(np.stack([o[k] for o in observations])) for k in observations[0]}
+    policy = _fresh_policy()
+    with torch.no_grad():
+        dist = policy.distribution(batch)
+        actions = torch.as_tensor(actions)
+        per_focus = torch.stack([dist.focus_log_prob(actions, torch.full((len(actions),), f)) for f in range(5)], -1)
+        placed = torch.arange(5).unsqueeze(0) < torch.arange(1, 6).unsqueeze(1)  # pair t has t atoms placed
+        total = torch.logsumexp(per_focus.masked_fill(~placed, -torch.inf), -1)
+    torch.testing.assert_close(total, dist.log_prob(actions), rtol=0, atol=1e-5)
+    # the focus the polish teaches: the placed atom nearest to the new one (C for its hydrogens, O for its own)
+    assert demo.foci().tolist() == [0, 0, 1, 0, 0]
+
+
+def test_greedy_labelled_swaps_a_symmetric_first_pair_only_when_needed():
+    c2 = Atoms("CCC", positions=[[0, 0, 0], [1.5, 0, 0], [2.3, 1.2, 0]])  # the third C bonded to the second
+    demo = Demonstration(c2.numbers, c2.positions, 1.0, 0.5, key="c3")
+    swapped = demo.greedy_labelled()
+    assert swapped.foci()[1] == 0 and np.allclose(swapped.positions[0], c2.positions[1])
+    assert demo.greedy_labelled().greedy_labelled().foci()[1] == 0
+    m = _formaldehyde()
+    other = Demonstration(m.numbers, m.positions, 1.0, 0.5, key="h2co")
+    assert other.greedy_labelled() is other  # C and O: no symmetric pair
+
+
+def test_polish_makes_the_greedy_molecule_the_best_demonstration():
+    best = _formaldehyde()
+    worse = _formaldehyde(stretch=0.2)
+    policy = _fresh_policy()
+    imitation = RelaxedImitation(1.0, None, ELEMENTS, 8)
+    assert imitation.polish(policy, 10)["steps"] == 0  # empty buffer: nothing to fit, and it says so
+    imitation.buffer = [Demonstration(worse.numbers.copy(), worse.positions.copy(), 1.0, 0.5, key="worse"),
+                        Demonstration(best.numbers.copy(), best.positions.copy(), 2.0, 1.5, key="best")]
+    rates = [g["lr"] for g in policy.optimizer.param_groups]
+    numbers, positions = _greedy_build(policy, best.numbers)
+    assert not np.array_equal(numbers, best.numbers) or _aligned_rmsd(positions, best.positions) > 0.3
+    done = imitation.polish(policy, 600)
+    assert done["demonstration_relaxed_return"] == 2.0 and done["pairs"] == len(best) - 1
+    assert done["last_loss"] < done["first_loss"] - 3.0
+    assert [g["lr"] for g in policy.optimizer.param_groups] == rates  # PPO's own rate is back
+    numbers, positions = _greedy_build(policy, best.numbers)
+    assert np.array_equal(numbers, best.numbers)
+    assert _aligned_rmsd(positions, best.positions) < 0.05
