@@ -78,10 +78,11 @@ def register(subparsers) -> None:
                      "policy takes gradient steps on COEF x the demonstrations' negative log-likelihood (returns "
                      "are unchanged; see docs/agents.md)")
     ppo.add_argument("--polish-steps", type=int, default=0, metavar="N",
-                     help="with --imitate-relaxed, on a fixed-bag task: after the last update, N gradient steps fitting "
-                     "the final policy to the best relaxed demonstration, so its greedy molecule is that molecule "
-                     "without its strain (default 0: off; 4000 takes about 2-5 min on C7; resuming a finished run "
-                     "with it polishes that run; see docs/agents.md)")
+                     help="with --imitate-relaxed, on a fixed-bag task: after the last update, N gradient steps "
+                     "fitting the final policy to the best relaxed demonstration, so its greedy molecule is that "
+                     "molecule without its strain; kept only if its greedy episode ranks higher (default 0: off; "
+                     "4000 takes about 5 min on C7; resuming a finished run with it polishes that run; see "
+                     "docs/agents.md)")
     ppo.add_argument("--model-kwargs", default="{}", help="agent model options as JSON, e.g. '{\"channels\": 16}'")
     ev = p.add_argument_group("evaluation and outputs")
     ev.add_argument("--eval-every", type=int, default=2_000, help="greedy evaluation every N steps (0: off)")

@@ -34,6 +34,7 @@ molecules are the polished ones.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import json
 import time
@@ -60,6 +61,12 @@ RELAX_FMAX = 0.05
 RELAX_STEPS = 100
 #: learning rate of the polish steps (PPO's Adam; its own rate is restored afterwards)
 POLISH_LR = 1e-3
+#: the polish replays the policy's greedy build (its on-policy pairs) every this many steps
+POLISH_REFRESH = 200
+#: ... up to the first canvas further than this (RMSD, Å) from the demonstration's
+POLISH_MAX_RMSD = 0.3
+#: with a score (``molgym train``: a greedy episode), the polish scores the policy every this many steps
+POLISH_SCORE_EVERY = 500
 
 
 @dataclass
@@ -116,6 +123,21 @@ class Demonstration:
         a molecule built connected): the focus the polish teaches greedy decoding to take."""
         return np.array([int(np.argmin(np.linalg.norm(self.positions[:t] - self.positions[t], axis=1)))
                          for t in range(1, len(self.numbers))], dtype=np.int64)
+
+
+def _superposed_next(reference: np.ndarray, canvas: np.ndarray, placed: np.ndarray,
+                     tie: float = 0.01) -> tuple[np.ndarray, float]:
+    """Where ``reference``'s last atom goes when ``reference[:-1]`` is superposed on ``canvas``, and the RMSD of
+    that superposition (Å): centroids matched, then the rotation or reflection of least squares (Kabsch), with the
+    last atom also paired, at weight ``tie``, with ``placed`` (the policy's own placement), which settles the
+    rotations the canvas leaves free."""
+    cm, cf = reference[:-1].mean(0), canvas.mean(0)
+    w = np.ones(len(reference))
+    w[-1] = tie
+    u, _, vt = np.linalg.svd(((reference - cm) * w[:, None]).T @ (np.vstack([canvas, placed]) - cf))
+    rotation = u @ vt
+    rmsd = float(np.sqrt((((reference[:-1] - cm) @ rotation + cf - canvas) ** 2).sum(1).mean()))
+    return (reference[-1] - cm) @ rotation + cf, rmsd
 
 
 def demonstration(atoms: Atoms, built_return: float, potential) -> Demonstration | None:
@@ -229,13 +251,21 @@ class RelaxedImitation:
         self.stats["last_loss"] = nll
         return nll
 
-    def polish(self, policy, steps: int, lr: float = POLISH_LR, log=None) -> dict[str, Any]:
+    def polish(self, policy, steps: int, lr: float = POLISH_LR, log=None, score=None,
+               score_every: int = POLISH_SCORE_EVERY) -> dict[str, Any]:
         """Fit ``policy`` to the buffer's best demonstration (:meth:`Demonstration.greedy_labelled`): ``steps``
         gradient steps of the mean negative log-likelihood of all its (observation, action) pairs, each taken
         through the placed atom nearest to the new one as the focus (greedy decoding takes one focus, not the sum;
         :meth:`~molgym.agents.common.policy.PlacementDistribution.focus_log_prob`), with PPO's optimiser at rate
-        ``lr`` and PPO's gradient clipping. Returns what it did, for ``summary.json``; with an empty buffer it does
-        nothing and says so. ``log`` (a print-like callable) gets a line every tenth of the way."""
+        ``lr`` and PPO's gradient clipping; every :data:`POLISH_REFRESH` steps the pairs are renewed with those on
+        the policy's own greedy canvases (:meth:`_on_policy_pairs`).
+
+        ``score`` (optional): a callable ranking the policy as it stands (higher is better; ``molgym train`` plays
+        a greedy episode in the run's environment). It is called before the first step and every ``score_every``
+        steps, and the policy ends as the best-scored of those (the unpolished one if none beats it), since a
+        polish can also take the greedy build off the molecule. Returns what it did, for ``summary.json``
+        (``chosen_step``: the step kept, 0 for the unpolished policy); with an empty buffer it does nothing and
+        says so. ``log`` (a print-like callable) gets a line every tenth of the way."""
         if not self.buffer:
             return {"steps": 0, "skipped": "no demonstration: no complete episode kept its bond graph on relaxation"}
         import torch
@@ -243,17 +273,35 @@ class RelaxedImitation:
         t0 = time.perf_counter()
         best = max(self.buffer, key=lambda d: d.relaxed_return).greedy_labelled()
         obs, act = best.pairs(self.elements, self.max_atoms)
-        batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
-        actions = torch.as_tensor(act, device=policy.device)
-        foci = torch.as_tensor(best.foci(), device=policy.device)
+        foci = best.foci()
         rates = [group["lr"] for group in policy.optimizer.param_groups]
-        policy.set_training_mode(True)
-        losses = []
+        losses, on_policy, scores = [], 0, []
+        kept: tuple[Any, int, Any] | None = None  # (score, step, saved state)
+
+        def scored(step: int) -> None:
+            nonlocal kept
+            if score is None:
+                return
+            value = score()
+            scores.append([step, value])
+            if kept is None or value > kept[0]:
+                kept = (value, step, copy.deepcopy((policy.state_dict(), policy.optimizer.state_dict())))
+
+        scored(0)
         try:
             for group in policy.optimizer.param_groups:
                 group["lr"] = lr
             for i in range(int(steps)):
-                loss = -policy.focus_log_prob(batch, actions, foci).mean()
+                if i and i % score_every == 0:
+                    scored(i)
+                if i % POLISH_REFRESH == 0:  # the demonstration's pairs, and the same moves on the policy's canvases
+                    more_obs, more_act, more_foci = self._on_policy_pairs(policy, best)
+                    on_policy = len(more_obs)
+                    batch = {k: np.stack([o[k] for o in obs + more_obs]) for k in obs[0]}
+                    actions = torch.as_tensor(np.concatenate([act, more_act]), device=policy.device)
+                    focus = torch.as_tensor(np.concatenate([foci, more_foci]), device=policy.device)
+                    policy.set_training_mode(True)
+                loss = -policy.focus_log_prob(batch, actions, focus).mean()
                 policy.optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
@@ -265,10 +313,54 @@ class RelaxedImitation:
             for group, rate in zip(policy.optimizer.param_groups, rates):
                 group["lr"] = rate
             policy.set_training_mode(False)
-        return {"steps": int(steps), "lr": float(lr), "pairs": len(obs), "first_loss": losses[0] if losses else None,
+        scored(int(steps))
+        chosen = int(steps)
+        if kept is not None:
+            chosen = kept[1]
+            policy.load_state_dict(kept[2][0])
+            policy.optimizer.load_state_dict(kept[2][1])
+        return {"steps": int(steps), "lr": float(lr), "pairs": len(obs), "on_policy_pairs_last": on_policy,
+                "scores": scores, "chosen_step": chosen,
+                "first_loss": losses[0] if losses else None,
                 "last_loss": losses[-1] if losses else None, "wall_s": time.perf_counter() - t0,
                 "demonstration_relaxed_return": best.relaxed_return,
                 "demonstration_built_return": best.built_return}
+
+    def _on_policy_pairs(self, policy, demo: Demonstration) -> tuple[list[dict[str, np.ndarray]], np.ndarray,
+                                                                       np.ndarray]:
+        """Pairs on the canvases the policy's own greedy build of ``demo`` reaches (DAgger's idea): at each step
+        the demonstration's canvas so far is superposed on the greedy canvas (rotation or reflection, least
+        squares, with the demonstration's next atom weakly tied to where the greedy build put it, which settles
+        the superpositions a canvas's symmetry leaves free) and the demonstration's next atom, moved with it,
+        is the action. Stops where the greedy build picks another element or its canvas is more than
+        :data:`POLISH_MAX_RMSD` from the demonstration's (the earlier pairs correct that drift). Fitting only the
+        demonstration's own canvases leaves greedy decoding free to drift once an early atom is a little off
+        (measured on C7H10O2)."""
+        from ase.data import chemical_symbols
+
+        from molgym.envs.spaces import observation
+
+        symbols = [chemical_symbols[int(z)] for z in demo.numbers]
+        left = {s: symbols.count(s) for s in self.elements}
+        placed: list[np.ndarray] = []
+        observations, actions = [], []
+        foci = demo.foci()
+        for t in range(len(symbols)):
+            obs = observation(demo.numbers[:t], np.array(placed).reshape(-1, 3), left, self.elements, self.max_atoms)
+            action, _ = policy.predict({k: v[None] for k, v in obs.items()}, deterministic=True)
+            element, x = int(round(float(action[0][0]))), np.asarray(action[0][1:], dtype=float)
+            if self.elements[element] != symbols[t]:
+                break
+            if t >= 1:
+                target, rmsd = _superposed_next(demo.positions[:t + 1], np.array(placed), x)
+                if rmsd > POLISH_MAX_RMSD:  # the build has left the molecule: no sensible next move of it
+                    break
+                observations.append(obs)
+                actions.append([float(element), *target])
+            placed.append(x)
+            left[symbols[t]] -= 1
+        return (observations, np.asarray(actions, dtype=np.float32).reshape(-1, 4),
+                foci[:len(observations)].astype(np.int64))
 
     # ------------------------------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:

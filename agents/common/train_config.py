@@ -168,15 +168,16 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"target_kl must be a positive number (or none), got {cfg.target_kl!r}")
     if not (np.isfinite(cfg.imitation_coef) and cfg.imitation_coef >= 0):
         raise ValueError(f"imitation_coef must be a non-negative number (0 turns it off), got {cfg.imitation_coef!r}")
-    if not isinstance(cfg.polish_steps, (int, np.integer)) or isinstance(cfg.polish_steps, bool) or cfg.polish_steps < 0:
+    steps = cfg.polish_steps
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"polish_steps must be a non-negative integer (0 turns it off), got {cfg.polish_steps!r}")
     if cfg.polish_steps and not cfg.imitation_coef:
         raise ValueError(f"polish_steps={cfg.polish_steps} needs relaxed self-imitation (--imitate-relaxed COEF > 0): "
                          "the polish fits the best demonstration of its buffer")
     if cfg.polish_steps and (cfg.env_id != "MolGym/SingleBag-v0" or cfg.formula is None):
-        raise ValueError(f"polish_steps={cfg.polish_steps} fits the final policy to one molecule, so it is for fixed-bag "
-                         f"tasks only (MolGym/SingleBag-v0 with a formula); got env {cfg.env_id!r}, formula "
-                         f"{cfg.formula!r}")
+        raise ValueError(f"polish_steps={cfg.polish_steps} fits the final policy to one molecule, so it is for "
+                         f"fixed-bag tasks only (MolGym/SingleBag-v0 with a formula); got env {cfg.env_id!r}, "
+                         f"formula {cfg.formula!r}")
     import gymnasium as gym
 
     import molgym  # noqa: F401  (registers the MolGym/* ids)

@@ -269,34 +269,31 @@ def _imitation(cfg: TrainConfig, out: Path, env, model, resume: bool):
 
 
 def _polish(model, imitation, eval_env, cfg: TrainConfig, log) -> dict[str, Any]:
-    """Polish the final policy (:meth:`~molgym.agents.common.imitation.RelaxedImitation.polish`) and keep it only
-    if its greedy episode ranks at least as high (:func:`evaluation_rank`: validity, then return, both the
-    environment's own) as the PPO policy's; otherwise put the PPO policy back. The polish fits the relaxed
-    molecule on its own canvases; greedy decoding can still leave that path (e.g. picking the mirror image of a
-    planar canvas's next atom, then another peak of a direction density), and a run must not end worse than it
-    trained. Returns the polish's record with both greedy episodes' figures and ``kept``."""
-    import copy
-
-    saved = copy.deepcopy(model.policy.state_dict()), copy.deepcopy(model.policy.optimizer.state_dict())
+    """Polish the final policy (:meth:`~molgym.agents.common.imitation.RelaxedImitation.polish`), scoring it by
+    one greedy episode in the run's environment (:func:`evaluation_rank`: validity, then the environment's own
+    return) before and during the polish, and keeping the best-scored policy: the unpolished PPO policy unless a
+    polished one ranks strictly higher. The polish fits the relaxed molecule, but greedy decoding can still leave
+    it (measured on C7H10O2), and a run must not end worse than it trained. Returns the polish's record with the
+    greedy figures at each scored step and ``kept`` (whether a polished policy was kept)."""
     seed = cfg.seed + 20_000
+    figures: dict[int, dict[str, Any]] = {}
 
-    def greedy() -> dict[str, Any]:
+    def score() -> tuple[float, float]:
         s = summarise(greedy_episodes(model.policy, eval_env, 1, seed=seed))
-        return {key: s[key] for key in ("mean_return", "validity", "mean_fraction_of_optimum")}
+        figures[len(figures)] = {key: s[key] for key in ("mean_return", "validity", "mean_fraction_of_optimum")}
+        return evaluation_rank(s)
 
-    before = greedy()
-    record = imitation.polish(model.policy, cfg.polish_steps, log=log)
+    record = imitation.polish(model.policy, cfg.polish_steps, log=log, score=score)
     if not record["steps"]:
         return {**record, "kept": False}
-    after = greedy()
-    kept = evaluation_rank(after) >= evaluation_rank(before)
-    if not kept:
-        model.policy.load_state_dict(saved[0])
-        model.policy.optimizer.load_state_dict(saved[1])
+    record["scores"] = [{"step": step, **figures[i]} for i, (step, _) in enumerate(record["scores"])]
+    kept = record["chosen_step"] > 0
     if log is not None:
-        log(f"polish: greedy return {before['mean_return']:.3f} -> {after['mean_return']:.3f}, validity "
-            f"{before['validity']:g} -> {after['validity']:g}: {'kept' if kept else 'not kept (PPO policy restored)'}")
-    return {**record, "greedy_before": before, "greedy_after": after, "kept": kept}
+        before = record["scores"][0]
+        chosen = next(r for r in record["scores"] if r["step"] == record["chosen_step"])
+        log(f"polish: greedy return {before['mean_return']:.3f} (valid {before['validity']:g}) before, "
+            f"{chosen['mean_return']:.3f} (valid {chosen['validity']:g}) kept at polish step {record['chosen_step']}")
+    return {**record, "kept": kept}
 
 
 def save_checkpoint(model, out: Path, step: int) -> Path:

@@ -268,7 +268,8 @@ def test_polish_fits_the_final_policy_and_leaves_the_checkpoints(tmp_path, tiny_
     trained = PPO.load(str(out / "checkpoints" / "latest.zip"), device="cpu").policy.state_dict()
     assert all(torch.equal(before[k], trained[k]) for k in before)
     # the polished policy is kept only if its greedy episode ranks at least as high as the PPO policy's
-    assert set(polish) >= {"greedy_before", "greedy_after", "kept"}
+    assert set(polish) >= {"scores", "chosen_step", "kept"} and polish["scores"][0]["step"] == 0
+    assert polish["kept"] == (polish["chosen_step"] > 0)
     final = PPO.load(str(out / "model.zip"), device="cpu").policy.state_dict()
     assert any(not torch.equal(final[k], trained[k]) for k in final) == polish["kept"]
 

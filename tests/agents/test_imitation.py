@@ -215,3 +215,38 @@ def test_polish_makes_the_greedy_molecule_the_best_demonstration():
     numbers, positions = _greedy_build(policy, best.numbers)
     assert np.array_equal(numbers, best.numbers)
     assert _aligned_rmsd(positions, best.positions) < 0.05
+
+
+def test_the_demonstrations_next_atom_follows_the_canvas_it_is_superposed_on():
+    from molgym.agents.common.imitation import _superposed_next
+
+    rng = np.random.default_rng(1)
+    reference = _methanol().positions
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # a random rotation or reflection
+    moved = reference @ q.T + np.array([1.0, -2.0, 0.5])
+    t = 4
+    # the canvas is the moved copy of the first t atoms: the next atom lands on its moved copy; the policy's own
+    # placement, weakly tied, moves it little when it is off (it is there to settle what the canvas leaves free)
+    np.testing.assert_allclose(_superposed_next(reference[:t + 1], moved[:t], moved[t])[0], moved[t], atol=1e-6)
+    assert _superposed_next(reference[:t + 1], moved[:t], moved[t])[1] < 1e-6
+    assert _superposed_next(reference[:t + 1], moved[:t] + rng.normal(scale=0.2, size=(t, 3)), moved[t])[1] > 0.05
+    np.testing.assert_allclose(_superposed_next(reference[:t + 1], moved[:t], moved[t] + 0.3)[0], moved[t], atol=0.01)
+    # a canvas of one atom leaves the direction free: the policy's direction, the reference's distance
+    got = _superposed_next(reference[:2], moved[:1], moved[0] + np.array([0.0, 0.0, 3.0]))[0]
+    np.testing.assert_allclose(got, moved[0] + np.array([0.0, 0.0, np.linalg.norm(reference[1] - reference[0])]),
+                               atol=1e-6)
+
+
+def test_a_scored_polish_ends_as_its_best_scored_policy():
+    best = _formaldehyde()
+    policy = _fresh_policy()
+    imitation = RelaxedImitation(1.0, None, ELEMENTS, 8)
+    imitation.buffer = [Demonstration(best.numbers.copy(), best.positions.copy(), 2.0, 1.5, key="best")]
+    start = {k: v.clone() for k, v in policy.state_dict().items()}
+    falling = iter([3.0, 2.0, 1.0])  # each later policy scores lower: the unpolished one is kept
+    done = imitation.polish(policy, 20, score=lambda: next(falling), score_every=10)
+    assert [step for step, _ in done["scores"]] == [0, 10, 20] and done["chosen_step"] == 0
+    assert all(torch.equal(start[k], v) for k, v in policy.state_dict().items())
+    rising = iter([1.0, 3.0, 2.0])
+    done = imitation.polish(policy, 20, score=lambda: next(rising), score_every=10)
+    assert done["chosen_step"] == 10 and any(not torch.equal(start[k], v) for k, v in policy.state_dict().items())
