@@ -25,11 +25,12 @@ Polish (``molgym train --polish-steps N``, fixed-bag tasks). The imitation term 
 explores, but with eight demonstrations of different molecules and two steps per update it never makes the greedy
 molecule one of them: the final C7 greedy molecules stay strained by 0.4-1.6 eV. After the last PPO update,
 :meth:`RelaxedImitation.polish` fits the policy to the buffer's best demonstration alone (``N`` steps of its
-negative log-likelihood through one focus per atom, every pair each step, at :data:`POLISH_LR`), so that the
-greedy policy builds that
-relaxed molecule in its order: the run's best find, without its strain. The training checkpoints stay the
-unpolished PPO policies (a resumed run trains on from them); only the final policy (``model.zip``) and the final
-molecules are the polished ones.
+negative log-likelihood through one focus per atom, at :data:`POLISH_LR`, on the demonstration's canvases and on
+those of the policy's own greedy build), so that the greedy policy builds that relaxed molecule in its order: the
+run's best find, without its strain. ``molgym train`` scores the policy by a greedy episode along the way and keeps
+the best-scored one, the PPO policy unless a polished one ranks higher. The training checkpoints stay the PPO
+policies (a resumed run trains on from them); only the final policy (``model.zip``) and the final molecules can be
+polished ones.
 """
 
 from __future__ import annotations
@@ -314,11 +315,12 @@ class RelaxedImitation:
                 group["lr"] = rate
             policy.set_training_mode(False)
         scored(int(steps))
-        chosen = int(steps)
-        if kept is not None:
-            chosen = kept[1]
+        if kept is not None:  # the best-scored policy, with PPO's own rate (a saved state holds the polish's)
             policy.load_state_dict(kept[2][0])
             policy.optimizer.load_state_dict(kept[2][1])
+            for group, rate in zip(policy.optimizer.param_groups, rates):
+                group["lr"] = rate
+        chosen = int(steps) if kept is None else kept[1]
         return {"steps": int(steps), "lr": float(lr), "pairs": len(obs), "on_policy_pairs_last": on_policy,
                 "scores": scores, "chosen_step": chosen,
                 "first_loss": losses[0] if losses else None,

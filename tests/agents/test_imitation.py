@@ -247,6 +247,9 @@ def test_a_scored_polish_ends_as_its_best_scored_policy():
     done = imitation.polish(policy, 20, score=lambda: next(falling), score_every=10)
     assert [step for step, _ in done["scores"]] == [0, 10, 20] and done["chosen_step"] == 0
     assert all(torch.equal(start[k], v) for k, v in policy.state_dict().items())
+    for group in policy.optimizer.param_groups:
+        group["lr"] = 5e-4  # PPO's rate at the end of a run, not the polish's 1e-3
     rising = iter([1.0, 3.0, 2.0])
     done = imitation.polish(policy, 20, score=lambda: next(rising), score_every=10)
     assert done["chosen_step"] == 10 and any(not torch.equal(start[k], v) for k, v in policy.state_dict().items())
+    assert all(g["lr"] == 5e-4 for g in policy.optimizer.param_groups)  # PPO's rate, not the saved polish rate
