@@ -276,17 +276,17 @@ def _polish(model, imitation, eval_env, cfg: TrainConfig, log) -> dict[str, Any]
     it (measured on C7H10O2), and a run must not end worse than it trained. Returns the polish's record with the
     greedy figures at each scored step and ``kept`` (whether a polished policy was kept)."""
     seed = cfg.seed + 20_000
-    figures: dict[int, dict[str, Any]] = {}
+    figures: list[dict[str, Any]] = []  # one per score() call, in the order of record["scores"]
 
     def score() -> tuple[float, float]:
         s = summarise(greedy_episodes(model.policy, eval_env, 1, seed=seed))
-        figures[len(figures)] = {key: s[key] for key in ("mean_return", "validity", "mean_fraction_of_optimum")}
+        figures.append({key: s[key] for key in ("mean_return", "validity", "mean_fraction_of_optimum")})
         return evaluation_rank(s)
 
     record = imitation.polish(model.policy, cfg.polish_steps, log=log, score=score)
     if not record["steps"]:
         return {**record, "kept": False}
-    record["scores"] = [{"step": step, **figures[i]} for i, (step, _) in enumerate(record["scores"])]
+    record["scores"] = [{"step": step, **f} for (step, _), f in zip(record["scores"], figures)]
     kept = record["chosen_step"] > 0
     if log is not None:
         before = record["scores"][0]
